@@ -1,0 +1,3 @@
+from allscan.cli import app
+
+app(prog_name="allscan")

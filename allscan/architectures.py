@@ -1,0 +1,91 @@
+"""Network builders: keras.applications backbones and our AlexNet, each with the same head.
+
+Every model maps a preprocessed RGB batch to the probability of ALL. The head is
+global pooling → dropout → one linear unit (the ALL logit, named ``all_logit`` so
+Grad-CAM can reach it) → sigmoid.
+"""
+
+from pathlib import Path
+
+from allscan._tf import keras
+
+layers = keras.layers
+
+HEAD_DROPOUT = 0.3
+
+
+def _head(features, dropout: float, name: str):
+    x = layers.GlobalAveragePooling2D(name="pool")(features)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    logit = layers.Dense(1, name="all_logit")(x)
+    prob = layers.Activation("sigmoid", name="p_all", dtype="float32")(logit)
+    return prob
+
+
+def _with_head(backbone, input_size: int, name: str, dropout: float):
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    features = backbone(inputs)
+    return keras.Model(inputs, _head(features, dropout, name), name=name)
+
+
+def _backbone_weights(weights: Path | None) -> str | None:
+    if weights is None:
+        return None
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"weights file not found: {weights}")
+    return str(weights)
+
+
+def resnet50(input_size: int, weights: Path | None = None, dropout: float = HEAD_DROPOUT):
+    """ResNet-50 (He et al. 2016) from keras.applications, without its ImageNet top."""
+    backbone = keras.applications.ResNet50(
+        include_top=False, weights=_backbone_weights(weights), input_shape=(input_size, input_size, 3)
+    )
+    return _with_head(backbone, input_size, "resnet50", dropout)
+
+
+def efficientnet_b3(input_size: int, weights: Path | None = None, dropout: float = HEAD_DROPOUT):
+    """EfficientNet-B3 (Tan & Le 2019) from keras.applications; rescales 0-255 inside."""
+    backbone = keras.applications.EfficientNetB3(
+        include_top=False, weights=_backbone_weights(weights), input_shape=(input_size, input_size, 3)
+    )
+    return _with_head(backbone, input_size, "efficientnet_b3", dropout)
+
+
+def vgg16(input_size: int, weights: Path | None = None, dropout: float = HEAD_DROPOUT):
+    """VGG16 (Simonyan & Zisserman 2015) from keras.applications, without its top."""
+    backbone = keras.applications.VGG16(
+        include_top=False, weights=_backbone_weights(weights), input_shape=(input_size, input_size, 3)
+    )
+    return _with_head(backbone, input_size, "vgg16", dropout)
+
+
+def alexnet(input_size: int, weights: Path | None = None, dropout: float = 0.5, fc_width: int = 512):
+    """AlexNet after Krizhevsky et al. (2012): 5 convolutions and 3 fully connected layers.
+
+    Batch normalisation replaces local response normalisation (it trains from
+    scratch far more reliably), the first stride is 2 rather than 4 for the
+    smaller inputs used here, and the FC layers are ``fc_width`` wide instead of 4096.
+    """
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = inputs
+    for i, (filters, kernel, stride, pool) in enumerate(
+        [(64, 11, 2, True), (192, 5, 1, True), (384, 3, 1, False), (256, 3, 1, False), (256, 3, 1, True)],
+        start=1,
+    ):
+        x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+        if pool:
+            x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{i}")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    for i in (6, 7):
+        x = layers.Dropout(dropout, name=f"dropout{i}")(x)
+        x = layers.Dense(fc_width, activation="relu", name=f"fc{i}")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    logit = layers.Dense(1, name="all_logit")(x)
+    prob = layers.Activation("sigmoid", name="p_all", dtype="float32")(logit)
+    model = keras.Model(inputs, prob, name="alexnet")
+    if weights is not None:
+        model.load_weights(_backbone_weights(weights))
+    return model

@@ -1,0 +1,88 @@
+"""The four-model ensemble: loading checked models, batched compiled inference, the soft vote."""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from allscan._tf import tf
+from allscan.manifest import EnsembleConfig, Manifest, load_manifest
+from allscan.model_files import load_checked
+from allscan.preprocessing import get_preprocessor
+from allscan.results import VERDICT_ALL, VERDICT_NORMAL, Score
+
+
+@dataclass(frozen=True)
+class Member:
+    """A loaded ensemble member and its compiled forward pass."""
+
+    name: str
+    input_size: int
+    model: object
+    forward: Callable
+
+
+def _compiled_forward(model, preprocess: Callable, input_size: int) -> Callable:
+    @tf.function(input_signature=[tf.TensorSpec((None, input_size, input_size, 3), tf.uint8)], reduce_retracing=True)
+    def forward(batch):
+        x = preprocess(tf.cast(batch, tf.float32))
+        return tf.reshape(model(x, training=False), (-1,))
+
+    return forward
+
+
+def combine(per_model: Mapping[str, float], config: EnsembleConfig) -> Score:
+    """Weighted soft vote, verdict by threshold, review when uncertain or when models disagree."""
+    total = sum(config.weights.get(name, 0.0) for name in per_model)
+    if total > 0:
+        p_all = sum(config.weights.get(name, 0.0) * p for name, p in per_model.items()) / total
+    else:
+        p_all = float(np.mean(list(per_model.values())))
+    votes = [p >= config.threshold for p in per_model.values()]
+    agreement = int(sum(votes))
+    low, high = config.review_band
+    disagree = 0 < agreement < len(votes)
+    review = bool(low <= p_all < high or disagree)
+    verdict = VERDICT_ALL if p_all >= config.threshold else VERDICT_NORMAL
+    return Score(float(p_all), verdict, review, agreement, {k: float(v) for k, v in per_model.items()})
+
+
+class Ensemble:
+    """The ensemble described by a models folder's manifest, loaded once and reused."""
+
+    def __init__(self, manifest: Manifest, members: list[Member], models_dir: Path):
+        self.manifest = manifest
+        self.members = members
+        self.models_dir = models_dir
+
+    @classmethod
+    def load(cls, models_dir: Path) -> "Ensemble":
+        """Load every model listed in ``models_dir/manifest.json``, checking each sha256.
+
+        Raises:
+            ManifestError: No manifest, or a model file is missing or does not match.
+        """
+        models_dir = Path(models_dir)
+        manifest = load_manifest(models_dir)
+        members = []
+        for entry in manifest.models.values():
+            model = load_checked(models_dir, entry)
+            forward = _compiled_forward(model, get_preprocessor(entry.preprocessing), entry.input_size)
+            members.append(Member(entry.name, entry.input_size, model, forward))
+        return cls(manifest, members, models_dir)
+
+    @property
+    def input_sizes(self) -> tuple[int, ...]:
+        return tuple(sorted({m.input_size for m in self.members}))
+
+    def predict_models(self, batches: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each model's probabilities of ALL for a batch given at every input size."""
+        return {m.name: m.forward(tf.constant(batches[m.input_size])).numpy() for m in self.members}
+
+    def score(self, batches: Mapping[int, np.ndarray]) -> list[Score]:
+        """Ensemble scores for one batch (``{input_size: (n, s, s, 3) uint8}``)."""
+        per_model = self.predict_models(batches)
+        n = len(next(iter(per_model.values())))
+        config = self.manifest.ensemble
+        return [combine({name: float(p[i]) for name, p in per_model.items()}, config) for i in range(n)]

@@ -1,0 +1,156 @@
+"""Finding image files and decoding them into RGB arrays, turning bad input into clear errors."""
+
+import hashlib
+import io
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+MAX_PIXELS = 50_000_000
+"""Images above this many pixels are refused (a smear field is far smaller)."""
+
+OUTPUT_MARKERS = (".allscan.sqlite", ".run.json", ".allscan-tmp")
+
+
+class ImageError(Exception):
+    """An input file that cannot be scored; the message is shown in the results row."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded image, ready to be resized for each model.
+
+    Attributes:
+        path: The file as found.
+        sha256: Hex digest of the file's bytes (identifies the image across names).
+        width: Original width in pixels.
+        height: Original height in pixels.
+        rgb: ``(height, width, 3)`` uint8 array, EXIF orientation applied.
+    """
+
+    path: Path
+    sha256: str
+    width: int
+    height: int
+    rgb: np.ndarray
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` names an input image: a known suffix, not hidden, not one of our outputs."""
+    name = path.name
+    if name.startswith(".") or any(marker in name for marker in OUTPUT_MARKERS):
+        return False
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def find_images(paths: Iterable[Path], recursive: bool = True, exclude: Iterable[Path] = ()) -> list[Path]:
+    """List the image files in ``paths`` (files or folders), sorted, without duplicates.
+
+    Hidden files and folders and the tool's own output files are never picked up.
+
+    Raises:
+        FileNotFoundError: A given path does not exist.
+    """
+    excluded = {Path(p).resolve() for p in exclude}
+    found: dict[Path, None] = {}
+    for root in paths:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"no such file or folder: {root}")
+        if root.is_file():
+            candidates: Iterator[Path] = iter([root])
+        else:
+            candidates = _walk(root, recursive)
+        for path in candidates:
+            if path.is_file() and is_image_file(path) and path.resolve() not in excluded:
+                found.setdefault(path, None)
+    return sorted(found)
+
+
+def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            if recursive:
+                yield from _walk(entry, recursive)
+        else:
+            yield entry
+
+
+def decode_bytes(data: bytes, path: Path) -> DecodedImage:
+    """Decode image bytes to 8-bit RGB, converting odd modes and applying EXIF orientation.
+
+    Raises:
+        ImageError: Empty, not an image, truncated, corrupt or too large.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        raise ImageError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise ImageError(
+                        f"image too large: {image.width}x{image.height} pixels (limit {MAX_PIXELS:,})"
+                    )
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                rgb = _to_rgb(image)
+    except ImageError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageError("not a recognised image file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"image too large (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+    except OSError as err:
+        raise ImageError(f"corrupt or truncated image: {err}") from None
+    except (ValueError, SyntaxError) as err:
+        raise ImageError(f"unreadable image: {err}") from None
+    return DecodedImage(path, digest, rgb.shape[1], rgb.shape[0], rgb)
+
+
+def decode_file(path: Path) -> DecodedImage:
+    """Read and decode one image file.
+
+    Raises:
+        ImageError: The file cannot be read or decoded.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ImageError(f"cannot read file: {err.strerror or err}") from None
+    return decode_bytes(data, Path(path))
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """8-bit RGB from any Pillow mode; 16-bit and float images are rescaled, alpha goes on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        gray = np.clip(values / high * 255.0, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageError(f"unsupported image layout {rgb.shape}")
+    return rgb
+
+
+def resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize an RGB array to ``size``×``size`` with Pillow's antialiased bilinear filter.
+
+    Training, evaluation and inference all resize through this one function.
+    """
+    if rgb.shape[0] == size and rgb.shape[1] == size:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR), dtype=np.uint8)

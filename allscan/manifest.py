@@ -1,0 +1,150 @@
+"""The models manifest (``models/manifest.json``): which files make the ensemble and how to combine them."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from allscan.fileio import atomic_write_text
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ManifestError(Exception):
+    """A models folder that cannot be used: no manifest, a bad entry or a file that fails its check."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ensemble member as shipped.
+
+    Attributes:
+        name: Registry name (``resnet50``, ``efficientnet_b3``, ``alexnet``, ``vgg16``).
+        file: File name of the ``.keras`` model inside the models folder.
+        sha256: Digest the file must match before it is loaded.
+        input_size: Square input side in pixels.
+        preprocessing: Name of the preprocessing function.
+        architecture: Human-readable architecture.
+        training: How it was trained (data, split, epochs, recipe).
+        validation: Validation-split figures.
+    """
+
+    name: str
+    file: str
+    sha256: str
+    input_size: int
+    preprocessing: str
+    architecture: str = ""
+    training: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """How per-model probabilities become a verdict, tuned on validation data.
+
+    Attributes:
+        weights: Weight of each model in the soft vote; they sum to 1.
+        threshold: Ensemble probability at or above which the verdict is ALL.
+        review_band: ``(low, high)``: an ensemble probability inside it is flagged for review.
+    """
+
+    weights: dict[str, float]
+    threshold: float = 0.5
+    review_band: tuple[float, float] = (0.25, 0.75)
+    tuned_on: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The whole manifest; ``digest`` identifies this exact set of models and settings."""
+
+    models: dict[str, ModelEntry]
+    ensemble: EnsembleConfig
+    blank_box: tuple[int, int, int, int] | None = None
+    dataset: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def digest(self) -> str:
+        """Short digest of the model files and ensemble settings; results are keyed by it."""
+        key = {
+            "models": {n: m.sha256 for n, m in sorted(self.models.items())},
+            "ensemble": asdict(self.ensemble) | {"tuned_on": None},
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["ensemble"]["review_band"] = list(self.ensemble.review_band)
+        data["blank_box"] = list(self.blank_box) if self.blank_box else None
+        return json.dumps(data, indent=2) + "\n"
+
+    def with_model(self, entry: ModelEntry) -> "Manifest":
+        return replace(self, models={**self.models, entry.name: entry})
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(models_dir: Path) -> Manifest:
+    """Read and validate ``models_dir/manifest.json`` (files are checked when loaded).
+
+    Raises:
+        ManifestError: Missing or malformed manifest.
+    """
+    path = Path(models_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"no models found: {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+        models = {name: ModelEntry(name=name, **{k: v for k, v in m.items() if k != "name"})
+                  for name, m in data["models"].items()}
+        ens = data["ensemble"]
+        ensemble = EnsembleConfig(
+            weights={k: float(v) for k, v in ens["weights"].items()},
+            threshold=float(ens["threshold"]),
+            review_band=tuple(float(v) for v in ens["review_band"]),
+            tuned_on=ens.get("tuned_on", ""),
+        )
+        box = data.get("blank_box")
+        manifest = Manifest(models, ensemble, tuple(box) if box else None, data.get("dataset", ""),
+                            int(data.get("format_version", FORMAT_VERSION)))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ManifestError(f"malformed manifest {path}: {err}") from None
+    if not manifest.models:
+        raise ManifestError(f"no models found: {path} lists no models")
+    unknown = set(manifest.ensemble.weights) - set(manifest.models)
+    if unknown:
+        raise ManifestError(f"malformed manifest {path}: weights for unlisted models {sorted(unknown)}")
+    return manifest
+
+
+def empty_manifest() -> Manifest:
+    return Manifest(models={}, ensemble=EnsembleConfig(weights={}))
+
+
+def load_or_empty(models_dir: Path) -> Manifest:
+    """The manifest in ``models_dir``, or an empty one when there is none yet (for training)."""
+    if (Path(models_dir) / MANIFEST_NAME).is_file():
+        data = json.loads((Path(models_dir) / MANIFEST_NAME).read_text())
+        if data.get("models"):
+            return load_manifest(models_dir)
+    return empty_manifest()
+
+
+def save_manifest(manifest: Manifest, models_dir: Path) -> Path:
+    path = Path(models_dir) / MANIFEST_NAME
+    atomic_write_text(path, manifest.to_json())
+    return path
+
+
+def equal_weights(names) -> dict[str, float]:
+    names = list(names)
+    return {n: 1.0 / len(names) for n in names}

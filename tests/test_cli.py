@@ -1,0 +1,67 @@
+"""The command line: exit codes, usage errors, the models listing, output written."""
+
+import json
+
+from openpyxl import load_workbook
+from typer.testing import CliRunner
+
+from allscan import __version__
+from allscan.cli import app
+from tests.utils import write_image
+
+runner = CliRunner()
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_predict_writes_workbook_and_exits_zero(tmp_path, models_dir):
+    for i in range(3):
+        write_image(tmp_path / "in" / f"{i}.png", seed=i)
+    out = tmp_path / "r.xlsx"
+    result = runner.invoke(app, ["predict", str(tmp_path / "in"), "--out", str(out), "--models", str(models_dir)])
+    assert result.exit_code == 0, result.output
+    assert load_workbook(out)["Results"].max_row == 4
+    assert "normal" in result.output  # the summary table
+
+
+def test_predict_exit_one_when_some_images_fail(tmp_path, models_dir):
+    write_image(tmp_path / "in" / "ok.png")
+    (tmp_path / "in" / "bad.png").write_bytes(b"\x89PNG broken")
+    result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "r.csv"),
+                                 "--models", str(models_dir), "--quiet"])
+    assert result.exit_code == 1
+    assert result.output == ""
+
+
+def test_usage_errors_exit_two(tmp_path, models_dir):
+    write_image(tmp_path / "in" / "ok.png")
+    cases = [
+        [str(tmp_path / "missing"), "-o", str(tmp_path / "r.csv"), "--models", str(models_dir)],
+        [str(tmp_path / "in"), "-o", str(tmp_path / "r.txt"), "--models", str(models_dir)],
+        [str(tmp_path / "in"), "-o", str(tmp_path / "r.csv"), "--models", str(tmp_path / "no-models")],
+    ]
+    for args in cases:
+        result = runner.invoke(app, ["predict", *args])
+        assert result.exit_code == 2, (args, result.output)
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_tampered_model_is_refused(tmp_path, models_copy):
+    write_image(tmp_path / "in" / "ok.png")
+    with open(models_copy / "alexnet.keras", "ab") as handle:
+        handle.write(b"tampered")
+    result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "r.csv"),
+                                 "--models", str(models_copy)])
+    assert result.exit_code == 2
+    assert "does not match the manifest" in result.output
+
+
+def test_models_lists_every_model(models_dir):
+    result = runner.invoke(app, ["models", "--models", str(models_dir)])
+    assert result.exit_code == 0
+    manifest = json.loads((models_dir / "manifest.json").read_text())
+    for name, entry in manifest["models"].items():
+        assert name in result.output and entry["sha256"][:16] in result.output

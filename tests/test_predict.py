@@ -1,0 +1,173 @@
+"""allscan predict end to end through the library API: rows, schema, bad input, resume, safety."""
+
+import csv
+import json
+import shutil
+
+import pytest
+from openpyxl import load_workbook
+
+from allscan.predict import predict
+from allscan.results import COLUMNS
+from allscan.store import ResultStore, store_path_for
+from tests.utils import write_image
+
+
+@pytest.fixture()
+def slides(tmp_path):
+    folder = tmp_path / "slides"
+    for i in range(5):
+        write_image(folder / f"field{i}.png", seed=i)
+    for i in range(3):
+        write_image(folder / "day2" / f"field{i}.jpg", seed=10 + i, fmt="JPEG")
+    return folder
+
+
+def _csv_rows(path):
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_csv_has_one_row_per_image_in_schema_order(slides, ensemble, tmp_path):
+    out = tmp_path / "results.csv"
+    summary = predict([slides], out, ensemble)
+    assert summary.exit_code == 0
+    with open(out, encoding="utf-8") as handle:
+        assert next(csv.reader(handle)) == list(COLUMNS)
+    rows = _csv_rows(out)
+    assert len(rows) == 8
+    weights = ensemble.manifest.ensemble.weights
+    for row in rows:
+        assert row["verdict"] in ("ALL", "normal") and row["error"] == ""
+        per_model = {n: float(row[f"p_all_{n}"]) for n in weights}
+        expected = sum(weights[n] * p for n, p in per_model.items()) / sum(weights.values())
+        assert float(row["p_all"]) == pytest.approx(expected, abs=2e-4)
+        assert (row["verdict"] == "ALL") == (float(row["p_all"]) >= ensemble.manifest.ensemble.threshold)
+        assert int(row["agreement"]) == sum(p >= 0.5 for p in per_model.values())
+        assert len(row["sha256"]) == 64 and row["width"] == "48"
+    sidecar = json.loads((tmp_path / "results.csv.run.json").read_text())
+    assert sidecar["models_digest"] == ensemble.manifest.digest
+    assert sidecar["counts"]["images"] == 8
+
+
+def test_batching_does_not_change_scores(slides, ensemble, tmp_path):
+    predict([slides], tmp_path / "a.csv", ensemble, batch_size=1)
+    predict([slides], tmp_path / "b.csv", ensemble, batch_size=7, workers=3)
+    a, b = _csv_rows(tmp_path / "a.csv"), _csv_rows(tmp_path / "b.csv")
+    assert [r["p_all"] for r in a] == [r["p_all"] for r in b]
+
+
+def test_no_recursive_stays_flat(slides, ensemble, tmp_path):
+    predict([slides], tmp_path / "r.csv", ensemble, recursive=False)
+    assert len(_csv_rows(tmp_path / "r.csv")) == 5
+
+
+def test_excel_has_three_formatted_sheets(slides, ensemble, tmp_path):
+    out = tmp_path / "results.xlsx"
+    predict([slides], out, ensemble)
+    book = load_workbook(out)
+    assert book.sheetnames == ["Results", "Run", "Summary"]
+    sheet = book["Results"]
+    assert [c.value for c in sheet[1]] == list(COLUMNS)
+    assert sheet.max_row == 9
+    assert sheet.freeze_panes == "A2"
+    assert sheet.auto_filter.ref == f"A1:{sheet.cell(1, len(COLUMNS)).column_letter}9"
+    p_col = COLUMNS.index("p_all") + 1
+    assert isinstance(sheet.cell(2, p_col).value, float)
+    assert sheet.cell(2, p_col).number_format == "0.000"
+    run = {row[0]: row[1] for row in book["Run"].iter_rows(values_only=True)}
+    assert run["models digest"] == ensemble.manifest.digest
+    assert run["count images"] == 8
+    summary = {row[0]: row[1] for row in book["Summary"].iter_rows(values_only=True) if row}
+    assert summary["ALL"] + summary["normal"] == 8 and summary["total"] == 8
+
+
+def test_bad_images_become_error_rows_and_run_goes_on(slides, ensemble, tmp_path):
+    (slides / "empty.png").write_bytes(b"")
+    (slides / "notes.jpg").write_text("not an image")
+    good = (slides / "field0.png").read_bytes()
+    (slides / "truncated.png").write_bytes(good[: len(good) // 3])
+    out = tmp_path / "results.csv"
+    summary = predict([slides], out, ensemble)
+    assert summary.exit_code == 1
+    rows = {r["file"]: r for r in _csv_rows(out)}
+    assert len(rows) == 11
+    for name, reason in [("empty.png", "empty"), ("notes.jpg", "not a recognised"), ("truncated.png", "truncated")]:
+        assert rows[name]["verdict"] == "error"
+        assert reason in rows[name]["error"]
+        assert rows[name]["p_all"] == ""
+    assert sum(r["verdict"] != "error" for r in rows.values()) == 8
+
+
+def test_rerun_skips_scored_images_and_rescore_forces(slides, ensemble, tmp_path):
+    out = tmp_path / "results.csv"
+    first = predict([slides], out, ensemble)
+    assert first.counts.skipped == 0
+    write_image(slides / "new.png", seed=99)
+    second = predict([slides], out, ensemble)
+    assert second.counts.skipped == 8 and second.counts.done == 9
+    assert len(_csv_rows(out)) == 9
+    third = predict([slides], out, ensemble, rescore=True)
+    assert third.counts.skipped == 0
+
+
+def test_copy_under_new_name_reuses_score(slides, ensemble, tmp_path):
+    shutil.copy(slides / "field1.png", slides / "copy-of-field1.png")
+    out = tmp_path / "results.csv"
+    predict([slides], out, ensemble)
+    rows = {r["file"]: r for r in _csv_rows(out)}
+    assert rows["copy-of-field1.png"]["p_all"] == rows["field1.png"]["p_all"]
+
+
+class _CrashAfter:
+    """Observer that simulates the process dying after ``n`` reported results."""
+
+    def __init__(self, n):
+        self.n, self.seen = n, []
+
+    def start(self, total):
+        pass
+
+    def result(self, result, skipped):
+        self.seen.append(result.path)
+        if len(self.seen) == self.n:
+            raise SystemExit("killed")
+
+
+def test_crash_midway_then_rerun_loses_and_duplicates_nothing(slides, ensemble, tmp_path):
+    out = tmp_path / "results.csv"
+    with pytest.raises(SystemExit):
+        predict([slides], out, ensemble, batch_size=2, observer=_CrashAfter(3))
+    # Every reported result was durable before it was reported.
+    with ResultStore(store_path_for(out), ensemble.manifest.digest) as store:
+        assert len(list(store.results())) >= 3
+    summary = predict([slides], out, ensemble, batch_size=2)
+    rows = _csv_rows(out)
+    assert sorted(r["file"] for r in rows) == sorted(p.name for p in slides.rglob("*.*g"))
+    assert len({r["path"] for r in rows}) == len(rows) == 8
+    assert summary.counts.skipped >= 3
+
+
+def test_outputs_are_never_read_as_inputs(slides, ensemble):
+    out = slides / "results.csv"
+    predict([slides], out, ensemble)
+    predict([slides], out, ensemble)
+    assert len(_csv_rows(out)) == 8
+
+
+def test_formula_like_file_names_are_neutralised(tmp_path, ensemble):
+    folder = tmp_path / "in"
+    write_image(folder / "=HYPERLINK(1).png")
+    out = tmp_path / "results.xlsx"
+    predict([folder], out, ensemble)
+    cell = load_workbook(out)["Results"].cell(2, COLUMNS.index("file") + 1)
+    assert cell.data_type == "s" and cell.value == "'=HYPERLINK(1).png"
+    predict([folder], tmp_path / "results.csv", ensemble)
+    assert _csv_rows(tmp_path / "results.csv")[0]["file"] == "'=HYPERLINK(1).png"
+
+
+def test_unknown_suffix_and_missing_input_are_refused(slides, ensemble, tmp_path):
+    with pytest.raises(ValueError, match="unknown output suffix"):
+        predict([slides], tmp_path / "results.txt", ensemble)
+    with pytest.raises(FileNotFoundError):
+        predict([tmp_path / "nope"], tmp_path / "r.csv", ensemble)
