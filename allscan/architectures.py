@@ -22,7 +22,15 @@ def _head(features, dropout: float, name: str):
     return prob
 
 
+BN_MOMENTUM = 0.9
+"""Batch-norm moving-average momentum. Keras' 0.99 lags far behind the weights in short
+schedules from scratch, which made validation swing wildly between epochs."""
+
+
 def _with_head(backbone, input_size: int, name: str, dropout: float):
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
     inputs = keras.Input((input_size, input_size, 3), name="image")
     features = backbone(inputs)
     return keras.Model(inputs, _head(features, dropout, name), name=name)
@@ -74,7 +82,7 @@ def alexnet(input_size: int, weights: Path | None = None, dropout: float = 0.5, 
         start=1,
     ):
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
         if pool:
             x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{i}")(x)

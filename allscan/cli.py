@@ -132,3 +132,185 @@ def list_models(models: ModelsOpt = None) -> None:
     e = manifest.ensemble
     console.print(f"threshold {e.threshold:.3f}, review band {e.review_band[0]:.3f}–{e.review_band[1]:.3f},"
                   f" blank box {manifest.blank_box or 'none'}, digest {manifest.digest}")
+
+
+def _box(text: str | None, default):
+    from allscan.dataset import parse_box
+
+    if text is None:
+        return default
+    try:
+        return parse_box(text)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+
+
+@app.command()
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Folder with train/ and val/, each holding normal/ and ALL/.",
+                                             show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry name, or 'all' for the four in turn.",
+                                       rich_help_panel=MODEL)] = "all",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Models folder to ship the best epoch into.",
+                                      rich_help_panel=OUTPUT)] = Path("models"),
+    runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Checkpoints and logs [default: ~/allscan-runs].",
+                                                  rich_help_panel=OUTPUT, show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs [default: the model's registry entry].",
+                                               rich_help_panel=TRAIN, show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step.",
+                                            rich_help_panel=TRAIN)] = 16,
+    input_size: Annotated[int | None, typer.Option("--input-size", help="Square input side [default: registry].",
+                                                   rich_help_panel=TRAIN, show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate [default: registry].",
+                                             rich_help_panel=TRAIN, show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.", rich_help_panel=TRAIN)] = 1,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Start the backbone from this weights file "
+                                                 "(e.g. ImageNet weights on disk; nothing is downloaded).",
+                                                 rich_help_panel=TRAIN, show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the run folder.",
+                                         rich_help_panel=TRAIN)] = False,
+    blank_box: Annotated[str | None, typer.Option(
+        "--blank-box", help="x0,y0,x1,y1 (224×224 coordinates) to blank in every image, or 'none'. "
+        "[default: the Aria scale-bar label box]", rich_help_panel=INPUT, show_default=False)] = None,
+) -> None:
+    """Train one or all four models, checkpointing every epoch, and ship the best epoch into --out."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from allscan.dataset import ARIA_LABEL_BOX
+    from allscan.paths import default_runs_dir
+    from allscan.registry import MODEL_NAMES, get_spec
+    from allscan.shipping import ship
+    from allscan.training import TrainConfig
+    from allscan.training import train as run_training
+
+    names = MODEL_NAMES if model == "all" else (model,)
+    try:
+        specs = [get_spec(n) for n in names]
+    except KeyError as exc:
+        raise _usage_error(exc.args[0]) from None
+    for sub in ("train", "val"):
+        if not (data_dir / sub).is_dir():
+            raise _usage_error(f"{data_dir / sub} not found: DATA_DIR must hold train/ and val/")
+    box = _box(blank_box, ARIA_LABEL_BOX)
+    runs = runs_dir or default_runs_dir()
+    for spec in specs:
+        config = TrainConfig(
+            epochs=epochs or spec.epochs, batch_size=batch_size, input_size=input_size or spec.input_size,
+            learning_rate=lr or spec.learning_rate, seed=seed, blank_box=box, weights=weights,
+        )
+        console.print(f"[bold]{spec.name}[/]: {config.input_size}px, {config.epochs} epochs, batch"
+                      f" {config.batch_size}, lr {config.learning_rate:g}; checkpoints in {runs / spec.name}")
+        with Progress(TextColumn(f"[bold]{spec.name}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                      TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task(spec.name, total=config.epochs)
+
+            def on_start(done, total, task=task, progress=progress):
+                progress.update(task, completed=done, total=total)
+
+            def report(e, task=task, progress=progress):
+                progress.update(task, completed=e.epoch)
+                progress.console.print(
+                    f"epoch {e.epoch:>3}  loss {e.loss:.4f}  val_loss {e.val_loss:.4f}  val_acc {e.val_accuracy:.4f}"
+                    f"  val_auc {e.val_auc:.4f}  ({e.seconds:.0f}s)"
+                )
+
+            result = run_training(spec, data_dir, runs / spec.name, config, resume, report, on_start)
+        entry = ship(spec, result, config, data_dir, out)
+        v = entry.validation
+        console.print(f"[green]shipped[/] {out / entry.file}: best epoch {result.best_epoch}, val accuracy"
+                      f" {v['accuracy']:.4f}, balanced {v['balanced_accuracy']:.4f}, AUC {v['roc_auc']:.4f}")
+
+
+@app.command()
+def tune(
+    data_dir: Annotated[Path, typer.Argument(help="Folder holding val/ with normal/ and ALL/.", show_default=False)],
+    models: ModelsOpt = None,
+) -> None:
+    """Tune the ensemble's weights, threshold and review band on the validation split; update the manifest."""
+    from dataclasses import replace
+
+    from allscan.evaluation import load_labelled, predict_images
+    from allscan.manifest import save_manifest
+    from allscan.tuning import tune_ensemble
+
+    ensemble = _load_ensemble(models)
+    split = data_dir / "val"
+    if not split.is_dir():
+        raise _usage_error(f"{split} not found")
+    paths, images, labels = load_labelled(split, ensemble.manifest.blank_box, "blank")
+    probs = predict_images(ensemble, images)
+    config = tune_ensemble(probs, labels, tuned_on=f"val split of {data_dir} ({len(labels)} images)")
+    save_manifest(replace(ensemble.manifest, ensemble=config), ensemble.models_dir)
+    console.print(f"weights {config.weights}; threshold {config.threshold:.3f}; review band"
+                  f" {config.review_band[0]:.3f}–{config.review_band[1]:.3f}")
+
+
+def _metrics_table(title: str, rows: dict) -> Table:
+    table = Table(title=title)
+    table.add_column("model")
+    columns = ("n", "accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "roc_auc")
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    table.add_column("[[tn, fp], [fn, tp]]", justify="right")
+    table.add_column("review", justify="right")
+    for name, m in rows.items():
+        d = m.to_dict()
+        table.add_row(name, str(d["n"]), *(f"{d[c]:.4f}" for c in columns[1:]), str(d["confusion_matrix"]),
+                      str(d["review"]) if name == "ensemble" else "")
+    return table
+
+
+@app.command()
+def evaluate(
+    data_dir: Annotated[Path, typer.Argument(help="Folder holding the split folder (normal/ and ALL/ inside).",
+                                             show_default=False)],
+    split: Annotated[str, typer.Option(help="Split folder to evaluate.", rich_help_panel=INPUT)] = "test",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the figures as JSON.",
+                                             rich_help_panel=OUTPUT, show_default=False)] = None,
+    models: ModelsOpt = None,
+    box: Annotated[str, typer.Option(help="Label box: 'blank' (as in training), 'raw' (left in) or 'swap' "
+                                     "(pasted from an image of the other class).", rich_help_panel=INPUT)] = "blank",
+    blank_box: Annotated[str | None, typer.Option("--blank-box", help="x0,y0,x1,y1 or 'none' [default: manifest].",
+                                                  rich_help_panel=INPUT, show_default=False)] = None,
+    shortcut_check: Annotated[bool, typer.Option(
+        "--shortcut-check", help="Also score raw and box-swapped images and count verdict flips.",
+        rich_help_panel=RUN)] = False,
+) -> None:
+    """Accuracy, precision, recall, specificity, F1, balanced accuracy, ROC AUC per model and for the ensemble."""
+    import json
+
+    from allscan.evaluation import BOX_MODES, count_flips
+    from allscan.evaluation import evaluate as run_evaluation
+    from allscan.fileio import atomic_write_text
+
+    if box not in BOX_MODES:
+        raise _usage_error(f"--box must be one of {', '.join(BOX_MODES)}")
+    split_dir = data_dir / split
+    if not split_dir.is_dir():
+        raise _usage_error(f"{split_dir} not found")
+    ensemble = _load_ensemble(models)
+    label_box = _box(blank_box, ensemble.manifest.blank_box)
+    result = run_evaluation(ensemble, split_dir, label_box, box)
+    console.print(_metrics_table(f"{split} split, label box {box}", {**result.models, "ensemble": result.ensemble}))
+    payload = result.to_dict() | {"split": split, "box": box, "models_digest": ensemble.manifest.digest}
+    if shortcut_check:
+        if label_box is None:
+            raise _usage_error("--shortcut-check needs a label box (--blank-box or the manifest's)")
+        raw = run_evaluation(ensemble, split_dir, label_box, "raw")
+        swapped = run_evaluation(ensemble, split_dir, label_box, "swap")
+        flips = count_flips(raw.predictions, swapped.predictions)
+        n = raw.ensemble.n
+        payload["shortcut_check"] = {
+            "raw": raw.to_dict()["ensemble"],
+            "swap": swapped.to_dict()["ensemble"],
+            "flips_raw_to_swap": flips,
+            "flips_blank_to_raw": count_flips(result.predictions, raw.predictions),
+            "flip_share": flips / n if n else 0.0,
+        }
+        console.print(_metrics_table("label box raw / swapped (ensemble)",
+                                     {"raw": raw.ensemble, "swapped": swapped.ensemble}))
+        console.print(f"verdicts flipped by swapping label boxes between classes: {flips} of {n}"
+                      f" ({100 * flips / max(n, 1):.2f}%)")
+    if out is not None:
+        atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
+        console.print(f"figures written to {out}")

@@ -1,0 +1,65 @@
+"""Evaluation figures on fixed predictions, and tuning the ensemble on validation predictions."""
+
+import numpy as np
+import pytest
+
+from allscan.metrics import compute_metrics, roc_auc
+from allscan.tuning import tune_ensemble, tune_review_band, tune_threshold, tune_weights
+
+
+def test_metrics_on_a_fixed_set():
+    labels = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+    probs = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.2, 0.1, 0.3, 0.55, 0.05])
+    m = compute_metrics(labels, probs, 0.5, review=[0, 0, 0, 1, 1, 0, 0, 0, 1, 0])
+    assert m.confusion_matrix == [[3, 1], [2, 4]]
+    assert m.n == 10
+    assert m.accuracy == pytest.approx(0.7)
+    assert m.precision == pytest.approx(4 / 5)
+    assert m.recall == pytest.approx(4 / 6)
+    assert m.specificity == pytest.approx(3 / 4)
+    assert m.f1 == pytest.approx(2 * 0.8 * (4 / 6) / (0.8 + 4 / 6))
+    assert m.balanced_accuracy == pytest.approx((4 / 6 + 3 / 4) / 2)
+    # 24 positive/negative pairs; positives above negatives: 0.9,0.8,0.7,0.6 beat all 4 (16);
+    # 0.4 beats 0.1,0.3,0.05 (3); 0.2 beats 0.1,0.05 (2) → 21/24.
+    assert m.roc_auc == pytest.approx(21 / 24)
+    assert m.review == 3
+
+
+def test_roc_auc_counts_ties_half_and_needs_both_classes():
+    assert roc_auc([1, 0], [0.5, 0.5]) == pytest.approx(0.5)
+    assert np.isnan(roc_auc([1, 1], [0.2, 0.9]))
+
+
+def test_threshold_at_one_works_for_all_normal_predictions():
+    m = compute_metrics([0, 0, 1], [0.1, 0.2, 0.3], threshold=0.5)
+    assert m.precision == 0.0 and m.recall == 0.0 and m.f1 == 0.0 and m.specificity == 1.0
+
+
+def test_tuning_prefers_the_informative_model():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    good = np.clip(labels * 0.7 + 0.15 + rng.normal(0, 0.1, 400), 0, 1)
+    noise = rng.uniform(0, 1, 400)
+    weights = tune_weights({"good": good, "noise": noise}, labels)
+    assert weights["good"] > 0.8 and weights["good"] + weights["noise"] == pytest.approx(1.0)
+    config = tune_ensemble({"good": good, "noise": noise}, labels, "synthetic")
+    assert 0.3 < config.threshold < 0.7
+    low, high = config.review_band
+    assert low <= config.threshold <= high
+
+
+def test_threshold_moves_to_separate_shifted_scores():
+    labels = np.array([0] * 50 + [1] * 50)
+    p = np.concatenate([np.linspace(0.5, 0.7, 50), np.linspace(0.75, 0.95, 50)])
+    t = tune_threshold(labels, p)
+    assert 0.7 < t <= 0.75
+    assert compute_metrics(labels, p, t).balanced_accuracy == 1.0
+
+
+def test_review_band_catches_errors_near_threshold():
+    labels = np.array([0] * 20 + [1] * 80)
+    p = np.concatenate([np.full(18, 0.05), [0.55, 0.6], [0.45, 0.42], np.full(78, 0.95)])
+    low, high = tune_review_band(labels, p, 0.5)
+    wrong = (p >= 0.5) != (labels == 1)
+    assert (((p >= low) & (p < high)) & wrong).sum() == 4
+    assert high - low < 0.5
