@@ -13,7 +13,7 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -127,15 +127,22 @@ class Scorer:
         self._commit(results, skipped=False)
 
     def _commit(self, results: list[ImageResult], skipped: bool) -> None:
-        firsts = {}
-        for r in results:
-            first = self.store.first_path_for(r.sha256) if r.score is not None else None
-            if first is not None and first != str(r.path):
-                firsts[str(r.path)] = first
-        self.store.add(results, firsts)
+        firsts: dict[str, str] = {}
+        results = [self._mark_duplicate(r, firsts) for r in results]
+        self.store.add(results)
         for result in results:
             self.counts.add(result, skipped)
             self.observer.result(result, skipped)
+
+
+    def _mark_duplicate(self, result: ImageResult, batch_firsts: dict[str, str]) -> ImageResult:
+        """Mark a file whose content was already stored (or seen earlier in this batch) under another path."""
+        if result.score is None:
+            return result
+        first = self.store.first_path_for(result.sha256) or batch_firsts.setdefault(result.sha256, str(result.path))
+        if first == str(result.path):
+            return result
+        return replace(result, duplicate_of=first)
 
 
 def iter_prepared(paths: Iterable[Path], sizes: Sequence[int], known, workers: int, window: int):

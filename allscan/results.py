@@ -21,6 +21,7 @@ COLUMNS: tuple[str, ...] = (
     "agreement",
     *(f"p_all_{name}" for name in MODEL_NAMES),
     "error",
+    "duplicate_of",
 )
 """The results schema, in order, shared by CSV and the Excel ``Results`` sheet."""
 
@@ -54,6 +55,7 @@ class ImageResult:
     height: int | None = None
     score: Score | None = None
     error: str = ""
+    duplicate_of: str = ""
 
     @property
     def verdict(self) -> str:
@@ -76,6 +78,7 @@ class ImageResult:
         for name in MODEL_NAMES:
             values[f"p_all_{name}"] = score.per_model.get(name) if score else None
         values["error"] = self.error
+        values["duplicate_of"] = self.duplicate_of
         return values
 
 

@@ -90,18 +90,9 @@ class ResultStore:
         ).fetchone()
         return row[0] if row else None
 
-    def path_recorded(self, path: Path, sha256: str) -> bool:
-        """Whether this path already has a stored, successful row for this content."""
-        row = self._db.execute(
-            "SELECT 1 FROM files WHERE digest=? AND path=? AND sha256=? AND error=''",
-            (self.digest, str(path), sha256),
-        ).fetchone()
-        return row is not None
-
-    def add(self, results: Iterable[ImageResult], first_paths: dict[str, str] | None = None) -> None:
+    def add(self, results: Iterable[ImageResult]) -> None:
         """Store a batch of results in one transaction (durable on return)."""
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        first_paths = first_paths or {}
         with self._db:
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM files").fetchone()[0]
             for result in results:
@@ -114,9 +105,11 @@ class ResultStore:
                          json.dumps(s.per_model)),
                     )
                 self._db.execute(
-                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest, path) DO UPDATE SET"
+                    " sha256=excluded.sha256, width=excluded.width, height=excluded.height, error=excluded.error,"
+                    " first_path=excluded.first_path, recorded_at=excluded.recorded_at",
                     (self.digest, str(result.path), result.sha256, result.width, result.height, result.error,
-                     first_paths.get(str(result.path), ""), seq, now),
+                     result.duplicate_of, seq, now),
                 )
 
     def results(self, paths: Iterable[Path] | None = None) -> Iterator[ImageResult]:
@@ -124,19 +117,19 @@ class ResultStore:
         wanted = None if paths is None else {str(p) for p in paths}
         rows = self._db.execute(
             "SELECT f.path, f.sha256, f.width, f.height, f.error, s.p_all, s.verdict, s.review, s.agreement,"
-            " s.per_model FROM files f LEFT JOIN scores s ON s.digest=f.digest AND s.sha256=f.sha256 AND f.error=''"
+            " s.per_model, f.first_path FROM files f LEFT JOIN scores s ON s.digest=f.digest AND s.sha256=f.sha256 AND f.error=''"
             " WHERE f.digest=? ORDER BY f.path",
             (self.digest,),
         )
-        for path, sha, width, height, error, p_all, verdict, review, agreement, per_model in rows:
+        for path, sha, width, height, error, p_all, verdict, review, agreement, per_model, first in rows:
             if wanted is not None and path not in wanted:
                 continue
             score = None
             if not error and p_all is not None:
                 score = Score(p_all, verdict, bool(review), agreement, json.loads(per_model))
-            yield ImageResult(Path(path), sha, width, height, score, error)
+            yield ImageResult(Path(path), sha, width, height, score, error, first)
 
-    def duplicates(self) -> dict[str, str]:
-        """``{path: first path}`` for files stored as copies of an earlier file's content."""
-        rows = self._db.execute("SELECT path, first_path FROM files WHERE digest=? AND first_path!=''", (self.digest,))
-        return dict(rows.fetchall())
+    def has_path(self, path: Path) -> bool:
+        """Whether ``path`` already has a row under these models."""
+        row = self._db.execute("SELECT 1 FROM files WHERE digest=? AND path=?", (self.digest, str(path))).fetchone()
+        return row is not None

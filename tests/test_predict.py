@@ -117,6 +117,11 @@ def test_copy_under_new_name_reuses_score(slides, ensemble, tmp_path):
     predict([slides], out, ensemble)
     rows = {r["file"]: r for r in _csv_rows(out)}
     assert rows["copy-of-field1.png"]["p_all"] == rows["field1.png"]["p_all"]
+    # Sorted order meets the copy first, so the original is marked as its duplicate.
+    assert rows["field1.png"]["duplicate_of"] == str(slides / "copy-of-field1.png")
+    assert rows["copy-of-field1.png"]["duplicate_of"] == rows["field0.png"]["duplicate_of"] == ""
+    predict([slides], out, ensemble, batch_size=1, rescore=True)
+    assert _csv_rows(out) == list(rows.values())
 
 
 class _CrashAfter:
