@@ -314,3 +314,71 @@ def evaluate(
     if out is not None:
         atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
         console.print(f"figures written to {out}")
+
+
+@app.command()
+def watch(
+    folder: Annotated[Path, typer.Argument(help="Incoming folder to watch (created if missing).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results file: .csv (appended row by row) or .xlsx "
+                                      "(rewritten every --xlsx-every seconds and at stop).",
+                                      rich_help_panel=OUTPUT)] = Path("results.csv"),
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Watch sub-folders.",
+                                            rich_help_panel=INPUT)] = True,
+    poll: Annotated[bool, typer.Option("--poll", help="Poll instead of filesystem events (network shares).",
+                                       rich_help_panel=INPUT)] = False,
+    settle: Annotated[float, typer.Option(help="Seconds a file must stay unchanged before it is scored.",
+                                          rich_help_panel=INPUT)] = 1.0,
+    max_delay: Annotated[float, typer.Option("--max-delay", help="Longest an image waits for a batch to fill (s).",
+                                             rich_help_panel=RUN)] = 1.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Largest batch.", rich_help_panel=RUN)] = 16,
+    xlsx_every: Annotated[float, typer.Option("--xlsx-every", help="Seconds between .xlsx rewrites.",
+                                              rich_help_panel=OUTPUT)] = 30.0,
+    move_to: Annotated[Path | None, typer.Option("--move-to", help="Move each image, once its row is stored, to "
+                                                 "DIR/ALL, DIR/normal, DIR/review or DIR/error.",
+                                                 rich_help_panel=OUTPUT, show_default=False)] = None,
+    models: ModelsOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One log line per image instead of the live view.",
+                                        rich_help_panel=OUTPUT)] = False,
+) -> None:
+    """Score images as they land in FOLDER, each exactly once, until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from allscan.progress import WatchDisplay
+    from allscan.watching import WatchConfig, Watcher
+    from allscan.writers import check_output_suffix
+
+    try:
+        check_output_suffix(out)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    ensemble = _load_ensemble(models)
+    config = WatchConfig(folder, out, recursive, poll, settle, max_delay, batch_size, xlsx_every, move_to)
+    watcher = Watcher(config, ensemble)
+    display = WatchDisplay(console, watcher.stats, quiet)
+    watcher.observer = display
+    signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
+    if not quiet:
+        console.print(f"watching {folder} → {out} (Ctrl-C to stop)")
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            watcher.run()
+        except BaseException as exc:  # reported on the main thread below
+            failure.append(exc)
+
+    with display:
+        runner = threading.Thread(target=run, name="allscan-watch")
+        runner.start()
+        try:
+            while runner.is_alive():
+                runner.join(0.25)
+                display.refresh()
+        except KeyboardInterrupt:
+            watcher.stop()
+            runner.join()
+    if failure:
+        raise failure[0]
+    if not quiet:
+        console.print(f"stopped; {watcher.stats.scored} images scored this session; results in {out}")

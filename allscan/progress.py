@@ -83,3 +83,64 @@ def summary_table(summary: PredictSummary) -> Table:
     table.add_row("total", f"{c.done} of {c.total}")
     table.add_row("skipped (already scored)", str(c.skipped))
     return table
+
+
+class WatchDisplay:
+    """Live view of a watch: recent images with verdicts, counts, queue length, images/s.
+
+    With ``quiet`` (or when stdout is not a terminal) it logs one line per image instead.
+    """
+
+    def __init__(self, console: Console, stats, quiet: bool = False):
+        from rich.live import Live
+
+        self.console = console
+        self.stats = stats
+        self.counts = RunCounts()
+        self.lines = quiet or not console.is_terminal
+        self.live = None if self.lines else Live(self._render(), console=console, refresh_per_second=4)
+
+    def __enter__(self) -> "WatchDisplay":
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def start(self, total: int) -> None:
+        pass
+
+    def result(self, result: ImageResult, skipped: bool) -> None:
+        self.counts.add(result, skipped)
+        if self.lines:
+            p = f"{result.score.p_all:.3f}" if result.score else "-"
+            review = " review" if result.score and result.score.review else ""
+            extra = f" duplicate of {result.duplicate_of}" if result.duplicate_of else ""
+            reason = f" {result.error}" if result.error else ""
+            self.console.print(f"{result.verdict}{review} p_all={p} {result.path}{extra}{reason}",
+                               markup=False, highlight=False, soft_wrap=True)
+        else:
+            self.live.update(self._render())
+
+    def refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def _render(self):
+        import time
+
+        from rich.console import Group
+
+        c = self.counts
+        elapsed = max(time.monotonic() - self.stats.started, 1e-6)
+        head = (f"[red]ALL {c.all_}[/]  [green]normal {c.normal}[/]  [yellow]review {c.review}[/]  "
+                f"[magenta]error {c.errors}[/]  queue {self.stats.queued}  {self.stats.scored / elapsed:.2f} img/s")
+        table = Table(show_header=True, header_style="bold", expand=False)
+        for column in ("image", "verdict", "p_all", "review"):
+            table.add_column(column)
+        for r in getattr(self.stats, "recent", []):
+            table.add_row(r.path.name, r.verdict, f"{r.score.p_all:.3f}" if r.score else "-",
+                          "yes" if r.score and r.score.review else "")
+        return Group(head, table)

@@ -129,7 +129,11 @@ class ResultStore:
                 score = Score(p_all, verdict, bool(review), agreement, json.loads(per_model))
             yield ImageResult(Path(path), sha, width, height, score, error, first)
 
-    def has_path(self, path: Path) -> bool:
-        """Whether ``path`` already has a row under these models."""
-        row = self._db.execute("SELECT 1 FROM files WHERE digest=? AND path=?", (self.digest, str(path))).fetchone()
-        return row is not None
+    def has_path(self, path: Path, sha256: str | None = None) -> bool:
+        """Whether ``path`` already has a row under these models (for this content, when given)."""
+        query = "SELECT 1 FROM files WHERE digest=? AND path=?"
+        args: tuple = (self.digest, str(path))
+        if sha256 is not None:
+            query += " AND sha256=?"
+            args += (sha256,)
+        return self._db.execute(query, args).fetchone() is not None

@@ -1,6 +1,7 @@
 """Writing results to CSV (plus a run sidecar) or to an Excel workbook, atomically."""
 
 import csv
+import io
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -77,16 +78,22 @@ def _csv_value(column: str, value: object) -> object:
     return neutralise(value)
 
 
+def csv_line(result: ImageResult) -> str:
+    """One result as a CSV line (with its line ending), in :data:`COLUMNS` order."""
+    buffer = io.StringIO()
+    row = result.row()
+    csv.writer(buffer).writerow([_csv_value(c, row[c]) for c in COLUMNS])
+    return buffer.getvalue()
+
+
 def write_csv(out: Path, results: Iterable[ImageResult], info: RunInfo) -> None:
     """UTF-8 CSV with a header row; run metadata in ``<out>.run.json``."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
+            csv.writer(handle).writerow(COLUMNS)
             for result in results:
-                row = result.row()
-                writer.writerow([_csv_value(c, row[c]) for c in COLUMNS])
+                handle.write(csv_line(result))
 
     atomic_write(Path(out), write)
     payload = asdict(info) | {"review_band": list(info.review_band), "columns": list(COLUMNS)}

@@ -1,0 +1,184 @@
+"""allscan watch with a real filesystem observer on a temporary folder."""
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from openpyxl import load_workbook
+
+from allscan.store import ResultStore, store_path_for
+from allscan.watching import WatchConfig, Watcher
+from tests.utils import jpeg_bytes, write_image
+
+
+class Recorder:
+    def __init__(self):
+        self.results = []
+
+    def start(self, total):
+        pass
+
+    def result(self, result, skipped):
+        self.results.append((result, skipped))
+
+
+class Running:
+    """A watcher running on a thread for the duration of a ``with`` block."""
+
+    def __init__(self, ensemble, folder, out, **kw):
+        config = WatchConfig(folder, out, settle=kw.pop("settle", 0.3), max_delay=0.2, poll_interval=0.05, **kw)
+        self.recorder = Recorder()
+        self.watcher = Watcher(config, ensemble, self.recorder)
+        self.thread = threading.Thread(target=self.watcher.run)
+
+    def __enter__(self):
+        self.thread.start()
+        time.sleep(0.5)  # let the observer start
+        return self
+
+    def __exit__(self, *exc):
+        self.watcher.stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+    def wait_for(self, n, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while len(self.recorder.results) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.recorder.results) >= n, f"only {len(self.recorder.results)} of {n} results"
+        time.sleep(0.3)  # anything extra would show up now
+
+
+def _rows(path):
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_one_by_one_and_burst_each_get_exactly_one_row(ensemble, tmp_path):
+    incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
+    incoming.mkdir()
+    with Running(ensemble, incoming, out) as run:
+        for i in range(3):
+            write_image(incoming / f"single{i}.png", seed=i)
+            run.wait_for(i + 1)
+        for i in range(8):
+            write_image(incoming / "burst" / f"b{i}.png", seed=100 + i)
+        run.wait_for(11)
+        # Rows are appended and flushed as they are stored, before the watch stops.
+        assert len(_rows(out)) == 11
+    rows = _rows(out)
+    assert len(rows) == 11 and len({r["path"] for r in rows}) == 11
+    assert len(run.recorder.results) == 11
+
+
+def test_slow_chunked_write_is_scored_once_when_complete(ensemble, tmp_path):
+    incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
+    incoming.mkdir()
+    data = jpeg_bytes(seed=7, size=96)
+    target = incoming / "slow.jpg"
+    with Running(ensemble, incoming, out, settle=0.6) as run:
+        with open(target, "wb") as handle:
+            for start in range(0, len(data), len(data) // 6 + 1):
+                handle.write(data[start : start + len(data) // 6 + 1])
+                handle.flush()
+                time.sleep(0.25)
+        run.wait_for(1)
+        time.sleep(1.0)
+    assert len(run.recorder.results) == 1
+    (result, _), = run.recorder.results
+    assert result.error == "" and result.width == 96
+    import hashlib
+
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_restart_scores_only_new_images_and_marks_renamed_copies(ensemble, tmp_path):
+    incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
+    for i in range(3):
+        write_image(incoming / f"old{i}.png", seed=i)
+    with Running(ensemble, incoming, out) as first:
+        first.wait_for(3)  # catch-up pass
+    for i in range(2):
+        write_image(incoming / f"new{i}.png", seed=50 + i)
+    shutil.copy(incoming / "old0.png", incoming / "renamed-copy.png")
+    with Running(ensemble, incoming, out) as second:
+        second.wait_for(3)
+    assert sorted(r.path.name for r, _ in second.recorder.results) == ["new0.png", "new1.png", "renamed-copy.png"]
+    copy, skipped = next((r, s) for r, s in second.recorder.results if r.path.name == "renamed-copy.png")
+    assert skipped and copy.duplicate_of == str(incoming / "old0.png")
+    rows = {r["file"]: r for r in _rows(out)}
+    assert len(rows) == 6
+    assert rows["renamed-copy.png"]["duplicate_of"] == str(incoming / "old0.png")
+    assert rows["renamed-copy.png"]["p_all"] == rows["old0.png"]["p_all"]
+
+
+def test_move_to_moves_only_stored_images(ensemble, tmp_path):
+    incoming, out, done = tmp_path / "incoming", tmp_path / "results.csv", tmp_path / "sorted"
+    incoming.mkdir()
+    seen_in_store = []
+
+    with Running(ensemble, incoming, out, move_to=done) as run:
+        original_move = run.watcher._move
+
+        def checked_move(result):
+            with ResultStore(store_path_for(out), ensemble.manifest.digest) as store:
+                seen_in_store.append(store.has_path(result.path, result.sha256))
+            original_move(result)
+
+        run.watcher._move = checked_move
+        write_image(incoming / "a.png", seed=1)
+        (incoming / "broken.png").write_bytes(b"not a png")
+        run.wait_for(2, timeout=40)
+    assert seen_in_store == [True, True]
+    assert not list(incoming.iterdir())
+    moved = sorted(p.relative_to(done).as_posix() for p in done.rglob("*.png"))
+    assert "error/broken.png" in moved and len(moved) == 2
+
+
+def test_deleted_before_scoring_is_skipped(ensemble, tmp_path):
+    incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
+    incoming.mkdir()
+    with Running(ensemble, incoming, out, settle=1.0) as run:
+        write_image(incoming / "gone.png")
+        time.sleep(0.2)
+        (incoming / "gone.png").unlink()
+        write_image(incoming / "kept.png", seed=3)
+        run.wait_for(1)
+        time.sleep(1.0)
+    assert [r.path.name for r, _ in run.recorder.results] == ["kept.png"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_sigterm_stops_cleanly_with_complete_outputs(models_dir, tmp_path, suffix):
+    incoming, out = tmp_path / "incoming", tmp_path / f"results{suffix}"
+    incoming.mkdir()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "allscan", "watch", str(incoming), "--out", str(out), "--models", str(models_dir),
+         "--settle", "0.3", "--quiet", "--xlsx-every", "3600"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        for i in range(3):
+            write_image(incoming / f"{i}.png", seed=i)
+        deadline = time.monotonic() + 60
+        lines = []
+        while len(lines) < 3 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line:
+                lines.append(line)
+        assert len(lines) == 3, lines
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+    if suffix == ".csv":
+        assert len(_rows(out)) == 3
+    else:
+        assert load_workbook(out)["Results"].max_row == 4
