@@ -1,0 +1,211 @@
+"""Measure allscan's speed and memory on this machine, on the same images and models.
+
+Prints a table (or, with --json, one JSON object) of: the naive baseline (``model.predict``
+image by image), model compute alone (in-memory tensors, compiled batched forward), end to
+end (``allscan predict`` with decoding, the store and the Excel write), their ratios, peak
+RSS of end-to-end runs at 100 and 2,000 images, time to the first result and model load time.
+
+Usage:
+    python benchmarks/bench.py [--count 200] [--images DIR] [--models DIR] [--batch-size 16] [--json]
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def make_images(source: Path, count: int, folder: Path) -> list[Path]:
+    """``count`` JPEGs re-encoded from ``source`` with one pixel changed so every sha256 differs."""
+    import numpy as np
+    from PIL import Image
+
+    from allscan.images import decode_file, find_images
+
+    sources = [decode_file(p).rgb for p in find_images([source])]
+    if not sources:
+        raise SystemExit(f"no images in {source}")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        rgb = sources[i % len(sources)].copy()
+        rgb[0, 0] = (i % 256, (i // 256) % 256, 7)
+        path = folder / f"img{i:05d}.jpg"
+        Image.fromarray(np.asarray(rgb)).save(path, quality=95)
+        paths.append(path)
+    return paths
+
+
+def child(images: Path, out: Path, models: Path, batch_size: int) -> None:
+    """One end-to-end run in a fresh process: prints timings and peak RSS as JSON."""
+    started = time.monotonic()
+    from allscan.ensemble import Ensemble
+    from allscan.predict import predict
+
+    load_started = time.monotonic()
+    ensemble = Ensemble.load(models)
+    load_s = time.monotonic() - load_started
+
+    class FirstResult:
+        first = None
+
+        def start(self, total):
+            pass
+
+        def result(self, result, skipped):
+            if self.first is None:
+                self.first = time.monotonic() - started
+
+    observer = FirstResult()
+    run_started = time.monotonic()
+    summary = predict([images], out, ensemble, batch_size=batch_size, observer=observer)
+    run_s = time.monotonic() - run_started
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"n": summary.counts.done, "errors": summary.counts.errors, "seconds": run_s,
+                      "load_s": load_s, "first_result_s": observer.first, "peak_rss_mb": peak_kb / 1024}))
+
+
+def end_to_end(images: Path, models: Path, batch_size: int, workdir: Path) -> dict:
+    out = workdir / f"e2e-{images.name}.xlsx"
+    for stale in workdir.glob(f"e2e-{images.name}.xlsx*"):
+        stale.unlink()
+    cmd = [sys.executable, __file__, "--child", str(images), str(out), str(models), str(batch_size)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def naive(paths: list[Path], models: Path) -> float:
+    """Images/s of notebook-style scoring: decode, then model.predict on a one-image batch, per model."""
+    import numpy as np
+
+    from allscan._tf import keras
+    from allscan.images import decode_file, resize
+    from allscan.manifest import load_manifest
+    from allscan.preprocessing import get_preprocessor
+
+    manifest = load_manifest(models)
+    loaded = [(keras.models.load_model(models / e.file, compile=False), e.input_size,
+               get_preprocessor(e.preprocessing)) for e in manifest.models.values()]
+    for model, size, pre in loaded:  # warm-up, as a notebook would have run a cell before
+        model.predict(pre(np.zeros((1, size, size, 3), np.float32)), verbose=0)
+    started = time.monotonic()
+    for path in paths:
+        rgb = decode_file(path).rgb
+        for model, size, pre in loaded:
+            model.predict(pre(resize(rgb, size)[None].astype(np.float32)), verbose=0)
+    return len(paths) / (time.monotonic() - started)
+
+
+def compute_only(paths: list[Path], models: Path, batch_size: int) -> dict:
+    """Images/s of each model's compiled forward on tensors already decoded and resized in memory."""
+    import numpy as np
+
+    from allscan.ensemble import Ensemble
+    from allscan.images import decode_file, resize
+
+    ensemble = Ensemble.load(models)
+    decoded = [decode_file(p).rgb for p in paths]
+    per_model, total = {}, 0.0
+    for member in ensemble.members:
+        x = np.stack([resize(rgb, member.input_size) for rgb in decoded])
+        member.forward(x[:batch_size])
+        started = time.monotonic()
+        for i in range(0, len(x), batch_size):
+            member.forward(x[i : i + batch_size]).numpy()
+        seconds = time.monotonic() - started
+        per_model[member.name] = len(x) / seconds
+        total += seconds
+    return {"per_model": per_model, "all": len(paths) / total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=200, help="images for the speed figures")
+    parser.add_argument("--images", type=Path, help="use this folder's images instead of re-encoded samples")
+    parser.add_argument("--models", type=Path, default=REPO / "models")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--naive-count", type=int, default=40, help="images for the (slow) naive baseline")
+    parser.add_argument("--rss-counts", default="100,2000", help="image counts for the peak-RSS runs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        images, out, models, batch = args.child
+        child(Path(images), Path(out), Path(models), int(batch))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="allscan-bench-") as tmp:
+        work = Path(tmp)
+        if args.images:
+            from allscan.images import find_images
+
+            speed_dir, paths = args.images, find_images([args.images])[: args.count]
+        else:
+            speed_dir = work / "speed"
+            paths = make_images(REPO / "sample_images", args.count, speed_dir)
+        rss_counts = [int(n) for n in args.rss_counts.split(",")]
+        rss_dirs = {}
+        for n in rss_counts:
+            rss_dirs[n] = work / f"rss{n}"
+            make_images(REPO / "sample_images", n, rss_dirs[n])
+
+        e2e = end_to_end(speed_dir, args.models, args.batch_size, work)
+        rss = {n: end_to_end(rss_dirs[n], args.models, args.batch_size, work) for n in rss_counts}
+        compute = compute_only(paths, args.models, args.batch_size)
+        naive_rate = naive(paths[: args.naive_count], args.models)
+
+    e2e_rate = e2e["n"] / e2e["seconds"]
+    figures = {
+        "naive_img_s": naive_rate,
+        "compute_img_s": compute["all"],
+        "end_to_end_img_s": e2e_rate,
+        "speedup_vs_naive": e2e_rate / naive_rate,
+        "efficiency_vs_compute": e2e_rate / compute["all"],
+        "first_result_s": e2e["first_result_s"],
+        "models_load_s": e2e["load_s"],
+        "compute_img_s_per_model": compute["per_model"],
+        "images": len(paths),
+        "batch_size": args.batch_size,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()}"
+                   f" {platform.python_version()}",
+    }
+    for n in rss_counts:
+        figures[f"peak_rss_mb_{n}"] = rss[n]["peak_rss_mb"]
+    if args.json:
+        print(json.dumps(figures))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"allscan benchmark: {len(paths)} images, batch {args.batch_size}, {figures['machine']}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    table.add_row("naive baseline (model.predict per image)", f"{naive_rate:.2f} img/s", "")
+    for name, rate in compute["per_model"].items():
+        table.add_row(f"compute only: {name}", f"{rate:.1f} img/s", "")
+    table.add_row("compute only: all four", f"{compute['all']:.2f} img/s", "")
+    table.add_row("end to end (allscan predict → xlsx)", f"{e2e_rate:.2f} img/s", "")
+    table.add_row("speed-up vs naive", f"{figures['speedup_vs_naive']:.2f}×", "≥ 4×")
+    table.add_row("end to end / compute only", f"{100 * figures['efficiency_vs_compute']:.1f}%", "≥ 90%")
+    for n in rss_counts:
+        table.add_row(f"peak RSS, {n} images", f"{rss[n]['peak_rss_mb']:.0f} MB", "≤ 3000 MB")
+    if len(rss_counts) == 2:
+        growth = rss[rss_counts[1]]["peak_rss_mb"] / rss[rss_counts[0]]["peak_rss_mb"] - 1
+        table.add_row(f"RSS growth {rss_counts[0]} → {rss_counts[1]} images", f"{100 * growth:.1f}%", "≤ 10%")
+    table.add_row("start to first result", f"{e2e['first_result_s']:.1f} s", "< 20 s")
+    table.add_row("load four models", f"{e2e['load_s']:.1f} s", "")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
