@@ -75,6 +75,12 @@ def predict(
                                           rich_help_panel=RUN)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display or summary (for scripts).",
                                         rich_help_panel=OUTPUT)] = False,
+    heatmaps: Annotated[Path | None, typer.Option("--heatmaps", help="Write Grad-CAM figures here for ALL and "
+                                                  "review images.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    heatmaps_all: Annotated[bool, typer.Option("--heatmaps-all", help="Heatmaps for every image.",
+                                               rich_help_panel=OUTPUT)] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="Write a self-contained HTML batch report.",
+                                                rich_help_panel=OUTPUT, show_default=False)] = None,
 ) -> None:
     """Score images with the ensemble and write one row per image to CSV or Excel.
 
@@ -91,12 +97,20 @@ def predict(
             raise FileNotFoundError(f"no such file or folder: {missing[0]}")
     except (ValueError, FileNotFoundError) as exc:
         raise _usage_error(str(exc)) from None
+    from allscan.heatmaps import HeatmapOptions
+
+    if heatmaps_all and heatmaps is None:
+        raise _usage_error("--heatmaps-all needs --heatmaps DIR")
     ensemble = _load_ensemble(models)
+    options = HeatmapOptions(heatmaps, heatmaps_all) if heatmaps else None
     with LiveProgress(console, quiet) as live:
-        summary = run_predict(paths, out, ensemble, recursive, batch_size, workers, rescore, observer=live)
+        summary = run_predict(paths, out, ensemble, recursive, batch_size, workers, rescore, observer=live,
+                              heatmaps=options, report=report)
     if not quiet:
         console.print(summary_table(summary))
         console.print(f"results: [bold]{summary.out}[/]  (store: {summary.store})")
+        if report:
+            console.print(f"report: [bold]{report}[/]")
         if summary.counts.skipped:
             console.print(f"{summary.counts.skipped} images were already scored with these models and were skipped"
                           " (--rescore to score them again)")
@@ -339,6 +353,12 @@ def watch(
     models: ModelsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One log line per image instead of the live view.",
                                         rich_help_panel=OUTPUT)] = False,
+    heatmaps: Annotated[Path | None, typer.Option("--heatmaps", help="Write Grad-CAM figures here for ALL and "
+                                                  "review images.", rich_help_panel=OUTPUT, show_default=False)] = None,
+    heatmaps_all: Annotated[bool, typer.Option("--heatmaps-all", help="Heatmaps for every image.",
+                                               rich_help_panel=OUTPUT)] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="HTML batch report, rewritten with the outputs.",
+                                                rich_help_panel=OUTPUT, show_default=False)] = None,
 ) -> None:
     """Score images as they land in FOLDER, each exactly once, until Ctrl-C or SIGTERM."""
     import signal
@@ -352,8 +372,13 @@ def watch(
         check_output_suffix(out)
     except ValueError as exc:
         raise _usage_error(str(exc)) from None
+    from allscan.heatmaps import HeatmapOptions
+
+    if heatmaps_all and heatmaps is None:
+        raise _usage_error("--heatmaps-all needs --heatmaps DIR")
     ensemble = _load_ensemble(models)
-    config = WatchConfig(folder, out, recursive, poll, settle, max_delay, batch_size, xlsx_every, move_to)
+    config = WatchConfig(folder, out, recursive, poll, settle, max_delay, batch_size, xlsx_every, move_to,
+                         heatmaps=HeatmapOptions(heatmaps, heatmaps_all) if heatmaps else None, report=report)
     watcher = Watcher(config, ensemble)
     display = WatchDisplay(console, watcher.stats, quiet)
     watcher.observer = display
@@ -382,3 +407,40 @@ def watch(
         raise failure[0]
     if not quiet:
         console.print(f"stopped; {watcher.stats.scored} images scored this session; results in {out}")
+
+
+@app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(help="One image file.", show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Heatmap figure [default: IMAGE-heatmap.png].",
+                                             rich_help_panel=OUTPUT, show_default=False)] = None,
+    models: ModelsOpt = None,
+) -> None:
+    """Print each model's and the ensemble's probability for one image and write its Grad-CAM figure."""
+    from allscan.heatmaps import display_copy, write_heatmaps
+    from allscan.images import ImageError, decode_file, resize
+
+    if not image.is_file():
+        raise _usage_error(f"no such file: {image}")
+    ensemble = _load_ensemble(models)
+    try:
+        decoded = decode_file(image)
+    except ImageError as exc:
+        err.print(f"[bold red]error:[/] {image}: {exc}")
+        raise typer.Exit(EXIT_SOME_FAILED) from None
+    batches = {s: resize(decoded.rgb, s)[None] for s in ensemble.input_sizes}
+    score = ensemble.score(batches)[0]
+    table = Table(title=str(image))
+    table.add_column("model")
+    table.add_column("p(ALL)", justify="right")
+    for name, p in score.per_model.items():
+        table.add_row(name, f"{p:.4f}")
+    table.add_row("[bold]ensemble[/]", f"[bold]{score.p_all:.4f}[/]")
+    console.print(table)
+    console.print(f"verdict [bold]{score.verdict}[/]; agreement {score.agreement}/{len(score.per_model)}"
+                  + ("; [yellow]flagged for review[/]" if score.review else ""))
+    target = out or image.with_name(f"{image.stem}-heatmap.png")
+    written = write_heatmaps(ensemble, batches, [display_copy(decoded.rgb)], [image], [decoded.sha256], [score],
+                             target.parent)
+    Path(written[0]).replace(target)
+    console.print(f"heatmap: {target}")

@@ -13,14 +13,16 @@ from allscan.preprocessing import get_preprocessor
 from allscan.results import VERDICT_ALL, VERDICT_NORMAL, Score
 
 
-@dataclass(frozen=True)
+@dataclass
 class Member:
-    """A loaded ensemble member and its compiled forward pass."""
+    """A loaded ensemble member, its compiled forward pass and (built on first use) its Grad-CAM."""
 
     name: str
     input_size: int
+    preprocessing: str
     model: object
     forward: Callable
+    gradcam: Callable | None = None
 
 
 def _compiled_forward(model, preprocess: Callable, input_size: int) -> Callable:
@@ -69,7 +71,7 @@ class Ensemble:
         for entry in manifest.models.values():
             model = load_checked(models_dir, entry)
             forward = _compiled_forward(model, get_preprocessor(entry.preprocessing), entry.input_size)
-            members.append(Member(entry.name, entry.input_size, model, forward))
+            members.append(Member(entry.name, entry.input_size, entry.preprocessing, model, forward))
         return cls(manifest, members, models_dir)
 
     @property
@@ -79,6 +81,17 @@ class Ensemble:
     def predict_models(self, batches: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
         """Each model's probabilities of ALL for a batch given at every input size."""
         return {m.name: m.forward(tf.constant(batches[m.input_size])).numpy() for m in self.members}
+
+    def gradcams(self, batches: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each model's Grad-CAM maps ``(n, h, w)`` for the ALL logit, in [0, 1]."""
+        from allscan.gradcam import compiled_gradcam
+
+        maps = {}
+        for m in self.members:
+            if m.gradcam is None:
+                m.gradcam = compiled_gradcam(m.model, m.preprocessing, m.input_size)
+            maps[m.name] = m.gradcam(tf.constant(batches[m.input_size])).numpy()
+        return maps
 
     def score(self, batches: Mapping[int, np.ndarray]) -> list[Score]:
         """Ensemble scores for one batch (``{input_size: (n, s, s, 3) uint8}``)."""

@@ -48,15 +48,19 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def find_images(paths: Iterable[Path], recursive: bool = True, exclude: Iterable[Path] = ()) -> list[Path]:
+def find_images(
+    paths: Iterable[Path], recursive: bool = True, exclude: Iterable[Path] = (), exclude_dirs: Iterable[Path] = ()
+) -> list[Path]:
     """List the image files in ``paths`` (files or folders), sorted, without duplicates.
 
-    Hidden files and folders and the tool's own output files are never picked up.
+    Hidden files and folders, the tool's own output files (``exclude``) and anything
+    under ``exclude_dirs`` (e.g. the heatmaps folder) are never picked up.
 
     Raises:
         FileNotFoundError: A given path does not exist.
     """
     excluded = {Path(p).resolve() for p in exclude}
+    excluded_dirs = [Path(d).resolve() for d in exclude_dirs]
     found: dict[Path, None] = {}
     for root in paths:
         root = Path(root)
@@ -67,7 +71,10 @@ def find_images(paths: Iterable[Path], recursive: bool = True, exclude: Iterable
         else:
             candidates = _walk(root, recursive)
         for path in candidates:
-            if path.is_file() and is_image_file(path) and path.resolve() not in excluded:
+            resolved = path.resolve()
+            if resolved in excluded or any(resolved.is_relative_to(d) for d in excluded_dirs):
+                continue
+            if path.is_file() and is_image_file(path):
                 found.setdefault(path, None)
     return sorted(found)
 

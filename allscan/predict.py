@@ -22,9 +22,11 @@ import numpy as np
 
 from allscan import __version__
 from allscan.ensemble import Ensemble
+from allscan.heatmaps import HeatmapOptions, display_copy, write_heatmaps
 from allscan.images import ImageError, decode_bytes, find_images, resize
 from allscan.results import ImageResult, RunCounts
 from allscan.store import ResultStore, store_path_for
+from allscan.report import write_report
 from allscan.writers import RunInfo, check_output_suffix, sidecar_path, write_results
 
 DEFAULT_BATCH_SIZE = 16
@@ -58,10 +60,14 @@ class Prepared:
     inputs: dict[int, np.ndarray] = field(default_factory=dict)
     error: str = ""
     known: bool = False
+    display: np.ndarray | None = None
 
 
-def prepare(path: Path, sizes: Sequence[int], known: set[str] | frozenset[str]) -> Prepared:
-    """Read and decode ``path``; an unreadable file becomes a Prepared with ``error`` set."""
+def prepare(path: Path, sizes: Sequence[int], known: set[str] | frozenset[str], keep_display: bool = False) -> Prepared:
+    """Read and decode ``path``; an unreadable file becomes a Prepared with ``error`` set.
+
+    With ``keep_display`` a reduced copy of the image is kept for heatmap figures.
+    """
     try:
         data = Path(path).read_bytes()
     except OSError as err:
@@ -73,7 +79,8 @@ def prepare(path: Path, sizes: Sequence[int], known: set[str] | frozenset[str]) 
     if decoded.sha256 in known:
         return Prepared(path, decoded.sha256, decoded.width, decoded.height, known=True)
     inputs = {size: resize(decoded.rgb, size) for size in sizes}
-    return Prepared(path, decoded.sha256, decoded.width, decoded.height, inputs)
+    display = display_copy(decoded.rgb) if keep_display else None
+    return Prepared(path, decoded.sha256, decoded.width, decoded.height, inputs, display=display)
 
 
 @dataclass(frozen=True)
@@ -95,8 +102,10 @@ class PredictSummary:
 class Scorer:
     """Scores prepared images in batches and commits each batch to the store before reporting it."""
 
-    def __init__(self, ensemble: Ensemble, store: ResultStore, batch_size: int, observer: Observer):
+    def __init__(self, ensemble: Ensemble, store: ResultStore, batch_size: int, observer: Observer,
+                 heatmaps: HeatmapOptions | None = None):
         self.ensemble = ensemble
+        self.heatmaps = heatmaps
         self.store = store
         self.batch_size = batch_size
         self.observer = observer
@@ -123,8 +132,27 @@ class Scorer:
         batch, self.pending = self.pending, []
         stacked = {size: np.stack([p.inputs[size] for p in batch]) for size in self.ensemble.input_sizes}
         scores = self.ensemble.score(stacked)
-        results = [ImageResult(p.path, p.sha256, p.width, p.height, s) for p, s in zip(batch, scores)]
+        figures = self._heatmaps(batch, stacked, scores)
+        results = [ImageResult(p.path, p.sha256, p.width, p.height, s, heatmap=figures.get(i, ""))
+                   for i, (p, s) in enumerate(zip(batch, scores))]
         self._commit(results, skipped=False)
+
+    def _heatmaps(self, batch: list[Prepared], stacked: dict[int, np.ndarray], scores) -> dict[int, str]:
+        if self.heatmaps is None:
+            return {}
+        chosen = [i for i, s in enumerate(scores) if self.heatmaps.wanted(s)]
+        if not chosen:
+            return {}
+        paths = write_heatmaps(
+            self.ensemble,
+            {size: x[chosen] for size, x in stacked.items()},
+            [batch[i].display for i in chosen],
+            [batch[i].path for i in chosen],
+            [batch[i].sha256 for i in chosen],
+            [scores[i] for i in chosen],
+            self.heatmaps.folder,
+        )
+        return dict(zip(chosen, paths))
 
     def _commit(self, results: list[ImageResult], skipped: bool) -> None:
         firsts: dict[str, str] = {}
@@ -145,12 +173,13 @@ class Scorer:
         return replace(result, duplicate_of=first)
 
 
-def iter_prepared(paths: Iterable[Path], sizes: Sequence[int], known, workers: int, window: int):
+def iter_prepared(paths: Iterable[Path], sizes: Sequence[int], known, workers: int, window: int,
+                  keep_display: bool = False):
     """Prepare files on ``workers`` threads, at most ``window`` ahead, yielding in input order."""
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="allscan-decode") as pool:
         queue: deque[Future] = deque()
         for path in paths:
-            queue.append(pool.submit(prepare, path, sizes, known))
+            queue.append(pool.submit(prepare, path, sizes, known, keep_display))
             if len(queue) >= window:
                 yield queue.popleft().result()
         while queue:
@@ -184,13 +213,16 @@ def run_info(ensemble: Ensemble, started: datetime, counts: RunCounts, command: 
 
 
 def write_outputs(out: Path, store: ResultStore, images: list[Path], ensemble: Ensemble, started: datetime,
-                  skipped: int = 0, command: str | None = None) -> RunCounts:
-    """Write the results file for ``images`` from the store; returns the counts written."""
+                  skipped: int = 0, command: str | None = None, report: Path | None = None) -> RunCounts:
+    """Write the results file (and the HTML report, if asked) for ``images`` from the store."""
     counts = RunCounts(total=len(images))
     for result in store.results(images):
         counts.add(result)
     counts.skipped = skipped
-    write_results(out, lambda: store.results(images), run_info(ensemble, started, counts, command), counts)
+    info = run_info(ensemble, started, counts, command)
+    write_results(out, lambda: store.results(images), info, counts)
+    if report is not None:
+        write_report(report, store.results(images), info, counts)
     return counts
 
 
@@ -204,8 +236,10 @@ def predict(
     rescore: bool = False,
     observer: Observer | None = None,
     command: str | None = None,
+    heatmaps: HeatmapOptions | None = None,
+    report: Path | None = None,
 ) -> PredictSummary:
-    """Score every image in ``inputs`` and write ``out`` (.csv or .xlsx).
+    """Score every image in ``inputs`` and write ``out`` (.csv or .xlsx), and optionally an HTML report.
 
     Raises:
         FileNotFoundError: An input path does not exist.
@@ -215,19 +249,21 @@ def predict(
     check_output_suffix(out)
     observer = observer or _Silent()
     store_file = store_path_for(out)
-    images = find_images(inputs, recursive, exclude=[out, store_file, sidecar_path(out)])
+    images = find_images(inputs, recursive, exclude=[out, store_file, sidecar_path(out)],
+                         exclude_dirs=[heatmaps.folder] if heatmaps else [])
     started = datetime.now().astimezone()
     with ResultStore(store_file, ensemble.manifest.digest) as store:
         known = frozenset() if rescore else store.scored_hashes()
-        scorer = Scorer(ensemble, store, batch_size, observer)
+        scorer = Scorer(ensemble, store, batch_size, observer, heatmaps)
         observer.start(len(images))
         interrupted = False
         try:
-            for item in iter_prepared(images, ensemble.input_sizes, known, workers, window=2 * batch_size):
+            for item in iter_prepared(images, ensemble.input_sizes, known, workers, window=2 * batch_size,
+                                      keep_display=heatmaps is not None):
                 scorer.add(item)
             scorer.flush()
         except KeyboardInterrupt:
             interrupted = True
-        counts = write_outputs(out, store, images, ensemble, started, scorer.counts.skipped, command)
+        counts = write_outputs(out, store, images, ensemble, started, scorer.counts.skipped, command, report)
     counts.skipped = scorer.counts.skipped
     return PredictSummary(out, store_file, counts, interrupted)

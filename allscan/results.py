@@ -21,6 +21,7 @@ COLUMNS: tuple[str, ...] = (
     "agreement",
     *(f"p_all_{name}" for name in MODEL_NAMES),
     "error",
+    "heatmap",
     "duplicate_of",
 )
 """The results schema, in order, shared by CSV and the Excel ``Results`` sheet."""
@@ -56,6 +57,7 @@ class ImageResult:
     score: Score | None = None
     error: str = ""
     duplicate_of: str = ""
+    heatmap: str = ""
 
     @property
     def verdict(self) -> str:
@@ -78,6 +80,7 @@ class ImageResult:
         for name in MODEL_NAMES:
             values[f"p_all_{name}"] = score.per_model.get(name) if score else None
         values["error"] = self.error
+        values["heatmap"] = self.heatmap
         values["duplicate_of"] = self.duplicate_of
         return values
 

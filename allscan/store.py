@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS files (
     height INTEGER,
     error TEXT NOT NULL DEFAULT '',
     first_path TEXT NOT NULL DEFAULT '',
+    heatmap TEXT NOT NULL DEFAULT '',
     seq INTEGER NOT NULL,
     recorded_at TEXT NOT NULL,
     PRIMARY KEY (digest, path)
@@ -105,11 +106,11 @@ class ResultStore:
                          json.dumps(s.per_model)),
                     )
                 self._db.execute(
-                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest, path) DO UPDATE SET"
+                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest, path) DO UPDATE SET"
                     " sha256=excluded.sha256, width=excluded.width, height=excluded.height, error=excluded.error,"
-                    " first_path=excluded.first_path, recorded_at=excluded.recorded_at",
+                    " first_path=excluded.first_path, heatmap=excluded.heatmap, recorded_at=excluded.recorded_at",
                     (self.digest, str(result.path), result.sha256, result.width, result.height, result.error,
-                     result.duplicate_of, seq, now),
+                     result.duplicate_of, result.heatmap, seq, now),
                 )
 
     def results(self, paths: Iterable[Path] | None = None) -> Iterator[ImageResult]:
@@ -117,17 +118,17 @@ class ResultStore:
         wanted = None if paths is None else {str(p) for p in paths}
         rows = self._db.execute(
             "SELECT f.path, f.sha256, f.width, f.height, f.error, s.p_all, s.verdict, s.review, s.agreement,"
-            " s.per_model, f.first_path FROM files f LEFT JOIN scores s ON s.digest=f.digest AND s.sha256=f.sha256 AND f.error=''"
+            " s.per_model, f.first_path, f.heatmap FROM files f LEFT JOIN scores s ON s.digest=f.digest AND s.sha256=f.sha256 AND f.error=''"
             " WHERE f.digest=? ORDER BY f.path",
             (self.digest,),
         )
-        for path, sha, width, height, error, p_all, verdict, review, agreement, per_model, first in rows:
+        for path, sha, width, height, error, p_all, verdict, review, agreement, per_model, first, heatmap in rows:
             if wanted is not None and path not in wanted:
                 continue
             score = None
             if not error and p_all is not None:
                 score = Score(p_all, verdict, bool(review), agreement, json.loads(per_model))
-            yield ImageResult(Path(path), sha, width, height, score, error, first)
+            yield ImageResult(Path(path), sha, width, height, score, error, first, heatmap)
 
     def has_path(self, path: Path, sha256: str | None = None) -> bool:
         """Whether ``path`` already has a row under these models (for this content, when given)."""

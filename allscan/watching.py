@@ -20,6 +20,7 @@ from watchdog.observers import Observer as InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 from allscan.ensemble import Ensemble
+from allscan.heatmaps import HeatmapOptions
 from allscan.images import find_images, is_image_file
 from allscan.predict import Observer, Prepared, Scorer, prepare, write_outputs
 from allscan.results import ImageResult
@@ -47,6 +48,8 @@ class WatchConfig:
         xlsx_every: Seconds between rewrites of an .xlsx output.
         move_to: Where scored images go (into ``<verdict>/`` or ``review/``), or None.
         poll_interval: Seconds between checks of pending files.
+        heatmaps: Grad-CAM figures to write, or None.
+        report: HTML report rewritten with the outputs, or None.
     """
 
     folder: Path
@@ -59,6 +62,8 @@ class WatchConfig:
     xlsx_every: float = DEFAULT_XLSX_EVERY
     move_to: Path | None = None
     poll_interval: float = 0.1
+    heatmaps: HeatmapOptions | None = None
+    report: Path | None = None
 
 
 @dataclass
@@ -109,6 +114,7 @@ class Watcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._excluded = {p.resolve() for p in (config.out, store_path_for(config.out), sidecar_path(config.out))}
+        self._excluded_dirs = [d for d in (config.move_to, config.heatmaps and config.heatmaps.folder) if d]
         self._csv = None
         self._last_xlsx = 0.0
         self._dirty = False
@@ -120,7 +126,7 @@ class Watcher:
 
     def notify(self, path: Path) -> None:
         """Note that ``path`` appeared or changed (called from the filesystem observer thread)."""
-        if self.config.move_to is not None and _inside(path, self.config.move_to):
+        if any(_inside(path, d) for d in self._excluded_dirs):
             return
         if not is_image_file(path) or path.resolve() in self._excluded:
             return
@@ -140,10 +146,11 @@ class Watcher:
         try:
             with ResultStore(store_path_for(self.config.out), self.ensemble.manifest.digest) as store:
                 self._open_outputs(store)
-                for path in find_images([folder], self.config.recursive, exclude=self._excluded):
-                    if not _inside(path, self.config.move_to) and not store.has_path(path):
+                found = find_images([folder], self.config.recursive, self._excluded, self._excluded_dirs)
+                for path in found:
+                    if not store.has_path(path):
                         self.notify(path)
-                scorer = Scorer(self.ensemble, store, self.config.batch_size, _Relay(self))
+                scorer = Scorer(self.ensemble, store, self.config.batch_size, _Relay(self), self.config.heatmaps)
                 self._loop(scorer)
                 self._write_all(store)
         finally:
@@ -166,7 +173,7 @@ class Watcher:
                 scorer.flush()
                 oldest_ready = None
             self.stats.queued = len(self._pending) + len(scorer.pending)
-            self._maybe_write_xlsx(scorer.store)
+            self._maybe_rewrite(scorer.store)
             self._stop.wait(self.config.poll_interval)
         scorer.flush()
 
@@ -188,7 +195,7 @@ class Watcher:
                 continue
             if now - state.stable_since < self.config.settle:
                 continue
-            item = prepare(path, self.ensemble.input_sizes, frozenset())
+            item = prepare(path, self.ensemble.input_sizes, frozenset(), self.config.heatmaps is not None)
             if item.error and state.attempts < DECODE_RETRIES and path.exists():
                 state.attempts += 1
                 state.not_before = now + self.config.settle
@@ -236,10 +243,8 @@ class Watcher:
             pass
 
     def _open_outputs(self, store: ResultStore) -> None:
-        """Rewrite the output from the store (repairing a line cut by a crash), then append to a CSV."""
+        """Rewrite the output from the store (repairing a line cut by a crash); a CSV is then appended to."""
         self._write_all(store)
-        if self.config.out.suffix.lower() == ".csv":
-            self._csv = open(self.config.out, "a", encoding="utf-8", newline="")
 
     def _write_all(self, store: ResultStore) -> None:
         """Rewrite the whole output atomically from the store (every row stored for these models)."""
@@ -247,12 +252,16 @@ class Watcher:
             self._csv.close()
             self._csv = None
         paths = [r.path for r in store.results()]
-        write_outputs(self.config.out, store, paths, self.ensemble, self._started)
+        write_outputs(self.config.out, store, paths, self.ensemble, self._started, report=self.config.report)
+        if self._csv is None and self.config.out.suffix.lower() == ".csv" and not self._stop.is_set():
+            self._csv = open(self.config.out, "a", encoding="utf-8", newline="")
         self._last_xlsx = time.monotonic()
         self._dirty = False
 
-    def _maybe_write_xlsx(self, store: ResultStore) -> None:
-        if self.config.out.suffix.lower() != ".xlsx" or not self._dirty:
+    def _maybe_rewrite(self, store: ResultStore) -> None:
+        """Rewrite an .xlsx output and the report every ``xlsx_every`` seconds while results arrive."""
+        periodic = self.config.out.suffix.lower() == ".xlsx" or self.config.report is not None
+        if not periodic or not self._dirty:
             return
         if time.monotonic() - self._last_xlsx >= self.config.xlsx_every:
             self._write_all(store)

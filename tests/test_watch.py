@@ -182,3 +182,18 @@ def test_sigterm_stops_cleanly_with_complete_outputs(models_dir, tmp_path, suffi
         assert len(_rows(out)) == 3
     else:
         assert load_workbook(out)["Results"].max_row == 4
+
+
+def test_watch_writes_heatmaps_and_report(ensemble, tmp_path):
+    from allscan.heatmaps import HeatmapOptions
+
+    incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
+    incoming.mkdir()
+    report = tmp_path / "report.html"
+    options = HeatmapOptions(incoming / "maps", every=True)
+    with Running(ensemble, incoming, out, heatmaps=options, report=report) as run:
+        write_image(incoming / "a.png", seed=1, size=64)
+        run.wait_for(1)
+    assert run.recorder.results[0][0].heatmap
+    assert len(list((incoming / "maps").glob("*.png"))) == 1  # figures are not scored as new images
+    assert report.read_text(encoding="utf-8").count('class="card') == 1

@@ -41,7 +41,7 @@ def tiny_model(name: str, size: int, seed: int):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((size, size, 3))
     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     logit = keras.layers.Dense(1, name="all_logit")(x)
     return keras.Model(inputs, keras.layers.Activation("sigmoid")(logit), name=name)
 
