@@ -28,6 +28,21 @@ ModelsOpt = Annotated[
     typer.Option("--models", help="Models folder with a manifest.json [default: the shipped models/]",
                  rich_help_panel=MODEL, show_default=False),
 ]
+HeatmapsOpt = Annotated[
+    Path | None,
+    typer.Option("--heatmaps", help="Write Grad-CAM figures here for ALL and review images.",
+                 rich_help_panel=OUTPUT, show_default=False),
+]
+HeatmapsAllOpt = Annotated[bool, typer.Option("--heatmaps-all", help="Heatmaps for every image.",
+                                              rich_help_panel=OUTPUT)]
+
+
+def _heatmap_options(folder: Path | None, every: bool):
+    from allscan.heatmaps import HeatmapOptions
+
+    if every and folder is None:
+        raise _usage_error("--heatmaps-all needs --heatmaps DIR")
+    return HeatmapOptions(folder, every) if folder else None
 
 
 def _version(value: bool) -> None:
@@ -75,10 +90,8 @@ def predict(
                                           rich_help_panel=RUN)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display or summary (for scripts).",
                                         rich_help_panel=OUTPUT)] = False,
-    heatmaps: Annotated[Path | None, typer.Option("--heatmaps", help="Write Grad-CAM figures here for ALL and "
-                                                  "review images.", rich_help_panel=OUTPUT, show_default=False)] = None,
-    heatmaps_all: Annotated[bool, typer.Option("--heatmaps-all", help="Heatmaps for every image.",
-                                               rich_help_panel=OUTPUT)] = False,
+    heatmaps: HeatmapsOpt = None,
+    heatmaps_all: HeatmapsAllOpt = False,
     report: Annotated[Path | None, typer.Option("--report", help="Write a self-contained HTML batch report.",
                                                 rich_help_panel=OUTPUT, show_default=False)] = None,
 ) -> None:
@@ -97,12 +110,8 @@ def predict(
             raise FileNotFoundError(f"no such file or folder: {missing[0]}")
     except (ValueError, FileNotFoundError) as exc:
         raise _usage_error(str(exc)) from None
-    from allscan.heatmaps import HeatmapOptions
-
-    if heatmaps_all and heatmaps is None:
-        raise _usage_error("--heatmaps-all needs --heatmaps DIR")
+    options = _heatmap_options(heatmaps, heatmaps_all)
     ensemble = _load_ensemble(models)
-    options = HeatmapOptions(heatmaps, heatmaps_all) if heatmaps else None
     with LiveProgress(console, quiet) as live:
         summary = run_predict(paths, out, ensemble, recursive, batch_size, workers, rescore, observer=live,
                               heatmaps=options, report=report)
@@ -353,10 +362,8 @@ def watch(
     models: ModelsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One log line per image instead of the live view.",
                                         rich_help_panel=OUTPUT)] = False,
-    heatmaps: Annotated[Path | None, typer.Option("--heatmaps", help="Write Grad-CAM figures here for ALL and "
-                                                  "review images.", rich_help_panel=OUTPUT, show_default=False)] = None,
-    heatmaps_all: Annotated[bool, typer.Option("--heatmaps-all", help="Heatmaps for every image.",
-                                               rich_help_panel=OUTPUT)] = False,
+    heatmaps: HeatmapsOpt = None,
+    heatmaps_all: HeatmapsAllOpt = False,
     report: Annotated[Path | None, typer.Option("--report", help="HTML batch report, rewritten with the outputs.",
                                                 rich_help_panel=OUTPUT, show_default=False)] = None,
 ) -> None:
@@ -372,13 +379,10 @@ def watch(
         check_output_suffix(out)
     except ValueError as exc:
         raise _usage_error(str(exc)) from None
-    from allscan.heatmaps import HeatmapOptions
-
-    if heatmaps_all and heatmaps is None:
-        raise _usage_error("--heatmaps-all needs --heatmaps DIR")
+    options = _heatmap_options(heatmaps, heatmaps_all)
     ensemble = _load_ensemble(models)
     config = WatchConfig(folder, out, recursive, poll, settle, max_delay, batch_size, xlsx_every, move_to,
-                         heatmaps=HeatmapOptions(heatmaps, heatmaps_all) if heatmaps else None, report=report)
+                         heatmaps=options, report=report)
     watcher = Watcher(config, ensemble)
     display = WatchDisplay(console, watcher.stats, quiet)
     watcher.observer = display
