@@ -319,6 +319,10 @@ def evaluate(
     if shortcut_check:
         if label_box is None:
             raise _usage_error("--shortcut-check needs a label box (--blank-box or the manifest's)")
+        from dataclasses import asdict
+
+        from allscan.evaluation import heatmap_box_check, load_labelled
+
         raw = run_evaluation(ensemble, split_dir, label_box, "raw")
         swapped = run_evaluation(ensemble, split_dir, label_box, "swap")
         flips = count_flips(raw.predictions, swapped.predictions)
@@ -330,10 +334,16 @@ def evaluate(
             "flips_blank_to_raw": count_flips(result.predictions, raw.predictions),
             "flip_share": flips / n if n else 0.0,
         }
+        _, raw_images, _ = load_labelled(split_dir, label_box, "raw")
+        check = heatmap_box_check(ensemble, raw_images, raw.predictions, label_box)
+        payload["shortcut_check"]["heatmap_in_label_box"] = asdict(check)
         console.print(_metrics_table("label box raw / swapped (ensemble)",
                                      {"raw": raw.ensemble, "swapped": swapped.ensemble}))
         console.print(f"verdicts flipped by swapping label boxes between classes: {flips} of {n}"
                       f" ({100 * flips / max(n, 1):.2f}%)")
+        console.print(f"raw ALL verdicts whose hottest 5% of Grad-CAM lies mostly in the label box: {check.in_box}"
+                      f" of {check.images}; mean share in the box {check.mean_fraction:.3f} (box is"
+                      f" {check.box_area_fraction:.3f} of the image)")
     if out is not None:
         atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
         console.print(f"figures written to {out}")

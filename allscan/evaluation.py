@@ -124,3 +124,48 @@ def evaluate(ensemble: Ensemble, split_dir: Path, box: tuple[int, int, int, int]
 def count_flips(a: Predictions, b: Predictions) -> int:
     """How many images change verdict between two runs over the same images."""
     return int((a.verdicts != b.verdicts).sum())
+
+
+@dataclass(frozen=True)
+class HeatmapBoxCheck:
+    """Where Grad-CAM puts its heat on ALL verdicts, relative to the dataset's label box.
+
+    Attributes:
+        images: ALL-verdict images examined.
+        in_box: Images whose hottest 5% of pixels lie mostly (over half) inside the box.
+        mean_fraction: Mean share of each image's hottest 5% of pixels inside the box.
+        box_area_fraction: The box's share of the image (what a map blind to location would give).
+    """
+
+    images: int
+    in_box: int
+    mean_fraction: float
+    box_area_fraction: float
+
+
+def heatmap_box_check(ensemble: Ensemble, images: Sequence[np.ndarray], predictions: Predictions,
+                      box: tuple[int, int, int, int], batch_size: int = 32) -> HeatmapBoxCheck:
+    """Grad-CAM the ALL-verdict images and measure how much of their hottest 5% sits in ``box``."""
+    from allscan.gradcam import ensemble_map
+
+    chosen = [i for i, v in enumerate(predictions.verdicts) if v == "ALL"]
+    weights = ensemble.manifest.ensemble.weights
+    fractions = []
+    area = 0.0
+    for start in range(0, len(chosen), batch_size):
+        idx = chosen[start : start + batch_size]
+        batches = {s: np.stack([resize(images[i], s) for i in idx]) for s in ensemble.input_sizes}
+        maps = ensemble.gradcams(batches)
+        for k, i in enumerate(idx):
+            height, width = images[i].shape[:2]
+            combined = ensemble_map({n: m[k] for n, m in maps.items()}, weights, width, height)
+            inside = np.zeros((height, width), dtype=bool)
+            x0, y0 = round(box[0] * width / 224), round(box[1] * height / 224)
+            x1, y1 = round(box[2] * width / 224), round(box[3] * height / 224)
+            inside[y0:y1, x0:x1] = True
+            area = inside.mean()
+            hottest = combined >= np.quantile(combined, 0.95)
+            fractions.append(float((hottest & inside).sum() / max(hottest.sum(), 1)))
+    fractions_arr = np.asarray(fractions)
+    return HeatmapBoxCheck(len(chosen), int((fractions_arr > 0.5).sum()),
+                           float(fractions_arr.mean()) if len(fractions) else 0.0, float(area))
