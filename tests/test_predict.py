@@ -176,3 +176,19 @@ def test_unknown_suffix_and_missing_input_are_refused(slides, ensemble, tmp_path
         predict([slides], tmp_path / "results.txt", ensemble)
     with pytest.raises(FileNotFoundError):
         predict([tmp_path / "nope"], tmp_path / "r.csv", ensemble)
+
+
+class _CtrlCAfter(_CrashAfter):
+    def result(self, result, skipped):
+        self.seen.append(result.path)
+        if len(self.seen) == self.n:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_writes_what_was_scored_and_says_so(slides, ensemble, tmp_path):
+    out = tmp_path / "results.xlsx"
+    summary = predict([slides], out, ensemble, batch_size=2, observer=_CtrlCAfter(4))
+    assert summary.interrupted and summary.exit_code == 130
+    rows = load_workbook(out)["Results"].max_row - 1
+    assert 4 <= rows < 8
+    assert predict([slides], out, ensemble).counts.skipped == rows
