@@ -298,6 +298,8 @@ def evaluate(
     shortcut_check: Annotated[bool, typer.Option(
         "--shortcut-check", help="Also score raw and box-swapped images and count verdict flips.",
         rich_help_panel=RUN)] = False,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write ROC curves and confusion matrices (PNG) here.",
+                                               rich_help_panel=OUTPUT, show_default=False)] = None,
 ) -> None:
     """Accuracy, precision, recall, specificity, F1, balanced accuracy, ROC AUC per model and for the ensemble."""
     import json
@@ -316,6 +318,13 @@ def evaluate(
     result = run_evaluation(ensemble, split_dir, label_box, box)
     console.print(_metrics_table(f"{split} split, label box {box}", {**result.models, "ensemble": result.ensemble}))
     payload = result.to_dict() | {"split": split, "box": box, "models_digest": ensemble.manifest.digest}
+    if plots is not None:
+        from allscan.plots import write_plots
+
+        pred = result.predictions
+        write_plots(plots, pred.labels, {**pred.per_model, "ensemble": pred.ensemble},
+                    {**result.models, "ensemble": result.ensemble})
+        console.print(f"plots written to {plots}")
     if shortcut_check:
         if label_box is None:
             raise _usage_error("--shortcut-check needs a label box (--blank-box or the manifest's)")

@@ -63,3 +63,13 @@ def test_review_band_catches_errors_near_threshold():
     wrong = (p >= 0.5) != (labels == 1)
     assert (((p >= low) & (p < high)) & wrong).sum() == 4
     assert high - low < 0.5
+
+
+def test_roc_points_trace_the_curve_whose_area_is_the_auc():
+    from allscan.plots import roc_points
+
+    labels = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+    probs = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.2, 0.1, 0.3, 0.55, 0.05])
+    fpr, tpr = roc_points(labels, probs)
+    assert (fpr[0], tpr[0]) == (0, 0) and (fpr[-1], tpr[-1]) == (1, 1)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(labels, probs))

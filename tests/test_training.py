@@ -93,7 +93,8 @@ def test_train_tune_evaluate_end_to_end(tmp_path):
 
     out = tmp_path / "metrics.json"
     result = runner.invoke(app, ["evaluate", str(data), "--split", "test", "--models", str(models),
-                                 "--out", str(out), "--shortcut-check", "--blank-box", "20,20,32,32"])
+                                 "--out", str(out), "--shortcut-check", "--blank-box", "20,20,32,32",
+                                 "--plots", str(tmp_path / "plots")])
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
     assert set(figures["models"]) == {"alexnet"}
@@ -102,6 +103,8 @@ def test_train_tune_evaluate_end_to_end(tmp_path):
     for key in ("accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "roc_auc", "review"):
         assert key in ens
     assert ens["roc_auc"] > 0.9  # the tiny task is learnt in three epochs
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "confusion_alexnet.png", "confusion_ensemble.png", "roc.png"]
     check = figures["shortcut_check"]
     assert 0 <= check["flips_raw_to_swap"] <= 20 and check["raw"]["n"] == check["swap"]["n"] == 20
     assert check["heatmap_in_label_box"]["images"] == sum(figures["shortcut_check"]["raw"]["confusion_matrix"][i][1]
