@@ -39,13 +39,13 @@ class ModelSpec:
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("resnet50", "ResNet-50 (He et al. 2016)", architectures.resnet50, 112, "caffe", 10, 1e-3),
+        ModelSpec("resnet50", "ResNet-50 (He et al. 2016)", architectures.resnet50, 112, "caffe", 9, 1e-3),
         ModelSpec(
-            "efficientnet_b3", "EfficientNet-B3 (Tan & Le 2019)", architectures.efficientnet_b3, 112, "raw", 10, 2e-3
+            "efficientnet_b3", "EfficientNet-B3 (Tan & Le 2019)", architectures.efficientnet_b3, 112, "raw", 9, 2e-3
         ),
         ModelSpec("alexnet", "AlexNet (Krizhevsky et al. 2012)", architectures.alexnet, 128, "symmetric", 14, 1e-3),
         ModelSpec(
-            "vgg16", "VGG16 (Simonyan & Zisserman 2015)", architectures.vgg16, 64, "caffe", 8, 2e-4, onednn=False
+            "vgg16", "VGG16 (Simonyan & Zisserman 2015)", architectures.vgg16, 64, "caffe", 7, 2e-4, onednn=False
         ),
     )
 }
