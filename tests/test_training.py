@@ -109,3 +109,22 @@ def test_train_tune_evaluate_end_to_end(tmp_path):
     assert 0 <= check["flips_raw_to_swap"] <= 20 and check["raw"]["n"] == check["swap"]["n"] == 20
     assert check["heatmap_in_label_box"]["images"] == sum(figures["shortcut_check"]["raw"]["confusion_matrix"][i][1]
                                                            for i in (0, 1))
+
+
+def test_recalibration_replaces_stale_batchnorm_statistics():
+    from allscan._tf import keras
+    from allscan.training import batchnorm_layers, recalibrate_batchnorm
+
+    inputs = keras.Input((8, 8, 3))
+    inner = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.BatchNormalization(momentum=0.99)])
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.9)(inner(inputs)))
+    layers = batchnorm_layers(model)
+    assert len(layers) == 2  # nested backbones are reached
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(5.0, 2.0, (16, 8, 8, 3)).astype("float32"), None) for _ in range(20)]
+    recalibrate_batchnorm(model, batches)
+    first = layers[0] if layers[0] in inner.layers else layers[1]
+    expected_mean = np.mean([b.mean(axis=(0, 1, 2)) for b, _ in batches], axis=0)
+    assert np.allclose(first.moving_mean.numpy(), expected_mean, atol=1e-4)
+    assert np.allclose(first.moving_variance.numpy(), 4.0, rtol=0.1)
+    assert [layer.momentum for layer in layers] in ([0.99, 0.9], [0.9, 0.99])  # restored
