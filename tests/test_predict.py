@@ -192,3 +192,42 @@ def test_ctrl_c_writes_what_was_scored_and_says_so(slides, ensemble, tmp_path):
     rows = load_workbook(out)["Results"].max_row - 1
     assert 4 <= rows < 8
     assert predict([slides], out, ensemble).counts.skipped == rows
+
+
+def test_kill_9_midway_then_rerun_finishes_the_job(models_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "many"
+    for i in range(60):
+        write_image(folder / f"f{i:02d}.png", seed=i)
+    out = tmp_path / "results.csv"
+    cmd = [sys.executable, "-m", "allscan", "predict", str(folder), "-o", str(out), "--models", str(models_dir),
+           "--batch-size", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    store = store_path_for(out)
+    deadline = time.monotonic() + 60
+    stored = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if store.exists():
+            import sqlite3
+
+            try:
+                stored = sqlite3.connect(store).execute("SELECT COUNT(*) FROM files").fetchone()[0]
+            except sqlite3.OperationalError:
+                stored = 0
+            if stored >= 5:
+                break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 5 <= stored < 60, "the run should be killed midway"
+    assert not out.exists()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = _csv_rows(out)
+    assert sorted(r["file"] for r in rows) == [f"f{i:02d}.png" for i in range(60)]
+    assert all(r["verdict"] in ("ALL", "normal") for r in rows)
