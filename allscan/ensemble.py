@@ -62,6 +62,8 @@ class Ensemble:
     def load(cls, models_dir: Path) -> "Ensemble":
         """Load every model listed in ``models_dir/manifest.json``, checking each sha256.
 
+        Each model's compiled forward pass is traced here, so the first batch runs at full speed.
+
         Raises:
             ManifestError: No manifest, or a model file is missing or does not match.
         """
@@ -71,6 +73,7 @@ class Ensemble:
         for entry in manifest.models.values():
             model = load_checked(models_dir, entry)
             forward = _compiled_forward(model, get_preprocessor(entry.preprocessing), entry.input_size)
+            forward(tf.zeros((1, entry.input_size, entry.input_size, 3), tf.uint8))  # trace the graph now
             members.append(Member(entry.name, entry.input_size, entry.preprocessing, model, forward))
         return cls(manifest, members, models_dir)
 
