@@ -52,7 +52,7 @@ class EpochLog:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where the best model went and how it scored on validation."""
+    """Where the best model went and how it scored on validation; ``seconds`` sums every epoch run."""
 
     name: str
     best_path: Path
@@ -204,7 +204,6 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
-    started = time.monotonic()
     train_set = load_split(Path(data_dir) / "train", config.input_size, config.blank_box)
     val_set = load_split(Path(data_dir) / "val", config.input_size, config.blank_box)
     steps = len(train_set.labels) // config.batch_size
@@ -245,6 +244,6 @@ def train(
         int(best["epoch"]),
         float(best["val_loss"]),
         len(history),
-        time.monotonic() - started,
+        sum(e.seconds for e in history),
         history,
     )

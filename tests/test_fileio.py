@@ -24,3 +24,14 @@ def test_write_replaces_whole_file(tmp_path):
     atomic_write_text(target, "first")
     atomic_write_text(target, "second")
     assert target.read_text() == "second"
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "results.csv", "x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o644
