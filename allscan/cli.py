@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
+if not console.is_terminal:
+    console.width = max(console.width, 120)  # logs and pipes get whole tables, not 80 columns
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -268,18 +270,20 @@ def tune(
                   f" {config.review_band[0]:.3f}–{config.review_band[1]:.3f}")
 
 
-def _metrics_table(title: str, rows: dict) -> Table:
+def _metrics_table(title: str, rows: dict, review_rows: tuple[str, ...] = ("ensemble",)) -> Table:
     table = Table(title=title)
+    headers = {"n": "n", "accuracy": "acc", "precision": "prec", "recall": "recall", "specificity": "spec",
+               "f1": "F1", "balanced_accuracy": "bal acc", "roc_auc": "AUC"}
     table.add_column("model")
-    columns = ("n", "accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "roc_auc")
-    for column in columns:
-        table.add_column(column.replace("_", " "), justify="right")
-    table.add_column("[[tn, fp], [fn, tp]]", justify="right")
+    for header in headers.values():
+        table.add_column(header, justify="right")
+    table.add_column("tn/fp/fn/tp", justify="right")
     table.add_column("review", justify="right")
     for name, m in rows.items():
         d = m.to_dict()
-        table.add_row(name, str(d["n"]), *(f"{d[c]:.4f}" for c in columns[1:]), str(d["confusion_matrix"]),
-                      str(d["review"]) if name == "ensemble" else "")
+        (tn, fp), (fn, tp) = d["confusion_matrix"]
+        table.add_row(name, str(d["n"]), *(f"{d[c]:.4f}" for c in list(headers)[1:]), f"{tn}/{fp}/{fn}/{tp}",
+                      str(d["review"]) if name in review_rows else "")
     return table
 
 
@@ -346,8 +350,8 @@ def evaluate(
         _, raw_images, _ = load_labelled(split_dir, label_box, "raw")
         check = heatmap_box_check(ensemble, raw_images, raw.predictions, label_box)
         payload["shortcut_check"]["heatmap_in_label_box"] = asdict(check)
-        console.print(_metrics_table("label box raw / swapped (ensemble)",
-                                     {"raw": raw.ensemble, "swapped": swapped.ensemble}))
+        console.print(_metrics_table("ensemble with the label box raw / swapped",
+                                     {"raw": raw.ensemble, "swapped": swapped.ensemble}, ("raw", "swapped")))
         console.print(f"verdicts flipped by swapping label boxes between classes: {flips} of {n}"
                       f" ({100 * flips / max(n, 1):.2f}%)")
         console.print(f"raw ALL verdicts whose hottest 5% of Grad-CAM lies mostly in the label box: {check.in_box}"
