@@ -9,7 +9,7 @@ that was reported, and a rerun picks up where it stopped.
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from allscan.results import ImageResult, Score
@@ -93,7 +93,7 @@ class ResultStore:
 
     def add(self, results: Iterable[ImageResult]) -> None:
         """Store a batch of results in one transaction (durable on return)."""
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         with self._db:
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM files").fetchone()[0]
             for result in results:
@@ -118,7 +118,8 @@ class ResultStore:
         wanted = None if paths is None else {str(p) for p in paths}
         rows = self._db.execute(
             "SELECT f.path, f.sha256, f.width, f.height, f.error, s.p_all, s.verdict, s.review, s.agreement,"
-            " s.per_model, f.first_path, f.heatmap FROM files f LEFT JOIN scores s ON s.digest=f.digest AND s.sha256=f.sha256 AND f.error=''"
+            " s.per_model, f.first_path, f.heatmap FROM files f"
+            " LEFT JOIN scores s ON s.digest=f.digest AND s.sha256=f.sha256 AND f.error=''"
             " WHERE f.digest=? ORDER BY f.path",
             (self.digest,),
         )

@@ -68,7 +68,7 @@ def test_image_over_pixel_limit_is_refused_without_decoding(tmp_path):
 def test_odd_modes_become_rgb(mode):
     rgb = Image.fromarray(smear(1))
     if mode == "I;16":
-        image = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
+        image = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
         fmt = "PNG"
     else:
         image = rgb.convert(mode)

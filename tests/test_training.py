@@ -10,7 +10,6 @@ from allscan.cli import app
 from allscan.dataset import blank_box, parse_box
 from allscan.evaluation import swap_boxes
 from allscan.manifest import load_manifest
-from tests.utils import write_image
 
 runner = CliRunner()
 BOX = (185, 203, 223, 222)
