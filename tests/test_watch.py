@@ -197,3 +197,12 @@ def test_watch_writes_heatmaps_and_report(ensemble, tmp_path):
     assert run.recorder.results[0][0].heatmap
     assert len(list((incoming / "maps").glob("*.png"))) == 1  # figures are not scored as new images
     assert report.read_text(encoding="utf-8").count('class="card') == 1
+
+
+def test_poll_mode_for_network_shares(ensemble, tmp_path):
+    incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
+    incoming.mkdir()
+    with Running(ensemble, incoming, out, poll=True) as run:
+        write_image(incoming / "polled.png", seed=5)
+        run.wait_for(1)
+    assert [r.path.name for r, _ in run.recorder.results] == ["polled.png"]
