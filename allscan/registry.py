@@ -45,7 +45,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec("alexnet", "AlexNet (Krizhevsky et al. 2012)", architectures.alexnet, 128, "symmetric", 14, 1e-3),
         ModelSpec(
-            "vgg16", "VGG16 (Simonyan & Zisserman 2015)", architectures.vgg16, 64, "caffe", 7, 2e-4, onednn=False
+            "vgg16", "VGG16 (Simonyan & Zisserman 2015)", architectures.vgg16, 64, "caffe", 7, 5e-4, onednn=False
         ),
     )
 }
