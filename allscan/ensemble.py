@@ -35,7 +35,11 @@ def _compiled_forward(model, preprocess: Callable, input_size: int) -> Callable:
 
 
 def combine(per_model: Mapping[str, float], config: EnsembleConfig) -> Score:
-    """Weighted soft vote, verdict by threshold, review when uncertain or when models disagree."""
+    """Weighted soft vote, verdict by threshold, review when uncertain or when models disagree.
+
+    ``agreement`` counts every model's vote; disagreement (for review) is among the models
+    that carry weight, so a member tuned out of the vote cannot flag images on its own.
+    """
     total = sum(config.weights.get(name, 0.0) for name in per_model)
     if total > 0:
         p_all = sum(config.weights.get(name, 0.0) * p for name, p in per_model.items()) / total
@@ -44,7 +48,8 @@ def combine(per_model: Mapping[str, float], config: EnsembleConfig) -> Score:
     votes = [p >= config.threshold for p in per_model.values()]
     agreement = int(sum(votes))
     low, high = config.review_band
-    disagree = 0 < agreement < len(votes)
+    weighted_votes = [v for name, v in zip(per_model, votes) if config.weights.get(name, 0.0) > 0] or votes
+    disagree = 0 < sum(weighted_votes) < len(weighted_votes)
     review = bool(low <= p_all < high or disagree)
     verdict = VERDICT_ALL if p_all >= config.threshold else VERDICT_NORMAL
     return Score(float(p_all), verdict, review, agreement, {k: float(v) for k, v in per_model.items()})

@@ -1,0 +1,23 @@
+"""The soft vote: probability, verdict, agreement and the review flag."""
+
+import pytest
+
+from allscan.ensemble import combine
+from allscan.manifest import EnsembleConfig
+
+CONFIG = EnsembleConfig({"a": 0.5, "b": 0.3, "c": 0.2, "d": 0.0}, threshold=0.6, review_band=(0.4, 0.8))
+
+
+def test_weighted_probability_and_verdict():
+    score = combine({"a": 0.9, "b": 0.9, "c": 0.9, "d": 0.0}, CONFIG)
+    assert score.p_all == pytest.approx(0.9)
+    assert score.verdict == "ALL" and score.agreement == 3
+    assert not score.review  # the zero-weight model's dissent does not flag it
+
+
+def test_review_in_band_or_on_disagreement():
+    assert combine({"a": 0.7, "b": 0.7, "c": 0.7, "d": 0.7}, CONFIG).review  # 0.7 inside the band
+    disagree = combine({"a": 0.95, "b": 0.95, "c": 0.1, "d": 0.95}, CONFIG)
+    assert disagree.p_all == pytest.approx(0.875) and disagree.review
+    normal = combine({"a": 0.05, "b": 0.1, "c": 0.2, "d": 0.9}, CONFIG)
+    assert normal.verdict == "normal" and not normal.review and normal.agreement == 1
