@@ -17,7 +17,8 @@ def test_weighted_probability_and_verdict():
 
 def test_review_in_band_or_on_disagreement():
     assert combine({"a": 0.7, "b": 0.7, "c": 0.7, "d": 0.7}, CONFIG).review  # 0.7 inside the band
-    disagree = combine({"a": 0.95, "b": 0.95, "c": 0.1, "d": 0.95}, CONFIG)
-    assert disagree.p_all == pytest.approx(0.875) and disagree.review
+    disagree = combine({"a": 0.95, "b": 0.95, "c": 0.5, "d": 0.95}, CONFIG)
+    assert disagree.p_all == pytest.approx(0.86) and disagree.verdict == "ALL"
+    assert disagree.review  # outside the band, but a weighted model votes normal
     normal = combine({"a": 0.05, "b": 0.1, "c": 0.2, "d": 0.9}, CONFIG)
     assert normal.verdict == "normal" and not normal.review and normal.agreement == 1
