@@ -7,6 +7,8 @@ import numpy as np
 from allscan.manifest import EnsembleConfig
 from allscan.metrics import compute_metrics
 
+MEMBER_MIN_BALANCED_ACCURACY = 0.95
+"""A model joins the vote when its validation balanced accuracy (at 0.5) reaches this."""
 WEIGHT_STEP = 0.1
 REVIEW_ERROR_SHARE = 0.8
 """The review band widens until it holds this share of validation errors…"""
@@ -66,9 +68,23 @@ def tune_review_band(labels: np.ndarray, p: np.ndarray, threshold: float) -> tup
     return band
 
 
+def member_weights(probs: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """Equal weights for every model with validation balanced accuracy ≥ 0.95, zero for the others.
+
+    On a validation split that the good models separate almost perfectly, a fitted weight
+    search (:func:`tune_weights`) puts all the weight on one model, which is no ensemble
+    and no more robust than that model; averaging the competent members is.
+    """
+    competent = [n for n in sorted(probs)
+                 if compute_metrics(labels, probs[n], 0.5).balanced_accuracy >= MEMBER_MIN_BALANCED_ACCURACY]
+    if not competent:
+        return tune_weights(probs, labels)
+    return {n: (1.0 / len(competent) if n in competent else 0.0) for n in sorted(probs)}
+
+
 def tune_ensemble(probs: dict[str, np.ndarray], labels: np.ndarray, tuned_on: str) -> EnsembleConfig:
     """Weights, threshold and review band, all from validation predictions."""
-    weights = tune_weights(probs, labels)
+    weights = member_weights(probs, labels)
     p = weighted(probs, {n: w for n, w in weights.items() if w})
     threshold = tune_threshold(labels, p)
     return EnsembleConfig(weights, threshold, tune_review_band(labels, p, threshold), tuned_on)

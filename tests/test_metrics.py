@@ -43,6 +43,7 @@ def test_tuning_prefers_the_informative_model():
     weights = tune_weights({"good": good, "noise": noise}, labels)
     assert weights["good"] > 0.8 and weights["good"] + weights["noise"] == pytest.approx(1.0)
     config = tune_ensemble({"good": good, "noise": noise}, labels, "synthetic")
+    assert config.weights == {"good": 1.0, "noise": 0.0}
     assert 0.3 < config.threshold < 0.7
     low, high = config.review_band
     assert low <= config.threshold <= high
@@ -73,3 +74,16 @@ def test_roc_points_trace_the_curve_whose_area_is_the_auc():
     fpr, tpr = roc_points(labels, probs)
     assert (fpr[0], tpr[0]) == (0, 0) and (fpr[-1], tpr[-1]) == (1, 1)
     assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(labels, probs))
+
+
+def test_competent_models_share_the_vote_equally():
+    from allscan.tuning import member_weights
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 300)
+    sharp = np.where(labels == 1, 0.99, 0.01)  # a fitted search would give this one all the weight
+    good = np.clip(labels * 0.6 + 0.2 + rng.normal(0, 0.05, 300), 0, 1)
+    weak = rng.uniform(0, 1, 300)
+    assert tune_weights({"sharp": sharp, "good": good, "weak": weak}, labels)["sharp"] == 1.0
+    assert member_weights({"sharp": sharp, "good": good, "weak": weak}, labels) == {
+        "good": 0.5, "sharp": 0.5, "weak": 0.0}
