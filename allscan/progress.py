@@ -136,7 +136,8 @@ class WatchDisplay:
         c = self.counts
         elapsed = max(time.monotonic() - self.stats.started, 1e-6)
         head = (f"[red]ALL {c.all_}[/]  [green]normal {c.normal}[/]  [yellow]review {c.review}[/]  "
-                f"[magenta]error {c.errors}[/]  queue {self.stats.queued}  {self.stats.scored / elapsed:.2f} img/s")
+                f"[magenta]error {c.errors}[/]  queue {self.stats.queued}  "
+                f"{self.stats.scored / elapsed:.2f} img/s since start")
         table = Table(show_header=True, header_style="bold", expand=False)
         for column in ("image", "verdict", "p_all", "review"):
             table.add_column(column)
