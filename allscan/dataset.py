@@ -32,15 +32,20 @@ def parse_box(text: str) -> tuple[int, int, int, int] | None:
     return tuple(parts)  # type: ignore[return-value]
 
 
+def scale_box(box: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
+    """A box given in 224×224 field coordinates, scaled to a ``width``×``height`` image and clipped to it."""
+    sx, sy = width / 224.0, height / 224.0
+    return (int(round(box[0] * sx)), int(round(box[1] * sy)),
+            min(width, int(round(box[2] * sx))), min(height, int(round(box[3] * sy))))
+
+
 def blank_box(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """Fill ``box`` with the field's background colour: the median of a ring around it.
 
     The box is given in 224×224 coordinates and scaled to the image's size.
     """
     height, width = rgb.shape[:2]
-    sx, sy = width / 224.0, height / 224.0
-    x0, x1 = int(round(box[0] * sx)), min(width, int(round(box[2] * sx)))
-    y0, y1 = int(round(box[1] * sy)), min(height, int(round(box[3] * sy)))
+    x0, y0, x1, y1 = scale_box(box, width, height)
     ring = np.zeros((height, width), dtype=bool)
     ring[max(0, y0 - _RING) : min(height, y1 + _RING), max(0, x0 - _RING) : min(width, x1 + _RING)] = True
     ring[y0:y1, x0:x1] = False

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from allscan.dataset import blank_box, list_split
+from allscan.dataset import blank_box, list_split, scale_box
 from allscan.ensemble import Ensemble, combine
 from allscan.images import decode_file, resize
 from allscan.metrics import Metrics, compute_metrics
@@ -55,11 +55,8 @@ def swap_boxes(images: Sequence[np.ndarray], labels: np.ndarray, box: tuple[int,
 
 
 def _paste_box(image: np.ndarray, donor: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    h, w = image.shape[:2]
-    x0, y0 = int(round(box[0] * w / 224)), int(round(box[1] * h / 224))
-    x1, y1 = min(w, int(round(box[2] * w / 224))), min(h, int(round(box[3] * h / 224)))
-    dh, dw = donor.shape[:2]
-    dx0, dy0 = int(round(box[0] * dw / 224)), int(round(box[1] * dh / 224))
+    x0, y0, x1, y1 = scale_box(box, image.shape[1], image.shape[0])
+    dx0, dy0, _, _ = scale_box(box, donor.shape[1], donor.shape[0])
     patch = donor[dy0 : dy0 + (y1 - y0), dx0 : dx0 + (x1 - x0)]
     out = image.copy()
     out[y0 : y0 + patch.shape[0], x0 : x0 + patch.shape[1]] = patch
@@ -160,8 +157,7 @@ def heatmap_box_check(ensemble: Ensemble, images: Sequence[np.ndarray], predicti
             height, width = images[i].shape[:2]
             combined = ensemble_map({n: m[k] for n, m in maps.items()}, weights, width, height)
             inside = np.zeros((height, width), dtype=bool)
-            x0, y0 = round(box[0] * width / 224), round(box[1] * height / 224)
-            x1, y1 = round(box[2] * width / 224), round(box[3] * height / 224)
+            x0, y0, x1, y1 = scale_box(box, width, height)
             inside[y0:y1, x0:x1] = True
             area = inside.mean()
             hottest = combined >= np.quantile(combined, 0.95)

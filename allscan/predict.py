@@ -162,7 +162,6 @@ class Scorer:
             self.counts.add(result, skipped)
             self.observer.result(result, skipped)
 
-
     def _mark_duplicate(self, result: ImageResult, batch_firsts: dict[str, str]) -> ImageResult:
         """Mark a file whose content was already stored (or seen earlier in this batch) under another path."""
         if result.score is None:
@@ -265,5 +264,4 @@ def predict(
         except KeyboardInterrupt:
             interrupted = True
         counts = write_outputs(out, store, images, ensemble, started, scorer.counts.skipped, command, report)
-    counts.skipped = scorer.counts.skipped
     return PredictSummary(out, store_file, counts, interrupted)

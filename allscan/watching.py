@@ -116,7 +116,7 @@ class Watcher:
         self._excluded = {p.resolve() for p in (config.out, store_path_for(config.out), sidecar_path(config.out))}
         self._excluded_dirs = [d for d in (config.move_to, config.heatmaps and config.heatmaps.folder) if d]
         self._csv = None
-        self._last_xlsx = 0.0
+        self._last_rewrite = 0.0
         self._dirty = False
         self._started = datetime.now().astimezone()
 
@@ -145,7 +145,7 @@ class Watcher:
         observer.start()
         try:
             with ResultStore(store_path_for(self.config.out), self.ensemble.manifest.digest) as store:
-                self._open_outputs(store)
+                self._write_all(store)  # repairs a CSV line cut by a crash; a CSV is then appended to
                 found = find_images([folder], self.config.recursive, self._excluded, self._excluded_dirs)
                 for path in found:
                     if not store.has_path(path):
@@ -242,10 +242,6 @@ class Watcher:
         except FileNotFoundError:
             pass
 
-    def _open_outputs(self, store: ResultStore) -> None:
-        """Rewrite the output from the store (repairing a line cut by a crash); a CSV is then appended to."""
-        self._write_all(store)
-
     def _write_all(self, store: ResultStore) -> None:
         """Rewrite the whole output atomically from the store (every row stored for these models)."""
         if self._csv is not None:
@@ -255,7 +251,7 @@ class Watcher:
         write_outputs(self.config.out, store, paths, self.ensemble, self._started, report=self.config.report)
         if self._csv is None and self.config.out.suffix.lower() == ".csv" and not self._stop.is_set():
             self._csv = open(self.config.out, "a", encoding="utf-8", newline="")
-        self._last_xlsx = time.monotonic()
+        self._last_rewrite = time.monotonic()
         self._dirty = False
 
     def _maybe_rewrite(self, store: ResultStore) -> None:
@@ -263,7 +259,7 @@ class Watcher:
         periodic = self.config.out.suffix.lower() == ".xlsx" or self.config.report is not None
         if not periodic or not self._dirty:
             return
-        if time.monotonic() - self._last_xlsx >= self.config.xlsx_every:
+        if time.monotonic() - self._last_rewrite >= self.config.xlsx_every:
             self._write_all(store)
 
 
@@ -283,11 +279,4 @@ class _Relay:
 
 
 def _inside(path: Path, folder: Path | None) -> bool:
-    if folder is None:
-        return False
-    try:
-        Path(path).resolve().relative_to(Path(folder).resolve())
-        return True
-    except ValueError:
-        return False
-
+    return folder is not None and Path(path).resolve().is_relative_to(Path(folder).resolve())
