@@ -1,9 +1,14 @@
-"""Where allscan finds its shipped models and keeps training runs."""
+"""Where allscan finds its shipped models, keeps training runs and puts the files beside an output.
+
+This module imports nothing heavy, so the command line can check paths before TensorFlow loads.
+"""
 
 import os
 from pathlib import Path
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+OUTPUT_SUFFIXES = (".csv", ".xlsx")
 
 
 def default_models_dir() -> Path:
@@ -20,3 +25,19 @@ def default_models_dir() -> Path:
 def default_runs_dir() -> Path:
     """Training checkpoints live outside the repository: ``$ALLSCAN_RUNS`` or ``~/allscan-runs``."""
     return Path(os.environ.get("ALLSCAN_RUNS", Path.home() / "allscan-runs"))
+
+
+def check_output_suffix(out: Path) -> None:
+    """Raise ValueError unless ``out`` ends in a supported suffix."""
+    if Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"unknown output suffix {Path(out).suffix!r} for {out}; use .csv or .xlsx")
+
+
+def sidecar_path(out: Path) -> Path:
+    """The CSV's run metadata: ``results.csv`` → ``results.csv.run.json``."""
+    return Path(str(out) + ".run.json")
+
+
+def store_path_for(out: Path) -> Path:
+    """The store beside an output file: ``results.xlsx`` → ``results.xlsx.allscan.sqlite``."""
+    return Path(str(out) + ".allscan.sqlite")

@@ -9,58 +9,49 @@ that was reported, and a rerun picks up where it stopped.
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, UTC
 from pathlib import Path
 
+from allscan.fileio import OutputError
+from allscan.paths import store_path_for
 from allscan.results import ImageResult, Score
+from allscan.store_lock import StoreLock
+from allscan.store_schema import open_database
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS scores (
-    digest TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    p_all REAL NOT NULL,
-    verdict TEXT NOT NULL,
-    review INTEGER NOT NULL,
-    agreement INTEGER NOT NULL,
-    per_model TEXT NOT NULL,
-    PRIMARY KEY (digest, sha256)
-);
-CREATE TABLE IF NOT EXISTS files (
-    digest TEXT NOT NULL,
-    path TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    width INTEGER,
-    height INTEGER,
-    error TEXT NOT NULL DEFAULT '',
-    first_path TEXT NOT NULL DEFAULT '',
-    heatmap TEXT NOT NULL DEFAULT '',
-    seq INTEGER NOT NULL,
-    recorded_at TEXT NOT NULL,
-    PRIMARY KEY (digest, path)
-);
-"""
-
-
-def store_path_for(out: Path) -> Path:
-    """The store beside an output file: ``results.xlsx`` → ``results.xlsx.allscan.sqlite``."""
-    return Path(str(out) + ".allscan.sqlite")
+__all__ = ["ResultStore", "store_path_for"]
 
 
 class ResultStore:
-    """Durable results for one models digest."""
+    """Durable results for one models digest.
+
+    Opening a store takes its writer lock (:mod:`allscan.store_lock`) and brings its schema up
+    to date (:mod:`allscan.store_schema`); a corrupt file is moved aside first and its path kept
+    in ``moved_aside``.
+
+    Raises:
+        StoreBusy: Another process is writing this store.
+        StoreError: The store was written by a newer allscan.
+        OutputError: The store cannot be opened or written (permissions, disk full).
+    """
 
     def __init__(self, path: Path, digest: str):
         self.path = Path(path)
         self.digest = digest
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._db.commit()
+        self._lock = StoreLock(self.path)
+        self._lock.acquire()
+        try:
+            with self._io():
+                self._db, self.moved_aside = open_database(self.path)
+        except BaseException:
+            self._lock.release()
+            raise
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "ResultStore":
         return self
@@ -68,33 +59,48 @@ class ResultStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @contextmanager
+    def _io(self) -> Iterator[None]:
+        """Turn SQLite and OS failures into an :class:`OutputError` naming the store."""
+        try:
+            yield
+        except sqlite3.Error as err:
+            raise OutputError(self.path, str(err)) from err
+        except OSError as err:
+            if isinstance(err, OutputError):
+                raise
+            raise OutputError(self.path, err.strerror or str(err)) from err
+
     def score_for(self, sha256: str) -> Score | None:
         """The stored score of an image's content under these models, if any."""
-        row = self._db.execute(
-            "SELECT p_all, verdict, review, agreement, per_model FROM scores WHERE digest=? AND sha256=?",
-            (self.digest, sha256),
-        ).fetchone()
+        with self._io():
+            row = self._db.execute(
+                "SELECT p_all, verdict, review, agreement, per_model FROM scores WHERE digest=? AND sha256=?",
+                (self.digest, sha256),
+            ).fetchone()
         if row is None:
             return None
         return Score(row[0], row[1], bool(row[2]), row[3], json.loads(row[4]))
 
     def scored_hashes(self) -> frozenset[str]:
         """Every image content already scored by these models."""
-        rows = self._db.execute("SELECT sha256 FROM scores WHERE digest=?", (self.digest,)).fetchall()
+        with self._io():
+            rows = self._db.execute("SELECT sha256 FROM scores WHERE digest=?", (self.digest,)).fetchall()
         return frozenset(r[0] for r in rows)
 
     def first_path_for(self, sha256: str) -> str | None:
         """The first path stored with this content (to mark later copies as duplicates)."""
-        row = self._db.execute(
-            "SELECT path FROM files WHERE digest=? AND sha256=? AND error='' ORDER BY seq LIMIT 1",
-            (self.digest, sha256),
-        ).fetchone()
+        with self._io():
+            row = self._db.execute(
+                "SELECT path FROM files WHERE digest=? AND sha256=? AND error='' ORDER BY seq LIMIT 1",
+                (self.digest, sha256),
+            ).fetchone()
         return row[0] if row else None
 
     def add(self, results: Iterable[ImageResult]) -> None:
         """Store a batch of results in one transaction (durable on return)."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        with self._db:
+        with self._io(), self._db:
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM files").fetchone()[0]
             for result in results:
                 seq += 1
@@ -115,6 +121,10 @@ class ResultStore:
 
     def results(self, paths: Iterable[Path] | None = None) -> Iterator[ImageResult]:
         """Stored results, in path order; only ``paths`` when given."""
+        with self._io():
+            yield from self._results(paths)
+
+    def _results(self, paths: Iterable[Path] | None) -> Iterator[ImageResult]:
         wanted = None if paths is None else {str(p) for p in paths}
         rows = self._db.execute(
             "SELECT f.path, f.sha256, f.width, f.height, f.error, s.p_all, s.verdict, s.review, s.agreement,"
@@ -138,4 +148,5 @@ class ResultStore:
         if sha256 is not None:
             query += " AND sha256=?"
             args += (sha256,)
-        return self._db.execute(query, args).fetchone() is not None
+        with self._io():
+            return self._db.execute(query, args).fetchone() is not None

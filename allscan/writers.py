@@ -13,9 +13,11 @@ from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 
 from allscan.fileio import atomic_write
+from allscan.paths import OUTPUT_SUFFIXES, check_output_suffix, sidecar_path
 from allscan.results import COLUMNS, ImageResult, RunCounts
 
-OUTPUT_SUFFIXES = (".csv", ".xlsx")
+__all__ = ["OUTPUT_SUFFIXES", "RunInfo", "check_output_suffix", "csv_line", "neutralise", "sidecar_path",
+           "write_csv", "write_results", "write_xlsx"]
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _PROB_COLUMNS = {c for c in COLUMNS if c.startswith("p_all")}
 _ALL_FILL = PatternFill("solid", fgColor="F8CBAD")
@@ -45,16 +47,6 @@ def neutralise(value: object) -> object:
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
     return value
-
-
-def check_output_suffix(out: Path) -> None:
-    """Raise ValueError unless ``out`` ends in a supported suffix."""
-    if Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ValueError(f"unknown output suffix {Path(out).suffix!r} for {out}; use .csv or .xlsx")
-
-
-def sidecar_path(out: Path) -> Path:
-    return Path(str(out) + ".run.json")
 
 
 def write_results(
