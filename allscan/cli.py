@@ -1,16 +1,62 @@
-"""The ``allscan`` command line: option parsing only; the work happens in the library."""
+"""The ``allscan`` command line: option parsing only; the work happens in the library.
 
+Whatever goes wrong inside a command reaches the user as one line on stderr and an exit
+code from the README's table, never a traceback (``ALLSCAN_DEBUG=1`` shows one).
+"""
+
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from allscan import __version__
-from allscan.paths import default_models_dir
+from allscan.paths import default_models_dir, store_path_for
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_IO, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+_RUN_COMMANDS = ("predict", "watch")
+
+
+class _OneLineErrors(TyperGroup):
+    """Runs a command; any failure it lets out becomes one line on stderr and its exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # exits, Ctrl-C at a prompt, usage errors
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            if os.environ.get("ALLSCAN_DEBUG", "") not in ("", "0"):
+                raise
+            code, message = _failure(exc, ctx.invoked_subcommand in _RUN_COMMANDS)
+            _error_line(message)
+            raise typer.Exit(code) from None
+
+
+def _failure(exc: BaseException, run: bool) -> tuple[int, str]:
+    """The exit code and the line for a failure that escaped a command."""
+    from allscan.fileio import OutputError, describe
+
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(exc, OutputError):
+        kept = "; results already stored are kept: rerun the same command to finish" if run else ""
+        return EXIT_IO, f"{exc}{kept}"
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return EXIT_IO, f"{where}{describe(exc)}"
+    if isinstance(exc, MemoryError):
+        return EXIT_IO, "out of memory"
+    return EXIT_INTERNAL, (f"internal error ({type(exc).__name__}: {exc}); this is a bug in allscan,"
+                           " ALLSCAN_DEBUG=1 shows the traceback")
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Screen peripheral blood smear images for Acute Lymphoblastic Leukemia (research use only).",
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -20,8 +66,6 @@ console = Console()
 err = Console(stderr=True)
 if not console.is_terminal:
     console.width = max(console.width, 120)  # logs and pipes get whole tables, not 80 columns
-
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
 INPUT, MODEL, OUTPUT, RUN, TRAIN = "Input", "Models", "Output", "Run", "Training"
 
@@ -39,11 +83,14 @@ HeatmapsAllOpt = Annotated[bool, typer.Option("--heatmaps-all", help="Heatmaps f
                                               rich_help_panel=OUTPUT)]
 
 
+def _check_heatmap_flags(folder: Path | None, every: bool) -> None:
+    if every and folder is None:
+        raise _usage_error("--heatmaps-all needs --heatmaps DIR")
+
+
 def _heatmap_options(folder: Path | None, every: bool):
     from allscan.heatmaps import HeatmapOptions
 
-    if every and folder is None:
-        raise _usage_error("--heatmaps-all needs --heatmaps DIR")
     return HeatmapOptions(folder, every) if folder else None
 
 
@@ -61,9 +108,32 @@ def main(
     """allscan: an ensemble of four CNNs that flags blood smear fields with ALL."""
 
 
+def _error_line(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", soft_wrap=True, highlight=False)
+
+
 def _usage_error(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
+    _error_line(message)
     return typer.Exit(EXIT_USAGE)
+
+
+def _preflight(out: Path, report: Path | None = None, inputs: list[Path] = (),
+               folders: list[tuple[str, Path | None]] = (), watched: Path | None = None):
+    """Check inputs and outputs and claim the results store before anything heavy loads; the held lock."""
+    from allscan.preflight import PreflightError, check_inputs, check_outputs, check_watched_folder, claim_store
+
+    try:
+        check_outputs(out, report, folders)
+        check_inputs(inputs)
+        if watched is not None:
+            check_watched_folder(watched)
+        lock, moved = claim_store(out)
+    except PreflightError as exc:
+        raise _usage_error(str(exc)) from None
+    if moved is not None:
+        err.print(escape(f"warning: the results store {store_path_for(out)} was corrupt; moved it to {moved} and"
+                         " started a fresh one (its images are scored again)"), soft_wrap=True, highlight=False)
+    return lock
 
 
 def _load_ensemble(models: Path | None):
@@ -99,24 +169,20 @@ def predict(
 ) -> None:
     """Score images with the ensemble and write one row per image to CSV or Excel.
 
-    Exit code: 0 every image scored, 1 some images failed (their rows say why), 2 usage error.
+    Exit code: 0 every image scored, 1 some images failed (their rows say why), 2 usage error (nothing was
+    done), 3 an output or the results store could not be written (rerun to finish), 4 internal error,
+    130 interrupted.
     """
-    from allscan.predict import predict as run_predict
-    from allscan.progress import LiveProgress, summary_table
-    from allscan.writers import check_output_suffix
+    _check_heatmap_flags(heatmaps, heatmaps_all)
+    with _preflight(out, report, paths, [("heatmaps folder", heatmaps)]):
+        from allscan.predict import predict as run_predict
+        from allscan.progress import LiveProgress, summary_table
 
-    try:
-        check_output_suffix(out)
-        missing = [p for p in paths if not p.exists()]
-        if missing:
-            raise FileNotFoundError(f"no such file or folder: {missing[0]}")
-    except (ValueError, FileNotFoundError) as exc:
-        raise _usage_error(str(exc)) from None
-    options = _heatmap_options(heatmaps, heatmaps_all)
-    ensemble = _load_ensemble(models)
-    with LiveProgress(console, quiet) as live:
-        summary = run_predict(paths, out, ensemble, recursive, batch_size, workers, rescore, observer=live,
-                              heatmaps=options, report=report)
+        options = _heatmap_options(heatmaps, heatmaps_all)
+        ensemble = _load_ensemble(models)
+        with LiveProgress(console, quiet) as live:
+            summary = run_predict(paths, out, ensemble, recursive, batch_size, workers, rescore, observer=live,
+                                  heatmaps=options, report=report)
     if not quiet:
         console.print(summary_table(summary))
         console.print(f"results: [bold]{summary.out}[/]  (store: {summary.store})")
@@ -394,44 +460,48 @@ def watch(
     import signal
     import threading
 
-    from allscan.progress import WatchDisplay
-    from allscan.watching import WatchConfig, Watcher
-    from allscan.writers import check_output_suffix
+    _check_heatmap_flags(heatmaps, heatmaps_all)
+    writable = [("heatmaps folder", heatmaps), ("--move-to folder", move_to)]
+    if move_to is not None:
+        writable.append(("watched folder (images are moved out of it)", folder))
+    with _preflight(out, report, folders=writable, watched=folder):
+        from allscan.progress import WatchDisplay
+        from allscan.watching import WatchConfig, Watcher
 
-    try:
-        check_output_suffix(out)
-    except ValueError as exc:
-        raise _usage_error(str(exc)) from None
-    options = _heatmap_options(heatmaps, heatmaps_all)
-    ensemble = _load_ensemble(models)
-    config = WatchConfig(folder, out, recursive, poll, settle, max_delay, batch_size, xlsx_every, move_to,
-                         heatmaps=options, report=report)
-    watcher = Watcher(config, ensemble)
-    display = WatchDisplay(console, watcher.stats, quiet)
-    watcher.observer = display
-    signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
-    if not quiet:
-        console.print(f"watching {folder} → {out} (Ctrl-C to stop)")
-    failure: list[BaseException] = []
+        options = _heatmap_options(heatmaps, heatmaps_all)
+        ensemble = _load_ensemble(models)
+        config = WatchConfig(folder, out, recursive, poll, settle, max_delay, batch_size, xlsx_every, move_to,
+                             heatmaps=options, report=report)
+        names = ", ".join(m.name for m in ensemble.members)
 
-    def run() -> None:
-        try:
-            watcher.run()
-        except BaseException as exc:  # reported on the main thread below
-            failure.append(exc)
+        def ready(catch_up: int) -> None:
+            console.print(escape(f"ready: watching {folder} → {out} with {len(ensemble.members)} models ({names});"
+                                 f" {catch_up} images to catch up; Ctrl-C to stop"), soft_wrap=True, highlight=False)
 
-    with display:
-        runner = threading.Thread(target=run, name="allscan-watch")
-        runner.start()
-        try:
-            while runner.is_alive():
-                runner.join(0.25)
-                display.refresh()
-        except KeyboardInterrupt:
-            watcher.stop()
-            runner.join()
-    if failure:
-        raise failure[0]
+        watcher = Watcher(config, ensemble, on_ready=ready)
+        display = WatchDisplay(console, watcher.stats, quiet)
+        watcher.observer = display
+        signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                watcher.run()
+            except BaseException as exc:  # reported on the main thread below
+                failure.append(exc)
+
+        with display:
+            runner = threading.Thread(target=run, name="allscan-watch")
+            runner.start()
+            try:
+                while runner.is_alive():
+                    runner.join(0.25)
+                    display.refresh()
+            except KeyboardInterrupt:
+                watcher.stop()
+                runner.join()
+        if failure:
+            raise failure[0]
     if not quiet:
         console.print(f"stopped; {watcher.stats.scored} images scored this session; results in {out}")
 
@@ -444,16 +514,23 @@ def explain(
     models: ModelsOpt = None,
 ) -> None:
     """Print each model's and the ensemble's probability for one image and write its Grad-CAM figure."""
-    from allscan.heatmaps import display_copy, write_heatmaps
-    from allscan.images import ImageError, decode_file, resize
+    from allscan.preflight import PreflightError, check_writable_file
 
     if not image.is_file():
         raise _usage_error(f"no such file: {image}")
+    target = out or image.with_name(f"{image.stem}-heatmap.png")
+    try:
+        check_writable_file(target, "heatmap figure")
+    except PreflightError as exc:
+        raise _usage_error(str(exc)) from None
+    from allscan.heatmaps import display_copy, write_heatmaps
+    from allscan.images import ImageError, decode_file, resize
+
     ensemble = _load_ensemble(models)
     try:
         decoded = decode_file(image)
     except ImageError as exc:
-        err.print(f"[bold red]error:[/] {image}: {exc}")
+        _error_line(f"{image}: {exc}")
         raise typer.Exit(EXIT_SOME_FAILED) from None
     batches = {s: resize(decoded.rgb, s)[None] for s in ensemble.input_sizes}
     score = ensemble.score(batches)[0]
@@ -466,7 +543,6 @@ def explain(
     console.print(table)
     console.print(f"verdict [bold]{score.verdict}[/]; agreement {score.agreement}/{len(score.per_model)}"
                   + ("; [yellow]flagged for review[/]" if score.review else ""))
-    target = out or image.with_name(f"{image.stem}-heatmap.png")
     written = write_heatmaps(ensemble, batches, [display_copy(decoded.rgb)], [image], [decoded.sha256], [score],
                              target.parent)
     Path(written[0]).replace(target)

@@ -13,6 +13,8 @@ from PIL import Image, ImageOps
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 MAX_PIXELS = 50_000_000
 """Images above this many pixels are refused (a smear field is far smaller)."""
+MIN_SIDE = 64
+"""Images narrower or lower than this many pixels are refused: too little of a field to call."""
 
 OUTPUT_MARKERS = (".allscan.sqlite", ".run.json", ".allscan-tmp")
 
@@ -54,7 +56,10 @@ def find_images(
     """List the image files in ``paths`` (files or folders), sorted, without duplicates.
 
     Hidden files and folders, the tool's own output files (``exclude``) and anything
-    under ``exclude_dirs`` (e.g. the heatmaps folder) are never picked up.
+    under ``exclude_dirs`` (e.g. the heatmaps folder) are never picked up. A symlinked
+    folder is followed once at most, by its real path, after the real folders, so a link
+    loop ends and a folder reached twice is listed once. A symlink to a file, wherever
+    the file lies, counts as an image under the link's name.
 
     Raises:
         FileNotFoundError: A given path does not exist.
@@ -62,6 +67,7 @@ def find_images(
     excluded = {Path(p).resolve() for p in exclude}
     excluded_dirs = [Path(d).resolve() for d in exclude_dirs]
     found: dict[Path, None] = {}
+    scanned: set[Path] = set()
     for root in paths:
         root = Path(root)
         if not root.exists():
@@ -69,7 +75,7 @@ def find_images(
         if root.is_file():
             candidates: Iterator[Path] = iter([root])
         else:
-            candidates = _walk(root, recursive)
+            candidates = _walk(root, recursive, scanned)
         for path in candidates:
             resolved = path.resolve()
             if resolved in excluded or any(resolved.is_relative_to(d) for d in excluded_dirs):
@@ -79,15 +85,23 @@ def find_images(
     return sorted(found)
 
 
-def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
+def _walk(root: Path, recursive: bool, scanned: set[Path]) -> Iterator[Path]:
+    """Files under ``root``; each folder is scanned once by real path, symlinked folders last."""
+    folders, linked = [root], []
+    while folders or linked:
+        folder = folders.pop() if folders else linked.pop(0)
+        real = folder.resolve()
+        if real in scanned:
             continue
-        if entry.is_dir():
-            if recursive:
-                yield from _walk(entry, recursive)
-        else:
-            yield entry
+        scanned.add(real)
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if recursive:
+                    (linked if entry.is_symlink() else folders).append(entry)
+            else:
+                yield entry
 
 
 def decode_bytes(data: bytes, path: Path) -> DecodedImage:
@@ -109,6 +123,9 @@ def decode_bytes(data: bytes, path: Path) -> DecodedImage:
                     )
                 image.load()
                 image = ImageOps.exif_transpose(image)
+                if min(image.width, image.height) < MIN_SIDE:
+                    raise ImageError(f"image too small: {image.width}x{image.height} pixels"
+                                     f" (at least {MIN_SIDE} a side)")
                 rgb = _to_rgb(image)
     except ImageError:
         raise
@@ -120,6 +137,10 @@ def decode_bytes(data: bytes, path: Path) -> DecodedImage:
         raise ImageError(f"corrupt or truncated image: {err}") from None
     except (ValueError, SyntaxError) as err:
         raise ImageError(f"unreadable image: {err}") from None
+    except MemoryError:
+        raise ImageError("image too large to decode in the memory available") from None
+    except Exception as err:  # Pillow's decoders raise many other types on hostile input
+        raise ImageError(f"unreadable image: {type(err).__name__}: {err}") from None
     return DecodedImage(path, digest, rgb.shape[1], rgb.shape[0], rgb)
 
 

@@ -2,10 +2,12 @@
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from allscan.fileio import atomic_write_text
+from allscan.registry import REGISTRY
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -97,13 +99,14 @@ def load_manifest(models_dir: Path) -> Manifest:
     """Read and validate ``models_dir/manifest.json`` (files are checked when loaded).
 
     Raises:
-        ManifestError: Missing or malformed manifest.
+        ManifestError: Missing or malformed manifest: a duplicate key, an unknown model, two
+            entries for one file, weights for an unlisted model, or an out-of-range setting.
     """
     path = Path(models_dir) / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(f"no models found: {path} does not exist")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
         models = {name: ModelEntry(name=name, **{k: v for k, v in m.items() if k != "name"})
                   for name, m in data["models"].items()}
         ens = data["ensemble"]
@@ -116,14 +119,50 @@ def load_manifest(models_dir: Path) -> Manifest:
         box = data.get("blank_box")
         manifest = Manifest(models, ensemble, tuple(box) if box else None, data.get("dataset", ""),
                             int(data.get("format_version", FORMAT_VERSION)))
-    except (KeyError, TypeError, ValueError) as err:
+    except OSError as err:
+        raise ManifestError(f"cannot read {path}: {err.strerror or err}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ManifestError(f"malformed manifest {path}: {err}") from None
     if not manifest.models:
         raise ManifestError(f"no models found: {path} lists no models")
-    unknown = set(manifest.ensemble.weights) - set(manifest.models)
-    if unknown:
-        raise ManifestError(f"malformed manifest {path}: weights for unlisted models {sorted(unknown)}")
+    problem = _problem(manifest)
+    if problem:
+        raise ManifestError(f"malformed manifest {path}: {problem}")
     return manifest
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ValueError(f"key {key!r} appears twice")
+    return dict(pairs)
+
+
+def _problem(manifest: Manifest) -> str:
+    """What is wrong with a parsed manifest, or an empty string."""
+    unknown = sorted(set(manifest.models) - set(REGISTRY))
+    if unknown:
+        return f"unknown models {unknown}; known: {', '.join(REGISTRY)}"
+    for attr in ("file", "sha256"):
+        seen: dict[str, str] = {}
+        for entry in manifest.models.values():
+            value = str(getattr(entry, attr))
+            if value in seen:
+                return f"{entry.name} and {seen[value]} have the same {attr} {value}"
+            seen[value] = entry.name
+    config = manifest.ensemble
+    unlisted = sorted(set(config.weights) - set(manifest.models))
+    if unlisted:
+        return f"weights for unlisted models {unlisted}"
+    if any(not math.isfinite(w) or w < 0 for w in config.weights.values()):
+        return f"ensemble weights must be finite and not negative: {config.weights}"
+    if len(config.review_band) != 2:
+        return f"review band must be two numbers, not {list(config.review_band)}"
+    low, high = config.review_band
+    if not (0 <= config.threshold <= 1 and 0 <= low <= high <= 1):
+        return f"threshold {config.threshold} and review band ({low}, {high}) must lie in [0, 1], low ≤ high"
+    return ""
 
 
 def empty_manifest() -> Manifest:

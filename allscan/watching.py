@@ -20,6 +20,7 @@ from watchdog.observers import Observer as InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 from allscan.ensemble import Ensemble
+from allscan.fileio import OutputError, describe
 from allscan.heatmaps import HeatmapOptions
 from allscan.images import find_images, is_image_file
 from allscan.predict import Observer, Prepared, Scorer, prepare, write_outputs
@@ -102,13 +103,19 @@ class _Handler(FileSystemEventHandler):
 
 
 class Watcher:
-    """Watches a folder and scores each complete new image once."""
+    """Watches a folder and scores each complete new image once.
 
-    def __init__(self, config: WatchConfig, ensemble: Ensemble, observer: Observer | None = None):
+    ``on_ready`` is called once the folder is watched and its catch-up pass is queued, with
+    the number of images queued for it.
+    """
+
+    def __init__(self, config: WatchConfig, ensemble: Ensemble, observer: Observer | None = None,
+                 on_ready: Callable[[int], None] | None = None):
         check_output_suffix(config.out)
         self.config = config
         self.ensemble = ensemble
         self.observer = observer
+        self.on_ready = on_ready
         self.stats = WatchStats()
         self._pending: dict[Path, _Pending] = {}
         self._lock = threading.Lock()
@@ -147,9 +154,11 @@ class Watcher:
             with ResultStore(store_path_for(self.config.out), self.ensemble.manifest.digest) as store:
                 self._write_all(store)  # repairs a CSV line cut by a crash; a CSV is then appended to
                 found = find_images([folder], self.config.recursive, self._excluded, self._excluded_dirs)
-                for path in found:
-                    if not store.has_path(path):
-                        self.notify(path)
+                missing = [path for path in found if not store.has_path(path)]
+                for path in missing:
+                    self.notify(path)
+                if self.on_ready is not None:
+                    self.on_ready(len(missing))
                 scorer = Scorer(self.ensemble, store, self.config.batch_size, _Relay(self), self.config.heatmaps)
                 self._loop(scorer)
                 self._write_all(store)
@@ -222,9 +231,12 @@ class Watcher:
         self.stats.recent = [result, *self.stats.recent[:9]]
         self._dirty = True
         if self._csv is not None:
-            self._csv.write(csv_line(result))
-            self._csv.flush()
-            os.fsync(self._csv.fileno())
+            try:
+                self._csv.write(csv_line(result))
+                self._csv.flush()
+                os.fsync(self._csv.fileno())
+            except OSError as err:
+                raise OutputError(self.config.out, describe(err)) from err
         if self.config.move_to is not None:
             self._move(result)
 
@@ -241,6 +253,8 @@ class Watcher:
             shutil.move(str(result.path), target)
         except FileNotFoundError:
             pass
+        except OSError as err:
+            raise OutputError(target, describe(err)) from err
 
     def _write_all(self, store: ResultStore) -> None:
         """Rewrite the whole output atomically from the store (every row stored for these models)."""
@@ -250,7 +264,10 @@ class Watcher:
         paths = [r.path for r in store.results()]
         write_outputs(self.config.out, store, paths, self.ensemble, self._started, report=self.config.report)
         if self._csv is None and self.config.out.suffix.lower() == ".csv" and not self._stop.is_set():
-            self._csv = open(self.config.out, "a", encoding="utf-8", newline="")
+            try:
+                self._csv = open(self.config.out, "a", encoding="utf-8", newline="")
+            except OSError as err:
+                raise OutputError(self.config.out, describe(err)) from err
         self._last_rewrite = time.monotonic()
         self._dirty = False
 

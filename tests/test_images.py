@@ -74,24 +74,24 @@ def test_odd_modes_become_rgb(mode):
         image = rgb.convert(mode)
         fmt = "TIFF" if mode == "CMYK" else "PNG"
     decoded = decode_bytes(_encode(image, fmt), None)
-    assert decoded.rgb.dtype == np.uint8 and decoded.rgb.shape == (48, 48, 3)
+    assert decoded.rgb.dtype == np.uint8 and decoded.rgb.shape == (64, 64, 3)
     if mode == "I;16":
         # 16-bit values are rescaled, not clipped to white.
         assert 100 < decoded.rgb.mean() < 250
 
 
 def test_rgba_transparency_goes_on_white():
-    image = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    image = Image.new("RGBA", (64, 64), (255, 0, 0, 0))
     decoded = decode_bytes(_encode(image, "PNG"), None)
     assert (decoded.rgb == 255).all()
 
 
 def test_exif_orientation_is_applied():
-    image = Image.fromarray(smear(2, size=48)[:, :30])  # 30 wide, 48 high
+    image = Image.fromarray(smear(2, size=96)[:, :70])  # 70 wide, 96 high
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° on display
     decoded = decode_bytes(_encode(image, "JPEG", exif=exif), None)
-    assert (decoded.width, decoded.height) == (48, 30)
+    assert (decoded.width, decoded.height) == (96, 70)
 
 
 def test_unreadable_file_is_an_image_error(tmp_path):

@@ -44,7 +44,7 @@ def test_csv_has_one_row_per_image_in_schema_order(slides, ensemble, tmp_path):
         assert float(row["p_all"]) == pytest.approx(expected, abs=2e-4)
         assert (row["verdict"] == "ALL") == (float(row["p_all"]) >= ensemble.manifest.ensemble.threshold)
         assert int(row["agreement"]) == sum(p >= 0.5 for p in per_model.values())
-        assert len(row["sha256"]) == 64 and row["width"] == "48"
+        assert len(row["sha256"]) == 64 and row["width"] == "64"
     sidecar = json.loads((tmp_path / "results.csv.run.json").read_text())
     assert sidecar["models_digest"] == ensemble.manifest.digest
     assert sidecar["counts"]["images"] == 8

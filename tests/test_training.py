@@ -23,7 +23,7 @@ def _tiny_dataset(root, n=10):
             folder.mkdir(parents=True)
             for i in range(n):
                 rng = np.random.default_rng(hash((split, label, i)) % 2**32)
-                image = np.clip(rng.normal(220, 10, (40, 40, 3)), 0, 255).astype(np.uint8)
+                image = np.clip(rng.normal(220, 10, (64, 64, 3)), 0, 255).astype(np.uint8)
                 image[10:30, 10:30] = tint
                 from PIL import Image
 

@@ -14,7 +14,7 @@ from allscan.registry import REGISTRY
 TINY_SIZES = {"resnet50": 16, "efficientnet_b3": 20, "alexnet": 24, "vgg16": 16}
 
 
-def smear(seed: int = 0, size: int = 48, tint: tuple[int, int, int] = (180, 140, 200)) -> np.ndarray:
+def smear(seed: int = 0, size: int = 64, tint: tuple[int, int, int] = (180, 140, 200)) -> np.ndarray:
     """A random RGB field with a few dark blobs, a stand-in for a smear image."""
     rng = np.random.default_rng(seed)
     image = np.full((size, size, 3), 235, dtype=np.float32) + rng.normal(0, 6, (size, size, 3))
@@ -25,13 +25,13 @@ def smear(seed: int = 0, size: int = 48, tint: tuple[int, int, int] = (180, 140,
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_image(path: Path, seed: int = 0, size: int = 48, fmt: str | None = None) -> Path:
+def write_image(path: Path, seed: int = 0, size: int = 64, fmt: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(smear(seed, size)).save(path, format=fmt)
     return path
 
 
-def jpeg_bytes(seed: int = 0, size: int = 48) -> bytes:
+def jpeg_bytes(seed: int = 0, size: int = 64) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(smear(seed, size)).save(buffer, format="JPEG")
     return buffer.getvalue()
