@@ -115,6 +115,7 @@ def decode_bytes(data: bytes, path: Path) -> DecodedImage:
         raise ImageError("empty file")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd metadata: the row says what matters
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 if image.width * image.height > MAX_PIXELS:

@@ -165,6 +165,8 @@ def test_sigterm_stops_cleanly_with_complete_outputs(models_dir, tmp_path, suffi
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:
+        ready = proc.stdout.readline()  # printed once the folder is watched, also with --quiet
+        assert ready.startswith(f"ready: watching {incoming}") and "0 images to catch up" in ready, ready
         for i in range(3):
             write_image(incoming / f"{i}.png", seed=i)
         deadline = time.monotonic() + 60
