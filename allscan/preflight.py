@@ -67,7 +67,7 @@ def check_writable_file(path: Path, what: str) -> None:
         raise PreflightError(f"{what} {path} is a folder; give a file name")
     check_writable_folder(path.parent, f"folder of the {what}")
     if path.exists() and not os.access(path, os.W_OK):
-        raise PreflightError(f"cannot replace the {what} {path}: it is read-only")
+        raise PreflightError(f"cannot replace the {what} {path}: it is read-only or immutable")
 
 
 def check_writable_folder(folder: Path, what: str) -> None:
