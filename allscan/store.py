@@ -25,33 +25,38 @@ __all__ = ["ResultStore", "store_path_for"]
 class ResultStore:
     """Durable results for one models digest.
 
-    Opening a store takes its writer lock (:mod:`allscan.store_lock`) and brings its schema up
-    to date (:mod:`allscan.store_schema`); a corrupt file is moved aside first and its path kept
-    in ``moved_aside``.
+    Opening a store brings its schema up to date (:mod:`allscan.store_schema`). A writer (the
+    default) first takes the store's writer lock (:mod:`allscan.store_lock`), and a corrupt
+    file is moved aside, its new path kept in ``moved_aside``. With ``writer=False`` the store
+    is opened to read beside a run that may be writing it: no lock, and a corrupt file is
+    reported, not moved.
 
     Raises:
-        StoreBusy: Another process is writing this store.
-        StoreError: The store was written by a newer allscan.
+        StoreBusy: A writer, and another process is writing this store.
+        StoreError: The store was written by a newer allscan, or is corrupt and opened to read.
         OutputError: The store cannot be opened or written (permissions, disk full).
     """
 
-    def __init__(self, path: Path, digest: str):
+    def __init__(self, path: Path, digest: str, writer: bool = True):
         self.path = Path(path)
         self.digest = digest
-        self._lock = StoreLock(self.path)
-        self._lock.acquire()
+        self._lock = StoreLock(self.path) if writer else None
+        if self._lock is not None:
+            self._lock.acquire()
         try:
             with self._io():
-                self._db, self.moved_aside = open_database(self.path)
+                self._db, self.moved_aside = open_database(self.path, move_corrupt=writer)
         except BaseException:
-            self._lock.release()
+            if self._lock is not None:
+                self._lock.release()
             raise
 
     def close(self) -> None:
         try:
             self._db.close()
         finally:
-            self._lock.release()
+            if self._lock is not None:
+                self._lock.release()
 
     def __enter__(self) -> "ResultStore":
         return self

@@ -50,7 +50,7 @@ MIGRATIONS: list[Migration] = [
 
 
 class StoreError(Exception):
-    """A results store this allscan cannot use: written by a newer allscan."""
+    """A results store this allscan cannot use: written by a newer allscan, or corrupt when only read."""
 
 
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
@@ -62,14 +62,18 @@ def schema_version() -> int:
     return len(MIGRATIONS)
 
 
-def open_database(path: Path) -> tuple[sqlite3.Connection, Path | None]:
+def open_database(path: Path, move_corrupt: bool = True) -> tuple[sqlite3.Connection, Path | None]:
     """Open (creating or migrating) the store at ``path``.
+
+    Args:
+        path: The store file.
+        move_corrupt: Move a corrupt file aside and start afresh; else report it as a StoreError.
 
     Returns:
         The connection, and where a corrupt file found at ``path`` was moved (else None).
 
     Raises:
-        StoreError: The store was written by a newer allscan.
+        StoreError: The store was written by a newer allscan, or is corrupt and ``move_corrupt`` is false.
         sqlite3.Error: The file cannot be opened or written (permissions, disk full).
     """
     path = Path(path)
@@ -77,6 +81,8 @@ def open_database(path: Path) -> tuple[sqlite3.Connection, Path | None]:
     try:
         return _open_checked(path), None
     except _Corrupt:
+        if not move_corrupt:
+            raise StoreError(f"the results store {path} is corrupt") from None
         moved = _move_aside(path)
         return _open_checked(path), moved
 

@@ -599,3 +599,22 @@ def test_dds_header_with_unknown_pixel_format_is_an_error(tmp_path):
     data[80:84] = bytes(4)  # DDS_PIXELFORMAT.dwFlags: no known format
     with pytest.raises(ImageError, match="unreadable image: NotImplementedError"):
         decode_bytes(bytes(data), tmp_path / "x.png")
+
+
+def test_a_reader_opens_the_store_beside_a_running_writer(tmp_path):
+    store = tmp_path / "r.csv.allscan.sqlite"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from allscan.store_lock import StoreLock; "
+         f"StoreLock({str(store)!r}).acquire(); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with ResultStore(store, "d", writer=False) as reader:
+            assert list(reader.results()) == []
+    finally:
+        holder.kill()
+        holder.wait()
+    store.write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreError, match="is corrupt"):
+        ResultStore(store, "d", writer=False)
+    assert store.read_bytes() == b"garbage" * 1000  # a reader never moves a store
