@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -27,13 +29,14 @@ from allscan.cli import app
 from allscan.images import IMAGE_SUFFIXES, ImageError, decode_bytes, find_images
 from allscan.manifest import ManifestError, load_manifest
 from allscan.predict import predict, prepare
+from allscan.results import ImageResult
 from allscan.store import ResultStore, store_path_for
 from allscan.store_lock import StoreLock
 from allscan.store_schema import StoreError
 from tests.utils import smear, write_image
 
 runner = CliRunner()
-FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _invoke(*args, env=None):
@@ -346,7 +349,7 @@ def _negative_weight(data):
 ], ids=["duplicate key", "same file twice", "unknown name", "weight for unknown model", "negative weight"])
 def test_bad_manifest_is_refused(edit, reason, models_copy, tmp_path):
     _edit_manifest(models_copy, edit)
-    with pytest.raises(ManifestError, match=__import__("re").escape(reason)):
+    with pytest.raises(ManifestError, match=re.escape(reason)):
         load_manifest(models_copy)
     result = _invoke("predict", _slides(tmp_path / "s", 1), "-o", tmp_path / "r.csv", "--models", models_copy)
     assert result.exit_code == 2 and len(_error_lines(result.output)) == 1 and reason in result.output
@@ -430,8 +433,7 @@ def test_store_written_by_allscan_0_1_0_opens_and_migrates(tmp_path):
         assert rows["slides/field1.png"].duplicate_of == "slides/copy-of-field1.png"
         assert rows["slides/field0.png"].score.p_all == pytest.approx(0.7603267133235931)
         assert opened.score_for(rows["slides/field2.png"].sha256).verdict == "ALL"
-        opened.add([rows["slides/field0.png"].__class__(__import__("pathlib").Path("slides/new.png"), "abc",
-                                                         error="image too small: 1x1 pixels")])
+        opened.add([ImageResult(Path("slides/new.png"), "abc", error="image too small: 1x1 pixels")])
         assert len(list(opened.results())) == 7
     version = sqlite3.connect(store).execute("PRAGMA user_version").fetchone()[0]
     assert version == len(store_schema.MIGRATIONS) == store_schema.schema_version()
