@@ -226,8 +226,8 @@ def _full_after_a_few_pages(monkeypatch):
     """The store's database cannot grow past a few pages: SQLite reports 'database or disk is full'."""
     original = store_schema.open_database
 
-    def limited(path):
-        db, moved = original(path)
+    def limited(path, **kwargs):
+        db, moved = original(path, **kwargs)
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         db.execute(f"PRAGMA max_page_count = {pages + 2}")
         return db, moved
