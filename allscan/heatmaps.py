@@ -1,15 +1,19 @@
-"""Writing Grad-CAM figures for scored images (``--heatmaps DIR``)."""
+"""Writing Grad-CAM figures for scored images (``--heatmaps DIR``).
+
+Grad-CAM needs TensorFlow, so it is imported when figures are drawn, not with the options.
+"""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from allscan.ensemble import Ensemble
-from allscan.gradcam import ensemble_map
-from allscan.overlay import heatmap_figure, save_png
 from allscan.results import VERDICT_ALL, Score
+
+if TYPE_CHECKING:
+    from allscan.ensemble import Ensemble
 
 DISPLAY_MAX_SIDE = 448
 """Figures show the image at most this many pixels wide or high."""
@@ -42,9 +46,12 @@ def figure_path(folder: Path, image_path: Path, sha256: str) -> Path:
     return Path(folder) / f"{Path(image_path).stem}-{sha256[:10]}.png"
 
 
-def write_heatmaps(ensemble: Ensemble, batches: dict[int, np.ndarray], displays: Sequence[np.ndarray],
+def write_heatmaps(ensemble: "Ensemble", batches: dict[int, np.ndarray], displays: Sequence[np.ndarray],
                    paths: Sequence[Path], hashes: Sequence[str], scores: Sequence[Score], folder: Path) -> list[str]:
     """Compute Grad-CAM for a batch and save one figure per image; returns the figure paths."""
+    from allscan.gradcam import ensemble_map
+    from allscan.overlay import heatmap_figure, save_png
+
     maps = ensemble.gradcams(batches)
     weights = ensemble.manifest.ensemble.weights
     written = []

@@ -145,6 +145,25 @@ def decode_bytes(data: bytes, path: Path) -> DecodedImage:
     return DecodedImage(path, digest, rgb.shape[1], rgb.shape[0], rgb)
 
 
+def decode_array(rgb: np.ndarray, path: Path) -> DecodedImage:
+    """Take an in-memory image (``(height, width, 3)`` uint8 RGB) as if decoded from a file named ``path``.
+
+    Its sha256 is the digest of its shape and pixels, so equal arrays share a score.
+
+    Raises:
+        ImageError: Not a non-empty uint8 RGB array, or too large.
+    """
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or not rgb.size:
+        layout = f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ImageError(f"not an RGB image array: expected uint8 (height, width, 3), got {layout}")
+    height, width = rgb.shape[:2]
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
+    rgb = np.ascontiguousarray(rgb)
+    digest = hashlib.sha256(f"{height}x{width}x3:".encode() + rgb.tobytes()).hexdigest()
+    return DecodedImage(Path(path), digest, width, height, rgb)
+
+
 def decode_file(path: Path) -> DecodedImage:
     """Read and decode one image file.
 

@@ -1,33 +1,38 @@
 """Scoring a set of image files with the ensemble: the job ``allscan predict`` runs.
 
-Files are read and decoded on worker threads while the models run on the main
-thread; each batch's results are committed to the store before they are
-reported, and the CSV/Excel output is written from the store at the end (and on
-Ctrl-C), so no result is ever held only in memory.
+Each image goes through two steps that every engine calls: :func:`prepare` (CPU:
+read, hash, decode, build the models' inputs) and :func:`score_prepared` (the
+models, no store). An engine (:mod:`allscan.engines`) runs them, locally on threads
+or on a Ray cluster, and hands the results to a :class:`Scorer`, which commits each
+batch to the store before it is reported; the CSV/Excel output is written from the
+store at the end (and on Ctrl-C), so no result is ever held only in memory.
 """
 
 import hashlib
 import platform
 import shlex
 import sys
-from collections import deque
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from allscan import __version__
-from allscan.ensemble import Ensemble
+from allscan.engines.local import LocalEngine
 from allscan.heatmaps import HeatmapOptions, display_copy, write_heatmaps
-from allscan.images import ImageError, decode_bytes, find_images, resize
+from allscan.images import ImageError, decode_array, decode_bytes, find_images, resize
 from allscan.results import ImageResult, RunCounts
 from allscan.store import ResultStore, store_path_for
 from allscan.report import write_report
 from allscan.writers import RunInfo, check_output_suffix, sidecar_path, write_results
+
+if TYPE_CHECKING:
+    from allscan.engines import Engine
+    from allscan.ensemble import Ensemble
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_WORKERS = 2
@@ -63,24 +68,117 @@ class Prepared:
     display: np.ndarray | None = None
 
 
-def prepare(path: Path, sizes: Sequence[int], known: set[str] | frozenset[str], keep_display: bool = False) -> Prepared:
-    """Read and decode ``path``; an unreadable file becomes a Prepared with ``error`` set.
+def prepare(source: Path | np.ndarray, sizes: Sequence[int], known: set[str] | frozenset[str] = frozenset(),
+            keep_display: bool = False, name: Path | str | None = None) -> Prepared:
+    """Read and decode one image; an unreadable one becomes a Prepared with ``error`` set.
 
-    With ``keep_display`` a reduced copy of the image is kept for heatmap figures.
+    Args:
+        source: An image file, or an in-memory RGB uint8 array of shape ``(height, width, 3)``.
+        sizes: The models' input sizes.
+        known: Contents (sha256) already scored: such an image is not decoded further.
+        keep_display: Keep a reduced copy of the image for heatmap figures.
+        name: The path its row shows [default: ``source`` for a file, ``array`` for an array].
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        return Prepared(path, error=f"cannot read file: {err.strerror or err}")
-    try:
-        decoded = decode_bytes(data, path)
-    except ImageError as err:
-        return Prepared(path, sha256=hashlib.sha256(data).hexdigest(), error=str(err))
+    path = Path(name if name is not None else "array" if isinstance(source, np.ndarray) else source)
+    if isinstance(source, np.ndarray):
+        try:
+            decoded = decode_array(source, path)
+        except ImageError as err:
+            return Prepared(path, error=str(err))
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as err:
+            return Prepared(path, error=f"cannot read file: {err.strerror or err}")
+        try:
+            decoded = decode_bytes(data, path)
+        except ImageError as err:
+            return Prepared(path, sha256=hashlib.sha256(data).hexdigest(), error=str(err))
     if decoded.sha256 in known:
         return Prepared(path, decoded.sha256, decoded.width, decoded.height, known=True)
     inputs = {size: resize(decoded.rgb, size) for size in sizes}
     display = display_copy(decoded.rgb) if keep_display else None
     return Prepared(path, decoded.sha256, decoded.width, decoded.height, inputs, display=display)
+
+
+def score_prepared(ensemble: "Ensemble", batch: Sequence[Prepared],
+                   heatmaps: HeatmapOptions | None = None) -> list[ImageResult]:
+    """Score a batch of prepared images in one call per model, writing no store: one result per item, in order.
+
+    An item with ``error`` becomes its error row; every other item must hold its inputs
+    (content already scored is looked up in the store by the caller, not passed here).
+    """
+    scorable = [p for p in batch if not p.error]
+    results: dict[int, ImageResult] = {}
+    if scorable:
+        stacked = {size: np.stack([p.inputs[size] for p in scorable]) for size in ensemble.input_sizes}
+        scores = ensemble.score(stacked)
+        figures = _heatmaps(ensemble, heatmaps, scorable, stacked, scores)
+        results = {id(p): ImageResult(p.path, p.sha256, p.width, p.height, s, heatmap=figures.get(i, ""))
+                   for i, (p, s) in enumerate(zip(scorable, scores))}
+    return [results.get(id(p)) or ImageResult(p.path, p.sha256, error=p.error) for p in batch]
+
+
+def _heatmaps(ensemble: "Ensemble", options: HeatmapOptions | None, batch: list[Prepared],
+              stacked: dict[int, np.ndarray], scores) -> dict[int, str]:
+    if options is None:
+        return {}
+    chosen = [i for i, s in enumerate(scores) if options.wanted(s)]
+    if not chosen:
+        return {}
+    paths = write_heatmaps(
+        ensemble,
+        {size: x[chosen] for size, x in stacked.items()},
+        [batch[i].display for i in chosen],
+        [batch[i].path for i in chosen],
+        [batch[i].sha256 for i in chosen],
+        [scores[i] for i in chosen],
+        options.folder,
+    )
+    return dict(zip(chosen, paths))
+
+
+@dataclass(frozen=True)
+class Job:
+    """The per-image work of a run, picklable so that an engine can ship it to other processes.
+
+    Engines call :meth:`prepare` and the function :meth:`scoring` returns, and never look
+    inside a :class:`Prepared`: how an image becomes model inputs is decided here.
+
+    Attributes:
+        models_dir: The models folder (the same path on every node of a cluster).
+        digest: The driver's models digest; a node whose models differ refuses to score.
+        sizes: The models' input sizes.
+        batch_size: Images per model call.
+        heatmaps: Grad-CAM figures to write, or None.
+        rescore: Score again what the store already holds.
+    """
+
+    models_dir: Path
+    digest: str
+    sizes: tuple[int, ...]
+    batch_size: int = DEFAULT_BATCH_SIZE
+    heatmaps: HeatmapOptions | None = None
+    rescore: bool = False
+
+    def prepare(self, source: Path | np.ndarray, known: frozenset[str] = frozenset(),
+                name: Path | str | None = None) -> Prepared:
+        return prepare(source, self.sizes, known, self.heatmaps is not None, name)
+
+    def scoring(self) -> Callable[[Sequence[Prepared]], list[ImageResult]]:
+        """Load the models (once per process that scores) and return the scoring step.
+
+        Raises:
+            ManifestError: The models folder is unusable here or holds other models than the driver's.
+        """
+        from allscan.ensemble import Ensemble
+        from allscan.manifest import ManifestError
+
+        ensemble = Ensemble.load(self.models_dir)
+        if ensemble.manifest.digest != self.digest:
+            raise ManifestError(f"the models in {self.models_dir} (digest {ensemble.manifest.digest}) are not the"
+                                f" driver's (digest {self.digest})")
+        return partial(score_prepared, ensemble, heatmaps=self.heatmaps)
 
 
 @dataclass(frozen=True)
@@ -102,7 +200,7 @@ class PredictSummary:
 class Scorer:
     """Scores prepared images in batches and commits each batch to the store before reporting it."""
 
-    def __init__(self, ensemble: Ensemble, store: ResultStore, batch_size: int, observer: Observer,
+    def __init__(self, ensemble: "Ensemble", store: ResultStore, batch_size: int, observer: Observer,
                  heatmaps: HeatmapOptions | None = None):
         self.ensemble = ensemble
         self.heatmaps = heatmaps
@@ -114,13 +212,13 @@ class Scorer:
 
     def add(self, item: Prepared) -> None:
         if item.error:
-            self._commit([ImageResult(item.path, item.sha256, error=item.error)], skipped=False)
+            self.commit([ImageResult(item.path, item.sha256, error=item.error)], skipped=False)
             return
         if item.known or not item.inputs:
             score = self.store.score_for(item.sha256)
             if score is not None:
                 result = ImageResult(item.path, item.sha256, item.width, item.height, score)
-                self._commit([result], skipped=True)
+                self.commit([result], skipped=True)
                 return
         self.pending.append(item)
         if len(self.pending) >= self.batch_size:
@@ -130,31 +228,15 @@ class Scorer:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
-        stacked = {size: np.stack([p.inputs[size] for p in batch]) for size in self.ensemble.input_sizes}
-        scores = self.ensemble.score(stacked)
-        figures = self._heatmaps(batch, stacked, scores)
-        results = [ImageResult(p.path, p.sha256, p.width, p.height, s, heatmap=figures.get(i, ""))
-                   for i, (p, s) in enumerate(zip(batch, scores))]
-        self._commit(results, skipped=False)
+        self.commit(score_prepared(self.ensemble, batch, self.heatmaps))
 
-    def _heatmaps(self, batch: list[Prepared], stacked: dict[int, np.ndarray], scores) -> dict[int, str]:
-        if self.heatmaps is None:
-            return {}
-        chosen = [i for i, s in enumerate(scores) if self.heatmaps.wanted(s)]
-        if not chosen:
-            return {}
-        paths = write_heatmaps(
-            self.ensemble,
-            {size: x[chosen] for size, x in stacked.items()},
-            [batch[i].display for i in chosen],
-            [batch[i].path for i in chosen],
-            [batch[i].sha256 for i in chosen],
-            [scores[i] for i in chosen],
-            self.heatmaps.folder,
-        )
-        return dict(zip(chosen, paths))
+    def already_stored(self, result: ImageResult) -> None:
+        """Report a row the store already holds for this path, without scoring or writing it again."""
+        self.counts.add(result, skipped=True)
+        self.observer.result(result, True)
 
-    def _commit(self, results: list[ImageResult], skipped: bool) -> None:
+    def commit(self, results: list[ImageResult], skipped: bool = False) -> None:
+        """Store a batch of results (durable on return), then count and report them."""
         firsts: dict[str, str] = {}
         results = [self._mark_duplicate(r, firsts) for r in results]
         self.store.add(results)
@@ -172,20 +254,7 @@ class Scorer:
         return replace(result, duplicate_of=first)
 
 
-def iter_prepared(paths: Iterable[Path], sizes: Sequence[int], known, workers: int, window: int,
-                  keep_display: bool = False):
-    """Prepare files on ``workers`` threads, at most ``window`` ahead, yielding in input order."""
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="allscan-decode") as pool:
-        queue: deque[Future] = deque()
-        for path in paths:
-            queue.append(pool.submit(prepare, path, sizes, known, keep_display))
-            if len(queue) >= window:
-                yield queue.popleft().result()
-        while queue:
-            yield queue.popleft().result()
-
-
-def run_info(ensemble: Ensemble, started: datetime, counts: RunCounts, command: str | None = None) -> RunInfo:
+def run_info(ensemble: "Ensemble", started: datetime, counts: RunCounts, command: str | None = None) -> RunInfo:
     manifest = ensemble.manifest
     return RunInfo(
         allscan_version=__version__,
@@ -211,7 +280,7 @@ def run_info(ensemble: Ensemble, started: datetime, counts: RunCounts, command: 
     )
 
 
-def write_outputs(out: Path, store: ResultStore, images: list[Path], ensemble: Ensemble, started: datetime,
+def write_outputs(out: Path, store: ResultStore, images: list[Path], ensemble: "Ensemble", started: datetime,
                   skipped: int = 0, command: str | None = None, report: Path | None = None) -> RunCounts:
     """Write the results file (and the HTML report, if asked) for ``images`` from the store."""
     counts = RunCounts(total=len(images))
@@ -228,7 +297,7 @@ def write_outputs(out: Path, store: ResultStore, images: list[Path], ensemble: E
 def predict(
     inputs: Sequence[Path],
     out: Path,
-    ensemble: Ensemble,
+    ensemble: "Ensemble",
     recursive: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = DEFAULT_WORKERS,
@@ -237,8 +306,11 @@ def predict(
     command: str | None = None,
     heatmaps: HeatmapOptions | None = None,
     report: Path | None = None,
+    engine: "Engine | None" = None,
 ) -> PredictSummary:
     """Score every image in ``inputs`` and write ``out`` (.csv or .xlsx), and optionally an HTML report.
+
+    ``engine`` runs the per-image steps [default: this process, ``workers`` threads decoding].
 
     Raises:
         FileNotFoundError: An input path does not exist.
@@ -252,15 +324,12 @@ def predict(
                          exclude_dirs=[heatmaps.folder] if heatmaps else [])
     started = datetime.now().astimezone()
     with ResultStore(store_file, ensemble.manifest.digest) as store:
-        known = frozenset() if rescore else store.scored_hashes()
         scorer = Scorer(ensemble, store, batch_size, observer, heatmaps)
+        job = Job(ensemble.models_dir, ensemble.manifest.digest, ensemble.input_sizes, batch_size, heatmaps, rescore)
         observer.start(len(images))
         interrupted = False
         try:
-            for item in iter_prepared(images, ensemble.input_sizes, known, workers, window=2 * batch_size,
-                                      keep_display=heatmaps is not None):
-                scorer.add(item)
-            scorer.flush()
+            (engine or LocalEngine(workers)).run(images, job, scorer)
         except KeyboardInterrupt:
             interrupted = True
         counts = write_outputs(out, store, images, ensemble, started, scorer.counts.skipped, command, report)

@@ -2,9 +2,18 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import import_module
 
-from allscan import architectures
 from allscan.preprocessing import get_preprocessor
+
+
+def _builder(name: str) -> Callable:
+    """``allscan.architectures.<name>``, imported on first call: naming the models must not load TensorFlow."""
+
+    def build(*args, **kwargs):
+        return getattr(import_module("allscan.architectures"), name)(*args, **kwargs)
+
+    return build
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,13 @@ class ModelSpec:
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("resnet50", "ResNet-50 (He et al. 2016)", architectures.resnet50, 112, "caffe", 9, 1e-3),
+        ModelSpec("resnet50", "ResNet-50 (He et al. 2016)", _builder("resnet50"), 112, "caffe", 9, 1e-3),
         ModelSpec(
-            "efficientnet_b3", "EfficientNet-B3 (Tan & Le 2019)", architectures.efficientnet_b3, 112, "raw", 9, 2e-3
+            "efficientnet_b3", "EfficientNet-B3 (Tan & Le 2019)", _builder("efficientnet_b3"), 112, "raw", 9, 2e-3
         ),
-        ModelSpec("alexnet", "AlexNet (Krizhevsky et al. 2012)", architectures.alexnet, 128, "symmetric", 14, 1e-3),
+        ModelSpec("alexnet", "AlexNet (Krizhevsky et al. 2012)", _builder("alexnet"), 128, "symmetric", 14, 1e-3),
         ModelSpec(
-            "vgg16", "VGG16 (Simonyan & Zisserman 2015)", architectures.vgg16, 64, "caffe", 7, 5e-4, onednn=False
+            "vgg16", "VGG16 (Simonyan & Zisserman 2015)", _builder("vgg16"), 64, "caffe", 7, 5e-4, onednn=False
         ),
     )
 }
