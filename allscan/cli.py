@@ -67,7 +67,7 @@ err = Console(stderr=True)
 if not console.is_terminal:
     console.width = max(console.width, 120)  # logs and pipes get whole tables, not 80 columns
 
-INPUT, MODEL, OUTPUT, RUN, TRAIN = "Input", "Models", "Output", "Run", "Training"
+INPUT, MODEL, OUTPUT, RUN, TRAIN, SCALE = "Input", "Models", "Output", "Run", "Training", "Scaling out (Ray)"
 
 ModelsOpt = Annotated[
     Path | None,
@@ -166,6 +166,15 @@ def predict(
     heatmaps_all: HeatmapsAllOpt = False,
     report: Annotated[Path | None, typer.Option("--report", help="Write a self-contained HTML batch report.",
                                                 rich_help_panel=OUTPUT, show_default=False)] = None,
+    engine: Annotated[str, typer.Option("--engine", help="local (this process) or ray (pip install "
+                                        "\"allscan[ray]\").", rich_help_panel=SCALE)] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster: auto or ray://HOST:PORT "
+                                                "[default: start a local Ray runtime].", rich_help_panel=SCALE,
+                                                show_default=False)] = None,
+    actors: Annotated[int, typer.Option("--actors", min=1, help="Ray actors scoring, each holding the models.",
+                                        rich_help_panel=SCALE)] = 1,
+    actor_cpus: Annotated[float, typer.Option("--actor-cpus", min=0.01, help="CPUs (TensorFlow threads) each "
+                                              "Ray actor takes.", rich_help_panel=SCALE)] = 1.0,
 ) -> None:
     """Score images with the ensemble and write one row per image to CSV or Excel.
 
@@ -175,14 +184,23 @@ def predict(
     """
     _check_heatmap_flags(heatmaps, heatmaps_all)
     with _preflight(out, report, paths, [("heatmaps folder", heatmaps)]):
-        from allscan.predict import predict as run_predict
+        from allscan.api import Screener
+        from allscan.engines import EngineError, make_engine
         from allscan.progress import LiveProgress, summary_table
 
         options = _heatmap_options(heatmaps, heatmaps_all)
-        ensemble = _load_ensemble(models)
-        with LiveProgress(console, quiet) as live:
-            summary = run_predict(paths, out, ensemble, recursive, batch_size, workers, rescore, observer=live,
-                                  heatmaps=options, report=report)
+        try:
+            runner = make_engine(engine, workers, address, actors, actor_cpus)
+        except EngineError as exc:
+            raise _usage_error(str(exc)) from None
+        screener = Screener(_load_ensemble(models))
+        try:
+            with LiveProgress(console, quiet) as live:
+                summary = screener.run(paths, out, recursive=recursive, batch_size=batch_size, workers=workers,
+                                       rescore=rescore, engine=runner, observer=live, heatmaps=options,
+                                       report=report)
+        except EngineError as exc:
+            raise _usage_error(str(exc)) from None
     if not quiet:
         console.print(summary_table(summary))
         console.print(f"results: [bold]{summary.out}[/]  (store: {summary.store})")

@@ -189,6 +189,7 @@ class PredictSummary:
     store: Path
     counts: RunCounts
     interrupted: bool = False
+    images: tuple[Path, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -333,4 +334,4 @@ def predict(
         except KeyboardInterrupt:
             interrupted = True
         counts = write_outputs(out, store, images, ensemble, started, scorer.counts.skipped, command, report)
-    return PredictSummary(out, store_file, counts, interrupted)
+    return PredictSummary(out, store_file, counts, interrupted, tuple(images))

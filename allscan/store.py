@@ -22,6 +22,16 @@ from allscan.store_schema import open_database
 __all__ = ["ResultStore", "store_path_for"]
 
 
+def latest_digest(path: Path) -> str | None:
+    """The models digest of the row recorded last in the store at ``path`` (None when it holds none)."""
+    db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT digest FROM files ORDER BY recorded_at DESC, seq DESC LIMIT 1").fetchone()
+    finally:
+        db.close()
+    return row[0] if row else None
+
+
 class ResultStore:
     """Durable results for one models digest.
 

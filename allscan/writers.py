@@ -49,6 +49,13 @@ def neutralise(value: object) -> object:
     return value
 
 
+def restore(text: str) -> str:
+    """Undo :func:`neutralise` on text read back from a results file."""
+    if text.startswith("'") and text[1:].startswith(_FORMULA_STARTS):
+        return text[1:]
+    return text
+
+
 def write_results(
     out: Path, results: Callable[[], Iterable[ImageResult]], info: RunInfo, counts: RunCounts
 ) -> None:

@@ -1,3 +1,4 @@
+import logging
 import os
 import shutil
 
@@ -27,3 +28,12 @@ def models_copy(models_dir, tmp_path):
     target = tmp_path / "models"
     shutil.copytree(models_dir, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """One local Ray runtime (2 CPUs, no dashboard) for every Ray test, shut down at the end."""
+    ray = pytest.importorskip("ray", reason='the Ray tests need the ray extra: pip install -e ".[test,ray]"')
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield ray
+    ray.shutdown()

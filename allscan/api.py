@@ -1,0 +1,150 @@
+"""The Python API: score images into a pandas DataFrame, with the models loaded once.
+
+    import allscan
+    df = allscan.predict(["slides/"])                 # writes nothing
+    screener = allscan.load()                         # load the ensemble once
+    df = screener.predict([rgb_array, "field.png"])   # files, folders or RGB uint8 arrays
+    df = screener.predict(["slides/"], out="r.csv")   # as `allscan predict`: store, resume, CSV/Excel
+    df = allscan.read_results("r.csv")                # or .xlsx, or r.csv.allscan.sqlite
+
+The ``allscan predict`` command runs :meth:`Screener.run`, the same path as ``out=``.
+"""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from allscan.engines import Engine, make_engine
+from allscan.engines.local import iter_prepared
+from allscan.frames import read_results, results_frame
+from allscan.heatmaps import HeatmapOptions
+from allscan.images import find_images
+from allscan.paths import default_models_dir
+from allscan.predict import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Job, Observer, PredictSummary, score_prepared
+from allscan.predict import predict as run_predict
+from allscan.results import ImageResult
+from allscan.store import ResultStore
+
+__all__ = ["Screener", "load", "predict", "read_results"]
+
+ImageInput = str | Path | np.ndarray
+"""An image file, a folder of them, or an RGB uint8 array of shape ``(height, width, 3)``."""
+
+
+class Screener:
+    """The ensemble, loaded once, scoring files, folders or in-memory images into DataFrames."""
+
+    def __init__(self, ensemble):
+        self.ensemble = ensemble
+
+    def predict(self, images: ImageInput | Iterable[ImageInput], out: Path | str | None = None, *,
+                names: Sequence[str] | None = None, recursive: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
+                workers: int = DEFAULT_WORKERS, rescore: bool = False, engine: str | Engine = "local") -> pd.DataFrame:
+        """Score images and return one row per image with the columns of :data:`allscan.results.COLUMNS`.
+
+        Without ``out`` nothing is written and rows follow the input order (a folder's
+        images sorted by path); an image that cannot be scored is an error row, and a
+        repeated content is marked ``duplicate_of`` its first occurrence.
+
+        With ``out`` (.csv or .xlsx) the run is exactly ``allscan predict``: results go to
+        the store beside it first (a rerun skips what it holds), then ``out`` is written;
+        the rows returned are the ones written. ``engine`` (``local``, ``ray`` or an
+        engine object) applies to this case only.
+
+        Args:
+            images: Files, folders, RGB uint8 arrays, or one of them.
+            out: Results file to write, or None.
+            names: The path shown for each array, in order [default: ``array-<i>``, ``i`` its position].
+            recursive: Scan sub-folders.
+            batch_size: Images per model call.
+            workers: Threads reading and decoding images.
+            rescore: With ``out``: score again what the store already holds.
+            engine: With ``out``: the engine that runs the job.
+
+        Raises:
+            FileNotFoundError: A path does not exist.
+            ValueError: ``out`` has an unknown suffix, arrays or an engine where they do not apply,
+                or ``names`` does not fit the arrays.
+            KeyboardInterrupt: The run with ``out`` was interrupted (what was scored is written).
+        """
+        items = [images] if isinstance(images, str | Path | np.ndarray) else list(images)
+        if out is None:
+            if engine != "local":
+                raise ValueError("engine= applies to runs with out= only")
+            return results_frame(self._score_in_memory(_sources(items, names, recursive), batch_size, workers))
+        if any(isinstance(item, np.ndarray) for item in items):
+            raise ValueError("out= takes files and folders; score in-memory arrays without out=")
+        if isinstance(engine, str):
+            engine = make_engine(engine, workers)
+        summary = self.run(items, Path(out), recursive=recursive, batch_size=batch_size, workers=workers,
+                           rescore=rescore, engine=engine)
+        if summary.interrupted:
+            raise KeyboardInterrupt
+        with ResultStore(summary.store, self.ensemble.manifest.digest, writer=False) as store:
+            return results_frame(store.results(summary.images))
+
+    def run(self, images: Sequence[Path], out: Path, *, recursive: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
+            workers: int = DEFAULT_WORKERS, rescore: bool = False, engine: Engine | None = None,
+            observer: Observer | None = None, heatmaps: HeatmapOptions | None = None, report: Path | None = None,
+            command: str | None = None) -> PredictSummary:
+        """Run ``allscan predict``: score ``images`` (files and folders) through the store and write ``out``."""
+        return run_predict(images, out, self.ensemble, recursive, batch_size, workers, rescore, observer, command,
+                           heatmaps, report, engine)
+
+    def _score_in_memory(self, sources: list[tuple[Path | np.ndarray, str]], batch_size: int,
+                         workers: int) -> list[ImageResult]:
+        job = Job(self.ensemble.models_dir, self.ensemble.manifest.digest, self.ensemble.input_sizes, batch_size)
+        results: list[ImageResult] = []
+        batch = []
+        for item in iter_prepared(sources, lambda s: job.prepare(s[0], name=s[1]), workers, window=2 * batch_size):
+            batch.append(item)
+            if len(batch) >= batch_size:
+                results += score_prepared(self.ensemble, batch)
+                batch = []
+        results += score_prepared(self.ensemble, batch)
+        return _mark_duplicates(results)
+
+
+def load(models: Path | str | None = None) -> Screener:
+    """Load the ensemble in ``models`` [default: ``$ALLSCAN_MODELS`` or the shipped models] once.
+
+    Raises:
+        ManifestError: No models there, or a model file that fails its checksum.
+    """
+    from allscan.ensemble import Ensemble
+
+    return Screener(Ensemble.load(Path(models) if models is not None else default_models_dir()))
+
+
+def predict(images: ImageInput | Iterable[ImageInput], models: Path | str | None = None, out: Path | str | None = None,
+            **options) -> pd.DataFrame:
+    """Load the models and score ``images``: :func:`load` then :meth:`Screener.predict` (same options)."""
+    return load(models).predict(images, out, **options)
+
+
+def _sources(items: list[ImageInput], names: Sequence[str] | None, recursive: bool) -> list[tuple[Path | np.ndarray, str]]:
+    """Each image with the path its row shows: folders expanded in place, arrays named."""
+    arrays = [i for i, item in enumerate(items) if isinstance(item, np.ndarray)]
+    if names is not None and len(names) != len(arrays):
+        raise ValueError(f"{len(names)} names for {len(arrays)} arrays")
+    array_names = dict(zip(arrays, names if names is not None else (f"array-{i}" for i in arrays)))
+    sources: list[tuple[Path | np.ndarray, str]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, np.ndarray):
+            sources.append((item, array_names[i]))
+        else:
+            sources += [(path, str(path)) for path in find_images([Path(item)], recursive)]
+    return sources
+
+
+def _mark_duplicates(results: list[ImageResult]) -> list[ImageResult]:
+    firsts: dict[str, str] = {}
+    marked = []
+    for result in results:
+        first = firsts.setdefault(result.sha256, str(result.path)) if result.score is not None else str(result.path)
+        marked.append(result if first == str(result.path) else replace(result, duplicate_of=first))
+    return marked

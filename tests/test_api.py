@@ -1,0 +1,99 @@
+"""The Python API: DataFrames with the documented columns, for paths and arrays; reading results back."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import allscan
+from allscan.results import COLUMNS
+from tests.utils import smear, write_image
+
+
+@pytest.fixture()
+def slides(tmp_path):
+    folder = tmp_path / "slides"
+    for i in range(4):
+        write_image(folder / f"field{i}.png", seed=i)
+    write_image(folder / "=HYPERLINK(1).png", seed=7)
+    (folder / "broken.jpg").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def screener(models_dir):
+    return allscan.load(models_dir)
+
+
+def test_import_is_light_and_predict_is_the_api_function():
+    code = ("import sys, allscan; assert 'tensorflow' not in sys.modules and 'pandas' not in sys.modules;"
+            "from allscan.predict import Job; import allscan.api as api;"
+            "assert allscan.predict is api.predict and allscan.load is api.load;"
+            "assert 'tensorflow' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    assert done.returncode == 0, done.stderr
+
+
+def test_predict_paths_returns_the_documented_columns_and_writes_nothing(slides, models_dir, tmp_path):
+    before = sorted(tmp_path.rglob("*"))
+    frame = allscan.predict([slides], models=models_dir)
+    assert sorted(tmp_path.rglob("*")) == before
+    assert tuple(frame.columns) == COLUMNS == tuple(allscan.COLUMNS)
+    assert len(frame) == 6
+    assert frame["p_all"].dtype == "float64" and frame["width"].dtype == "Int64"
+    assert frame["review"].dtype == "boolean"
+    broken = frame.set_index("file").loc["broken.jpg"]
+    assert broken["verdict"] == "error" and "not a recognised" in broken["error"] and pd.isna(broken["p_all"])
+    scored = frame[frame["verdict"] != "error"]
+    assert scored["p_all"].between(0, 1).all() and (scored["width"] == 48).all()
+    assert frame.loc[frame["file"] == "=HYPERLINK(1).png", "file"].size == 1
+
+
+def test_screener_scores_arrays_like_the_files_they_came_from(slides, screener):
+    rgb = np.asarray(Image.open(slides / "field1.png"))
+    frame = screener.predict([rgb, slides / "field1.png", rgb.copy(), np.zeros((5, 5), np.float32)],
+                             names=["cam/a", "cam/b", "cam/c"])
+    assert tuple(frame.columns) == COLUMNS
+    assert list(frame["path"]) == ["cam/a", str(slides / "field1.png"), "cam/b", "cam/c"]
+    assert frame.loc[0, "p_all"] == pytest.approx(frame.loc[1, "p_all"], abs=1e-6)
+    assert frame.loc[2, "duplicate_of"] == "cam/a" and frame.loc[0, "duplicate_of"] == ""
+    assert frame.loc[3, "verdict"] == "error" and "uint8 (height, width, 3)" in frame.loc[3, "error"]
+    assert len(frame.loc[0, "sha256"]) == 64 and frame.loc[0, "width"] == rgb.shape[1]
+
+
+def test_screener_refuses_what_does_not_fit(screener, tmp_path):
+    with pytest.raises(ValueError, match="names"):
+        screener.predict([smear(1)], names=["a", "b"])
+    with pytest.raises(ValueError, match="out="):
+        screener.predict([smear(1)], out=tmp_path / "r.csv")
+    with pytest.raises(FileNotFoundError):
+        screener.predict([tmp_path / "nope"])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_read_results_round_trips_the_file_and_its_store(slides, screener, tmp_path, suffix):
+    out = tmp_path / f"results{suffix}"
+    frame = screener.predict([slides], out=out)
+    assert tuple(frame.columns) == COLUMNS and len(frame) == 6
+    from_store = allscan.read_results(f"{out}.allscan.sqlite")
+    pd.testing.assert_frame_equal(from_store, frame)
+    from_file = allscan.read_results(out)
+    probabilities = [c for c in COLUMNS if c.startswith("p_all")]
+    pd.testing.assert_frame_equal(from_file, frame, atol=1e-4 if suffix == ".csv" else 0, check_exact=False)
+    assert (from_file[probabilities].isna() == frame[probabilities].isna()).all().all()
+    assert "=HYPERLINK(1).png" in set(from_file["file"])
+
+
+def test_read_results_refuses_other_files(tmp_path):
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not an allscan results file"):
+        allscan.read_results(tmp_path / "other.csv")
+    (tmp_path / "r.txt").write_text("")
+    with pytest.raises(ValueError, match="expected a .csv"):
+        allscan.read_results(tmp_path / "r.txt")
+    with pytest.raises(FileNotFoundError):
+        allscan.read_results(tmp_path / "missing.csv")

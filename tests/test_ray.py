@@ -1,0 +1,92 @@
+"""The Ray engine on a local runtime: the same rows as the local engine, resume, clear errors."""
+
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import allscan
+from allscan.cli import app
+from allscan.engines import EngineError
+from allscan.predict import predict
+from allscan.store import ResultStore, store_path_for
+from tests.utils import write_image
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def slides(tmp_path):
+    folder = tmp_path / "slides"
+    for i in range(9):
+        write_image(folder / f"field{i}.png", seed=i)
+    write_image(folder / "day2" / "field0.jpg", seed=20, fmt="JPEG")
+    (folder / "day2" / "broken.png").write_bytes(b"\x89PNG broken")
+    (folder / "copy-of-field3.png").write_bytes((folder / "field3.png").read_bytes())
+    return folder
+
+
+def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    probabilities = [c for c in a.columns if c.startswith("p_all")]
+    pd.testing.assert_frame_equal(a.drop(columns=probabilities), b.drop(columns=probabilities))
+    pd.testing.assert_frame_equal(a[probabilities], b[probabilities], atol=1e-4, check_exact=False)
+
+
+def test_ray_engine_gives_the_rows_of_the_local_engine(ray_runtime, slides, models_dir, tmp_path):
+    local = allscan.predict([slides], models=models_dir, out=tmp_path / "local.csv")
+    result = runner.invoke(app, ["predict", str(slides), "-o", str(tmp_path / "ray.csv"), "--models", str(models_dir),
+                                 "--engine", "ray", "--batch-size", "3", "--quiet"])
+    assert result.exit_code == 1, result.output  # one broken image
+    assert result.output == ""
+    _same_rows(allscan.read_results(tmp_path / "ray.csv.allscan.sqlite"), local)
+    assert set(local["duplicate_of"]) == {"", str(slides / "copy-of-field3.png")}
+
+
+class _CtrlCAfter:
+    def __init__(self, n):
+        self.n, self.seen = n, 0
+
+    def start(self, total):
+        pass
+
+    def result(self, result, skipped):
+        self.seen += 1
+        if self.seen == self.n:
+            raise KeyboardInterrupt
+
+
+def test_ray_engine_resumes_after_an_interrupted_run(ray_runtime, slides, models_dir, ensemble, tmp_path):
+    from allscan.engines.ray import RayEngine
+
+    out = tmp_path / "r.csv"
+    first = predict([slides], out, ensemble, batch_size=2, observer=_CtrlCAfter(3), engine=RayEngine())
+    assert first.interrupted
+    with ResultStore(store_path_for(out), ensemble.manifest.digest) as store:
+        stored = [r for r in store.results() if r.score is not None]
+    assert 3 <= len(stored) < 11
+    second = predict([slides], out, ensemble, batch_size=2, engine=RayEngine())
+    assert not second.interrupted and second.counts.done == 12
+    assert second.counts.skipped == len(stored)
+    with ResultStore(store_path_for(out), ensemble.manifest.digest) as store:
+        paths = [str(r.path) for r in store.results()]
+    assert len(paths) == len(set(paths)) == 12
+    local = allscan.predict([slides], models=models_dir, out=tmp_path / "local.csv")
+    _same_rows(allscan.read_results(out), allscan.read_results(tmp_path / "local.csv"))
+    assert len(local) == 12
+
+
+def test_a_pool_that_leaves_no_cpu_for_decoding_is_refused(ray_runtime, slides, ensemble, tmp_path):
+    from allscan.engines.ray import RayEngine
+
+    with pytest.raises(EngineError, match="lower --actors or --actor-cpus"):
+        predict([slides], tmp_path / "r.csv", ensemble, engine=RayEngine(actors=2))
+
+
+def test_missing_ray_extra_is_one_clear_line(monkeypatch, slides, models_dir, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = runner.invoke(app, ["predict", str(slides), "-o", str(tmp_path / "r.csv"), "--models", str(models_dir),
+                                 "--engine", "ray"])
+    assert result.exit_code == 2
+    assert result.output.strip() == 'error: the ray engine needs Ray: pip install "allscan[ray]"'
+    assert not (tmp_path / "r.csv").exists()
