@@ -5,8 +5,14 @@ image by image), model compute alone (in-memory tensors, compiled batched forwar
 end (``allscan predict`` with decoding, the store and the Excel write), their ratios, peak
 RSS of end-to-end runs at 100 and 2,000 images, time to the first result and model load time.
 
+With ``--engine ray`` it measures instead the local engine beside the Ray engine on a local
+runtime with 1 and 2 scoring actors sharing this machine's CPUs: throughput once results
+flow, time to the first result (runtime start, actors loading the models) and each
+actor's peak memory.
+
 Usage:
     python benchmarks/bench.py [--count 200] [--images DIR] [--models DIR] [--batch-size 16] [--json]
+    python benchmarks/bench.py --engine ray [--count 200] [--json]
 """
 
 import argparse
@@ -45,8 +51,25 @@ def make_images(source: Path, count: int, folder: Path) -> list[Path]:
     return paths
 
 
-def child(images: Path, out: Path, models: Path, batch_size: int) -> None:
-    """One end-to-end run in a fresh process: prints timings and peak RSS as JSON."""
+def actor_peaks_mb() -> list[float]:
+    """Peak RSS (VmHWM) of each live Ray scoring actor on this machine."""
+    peaks = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"_ScoreBatch" not in (proc / "cmdline").read_bytes():
+                continue
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        peaks += [int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")]
+    return sorted(peaks)
+
+
+def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = "local") -> None:
+    """One end-to-end run in a fresh process: prints timings and peak RSS as JSON.
+
+    ``engine`` is ``local`` or ``ray:ACTORS:CPUS`` (a local Ray runtime of CPUS CPUs).
+    """
     started = time.monotonic()
     from allscan.ensemble import Ensemble
     from allscan.predict import predict
@@ -54,31 +77,46 @@ def child(images: Path, out: Path, models: Path, batch_size: int) -> None:
     load_started = time.monotonic()
     ensemble = Ensemble.load(models)
     load_s = time.monotonic() - load_started
+    runner = None
+    if engine.startswith("ray:"):
+        from allscan.engines.ray import PREPARE_CPUS, RayEngine
 
-    class FirstResult:
-        first = None
+        actors, cpus = (int(v) for v in engine.split(":")[1:])
+        runner = RayEngine(actors=actors, actor_cpus=(cpus - PREPARE_CPUS) / actors, num_cpus=cpus)
+
+    class Timing:
+        first = last = None
+        count = 0
+        actor_peaks: list[float] = []
 
         def start(self, total):
-            pass
+            self.total = total
 
         def result(self, result, skipped):
+            self.count += 1
+            self.last = time.monotonic()
             if self.first is None:
-                self.first = time.monotonic() - started
+                self.first = self.last
+            if self.count == self.total and runner is not None:
+                self.actor_peaks = actor_peaks_mb()  # while the runtime is still up
 
-    observer = FirstResult()
+    observer = Timing()
     run_started = time.monotonic()
-    summary = predict([images], out, ensemble, batch_size=batch_size, observer=observer)
+    summary = predict([images], out, ensemble, batch_size=batch_size, observer=observer, engine=runner)
     run_s = time.monotonic() - run_started
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    flowing = (observer.count - 1) / (observer.last - observer.first) if observer.count > 1 else None
     print(json.dumps({"n": summary.counts.done, "errors": summary.counts.errors, "seconds": run_s,
-                      "load_s": load_s, "first_result_s": observer.first, "peak_rss_mb": peak_kb / 1024}))
+                      "load_s": load_s, "first_result_s": observer.first - started,
+                      "first_result_after_load_s": observer.first - run_started, "flowing_img_s": flowing,
+                      "peak_rss_mb": peak_kb / 1024, "actor_peak_rss_mb": observer.actor_peaks}))
 
 
-def end_to_end(images: Path, models: Path, batch_size: int, workdir: Path) -> dict:
+def end_to_end(images: Path, models: Path, batch_size: int, workdir: Path, engine: str = "local") -> dict:
     out = workdir / f"e2e-{images.name}.xlsx"
     for stale in workdir.glob(f"e2e-{images.name}.xlsx*"):
         stale.unlink()
-    cmd = [sys.executable, __file__, "--child", str(images), str(out), str(models), str(batch_size)]
+    cmd = [sys.executable, __file__, "--child", str(images), str(out), str(models), str(batch_size), engine]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -136,11 +174,17 @@ def main() -> None:
     parser.add_argument("--naive-count", type=int, default=40, help="images for the (slow) naive baseline")
     parser.add_argument("--rss-counts", default="100,2000", help="image counts for the peak-RSS runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="ray: compare the local engine with the Ray engine at 1 and 2 actors")
+    parser.add_argument("--ray-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray runtime")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        images, out, models, batch = args.child
-        child(Path(images), Path(out), Path(models), int(batch))
+        images, out, models, batch, engine = args.child
+        child(Path(images), Path(out), Path(models), int(batch), engine)
+        return
+    if args.engine == "ray":
+        engines_benchmark(args)
         return
 
     with tempfile.TemporaryDirectory(prefix="allscan-bench-") as tmp:
@@ -204,6 +248,38 @@ def main() -> None:
         table.add_row(f"RSS growth {rss_counts[0]} → {rss_counts[1]} images", f"{100 * growth:.1f}%", "≤ 10%")
     table.add_row("start to first result", f"{e2e['first_result_s']:.1f} s", "< 20 s")
     table.add_row("load four models", f"{e2e['load_s']:.1f} s", "")
+    Console().print(table)
+
+
+def engines_benchmark(args) -> None:
+    """The local engine beside the Ray engine with 1 and 2 actors, on the same images and models."""
+    with tempfile.TemporaryDirectory(prefix="allscan-bench-") as tmp:
+        work = Path(tmp)
+        make_images(REPO / "sample_images", args.count, work / "speed")
+        runs = {"local": end_to_end(work / "speed", args.models, args.batch_size, work)}
+        for actors in (1, 2):
+            spec = f"ray:{actors}:{args.ray_cpus}"
+            runs[f"ray, {actors} actor{'s' if actors > 1 else ''}"] = end_to_end(
+                work / "speed", args.models, args.batch_size, work, spec)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    figures = {"images": args.count, "batch_size": args.batch_size, "ray_cpus": args.ray_cpus, "machine": machine,
+               "runs": {name: {**run, "end_to_end_img_s": run["n"] / run["seconds"]} for name, run in runs.items()}}
+    if args.json:
+        print(json.dumps(figures))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"allscan engines: {args.count} images, batch {args.batch_size}, {machine},"
+                        f" Ray runtime of {args.ray_cpus} CPUs")
+    for column in ("engine", "img/s once flowing", "img/s end to end", "first result", "peak RSS driver",
+                   "peak RSS per actor"):
+        table.add_column(column, justify="left" if column == "engine" else "right")
+    for name, run in figures["runs"].items():
+        actors = ", ".join(f"{mb:.0f}" for mb in run["actor_peak_rss_mb"]) or "–"
+        table.add_row(name, f"{run['flowing_img_s']:.1f}", f"{run['end_to_end_img_s']:.1f}",
+                      f"{run['first_result_after_load_s']:.1f} s", f"{run['peak_rss_mb']:.0f} MB",
+                      f"{actors} MB" if run["actor_peak_rss_mb"] else actors)
     Console().print(table)
 
 
