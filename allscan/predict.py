@@ -165,6 +165,11 @@ class Job:
                 name: Path | str | None = None) -> Prepared:
         return prepare(source, self.sizes, known, self.heatmaps is not None, name)
 
+    def for_workers(self) -> "Job":
+        """This job with absolute paths, for processes that may run in another folder or on another node."""
+        heatmaps = replace(self.heatmaps, folder=Path(self.heatmaps.folder).resolve()) if self.heatmaps else None
+        return replace(self, models_dir=Path(self.models_dir).resolve(), heatmaps=heatmaps)
+
     def scoring(self) -> Callable[[Sequence[Prepared]], list[ImageResult]]:
         """Load the models (once per process that scores) and return the scoring step.
 

@@ -117,7 +117,9 @@ def end_to_end(images: Path, models: Path, batch_size: int, workdir: Path, engin
     for stale in workdir.glob(f"e2e-{images.name}.xlsx*"):
         stale.unlink()
     cmd = [sys.executable, __file__, "--child", str(images), str(out), str(models), str(batch_size), engine]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if done.returncode != 0:
+        raise SystemExit(f"{engine} run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

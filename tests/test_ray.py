@@ -1,6 +1,7 @@
 """The Ray engine on a local runtime: the same rows as the local engine, resume, clear errors."""
 
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 import allscan
 from allscan.cli import app
 from allscan.engines import EngineError
+from allscan.heatmaps import HeatmapOptions
 from allscan.predict import predict
 from allscan.store import ResultStore, store_path_for
 from tests.utils import write_image
@@ -33,14 +35,20 @@ def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(a[probabilities], b[probabilities], atol=1e-4, check_exact=False)
 
 
-def test_ray_engine_gives_the_rows_of_the_local_engine(ray_runtime, slides, models_dir, tmp_path):
-    local = allscan.predict([slides], models=models_dir, out=tmp_path / "local.csv")
-    result = runner.invoke(app, ["predict", str(slides), "-o", str(tmp_path / "ray.csv"), "--models", str(models_dir),
-                                 "--engine", "ray", "--batch-size", "3", "--quiet"])
+def test_ray_engine_gives_the_rows_of_the_local_engine(ray_runtime, slides, ensemble, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative heatmap folders: Ray workers run elsewhere
+    predict([slides], Path("local.csv"), ensemble, heatmaps=HeatmapOptions(Path("heat-local"), every=True))
+    result = runner.invoke(app, ["predict", str(slides), "-o", "ray.csv", "--models", str(ensemble.models_dir),
+                                 "--engine", "ray", "--batch-size", "3", "--quiet", "--heatmaps", "heat-ray",
+                                 "--heatmaps-all"])
     assert result.exit_code == 1, result.output  # one broken image
     assert result.output == ""
-    _same_rows(allscan.read_results(tmp_path / "ray.csv.allscan.sqlite"), local)
+    local, ray = allscan.read_results("local.csv.allscan.sqlite"), allscan.read_results("ray.csv.allscan.sqlite")
+    _same_rows(ray.drop(columns="heatmap"), local.drop(columns="heatmap"))
     assert set(local["duplicate_of"]) == {"", str(slides / "copy-of-field3.png")}
+    figures = [Path(f) for f in ray["heatmap"] if f]
+    assert len(figures) == (local["heatmap"] != "").sum() == 11
+    assert all(f.parent == tmp_path / "heat-ray" and f.is_file() for f in figures)
 
 
 class _CtrlCAfter:

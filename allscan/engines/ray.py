@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import pickle
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,9 +75,9 @@ class RayEngine:
         if not todo:
             return
         ray = _import_ray()
-        with _runtime(ray, self.address, self.num_cpus):
+        with _runtime(ray, self.address, self.num_cpus), _driver_logs_muted():
             self._check_resources(ray)
-            for results in self._stream(ray, todo, job):
+            for results in self._stream(ray, todo, job.for_workers()):
                 scorer.commit(results)
 
     def _stream(self, ray, images: list[Path], job: "Job") -> Iterator[list]:
@@ -145,9 +146,6 @@ def _runtime(ray, address: str | None, num_cpus: int | None):
     if ray.is_initialized():
         yield
         return
-    # The driver's C++ core logs an error-level notice for every actor Ray Data starts
-    # (ray-project/ray#53727); real failures reach us as exceptions.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
                  include_dashboard=False if address is None else None, log_to_driver=False,
@@ -158,6 +156,27 @@ def _runtime(ray, address: str | None, num_cpus: int | None):
         yield
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def _driver_logs_muted():
+    """Point this process's stderr at /dev/null while Ray runs.
+
+    Ray's C++ core in the driver prints an error-level notice for every actor Ray Data
+    starts (ray-project/ray#53727); real failures reach us as exceptions, and the
+    workers' logs stay in Ray's session folder.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _first_line(err: BaseException) -> str:
