@@ -23,6 +23,8 @@ def _register_lazily(name: str) -> None:
     ``allscan.predict`` names both the API function and a module. Importing the module
     the usual way binds it over the package attribute, so that ``allscan.predict(...)``
     would call a module; a module already in ``sys.modules`` is never bound that way.
+    (A dotted target such as ``monkeypatch.setattr("allscan.predict.x", ...)`` therefore
+    reaches the function: patch ``sys.modules["allscan.predict"]`` instead.)
     """
     spec = importlib.util.find_spec(name)
     loader = importlib.util.LazyLoader(spec.loader)

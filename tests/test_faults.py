@@ -515,7 +515,7 @@ def test_unexpected_failure_is_one_line_and_exit_4(tmp_path, models_dir, monkeyp
     def bug(*args, **kwargs):
         raise RuntimeError("something nobody expected")
 
-    monkeypatch.setattr("allscan.predict.find_images", bug)
+    monkeypatch.setattr(sys.modules["allscan.predict"], "find_images", bug)  # "allscan.predict" is the API function
     args = ("predict", _slides(tmp_path / "s", 1), "-o", tmp_path / "r.csv", "--models", models_dir)
     result = _invoke(*args)
     assert result.exit_code == 4
