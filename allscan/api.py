@@ -2,7 +2,7 @@
 
     import allscan
     df = allscan.predict(["slides/"])                 # writes nothing
-    screener = allscan.load()                         # load the ensemble once
+    screener = allscan.load(site="lab-profile/")      # load the ensemble (and a site profile) once
     df = screener.predict([rgb_array, "field.png"])   # files, folders or RGB uint8 arrays
     df = screener.predict(["slides/"], out="r.csv")   # as `allscan predict`: store, resume, CSV/Excel
     df = allscan.read_results("r.csv")                # or .xlsx, or r.csv.allscan.sqlite
@@ -36,10 +36,14 @@ ImageInput = str | Path | np.ndarray
 
 
 class Screener:
-    """The ensemble, loaded once, scoring files, folders or in-memory images into DataFrames."""
+    """The ensemble (with its domain handling and any site profile), loaded once, scoring files,
+    folders or in-memory images into DataFrames."""
 
-    def __init__(self, ensemble):
-        self.ensemble = ensemble
+    def __init__(self, scoring):
+        from allscan.domain.pipeline import as_pipeline
+
+        self.pipeline = as_pipeline(scoring)
+        self.ensemble = self.pipeline.ensemble
 
     def predict(self, images: ImageInput | Iterable[ImageInput], out: Path | str | None = None, *,
                 names: Sequence[str] | None = None, recursive: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -84,7 +88,7 @@ class Screener:
                            rescore=rescore, engine=engine)
         if summary.interrupted:
             raise KeyboardInterrupt
-        with ResultStore(summary.store, self.ensemble.manifest.digest, writer=False) as store:
+        with ResultStore(summary.store, self.pipeline.digest, writer=False) as store:
             return results_frame(store.results(summary.images))
 
     def run(self, images: Sequence[Path], out: Path, *, recursive: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -92,38 +96,57 @@ class Screener:
             observer: Observer | None = None, heatmaps: HeatmapOptions | None = None, report: Path | None = None,
             command: str | None = None) -> PredictSummary:
         """Run ``allscan predict``: score ``images`` (files and folders) through the store and write ``out``."""
-        return run_predict(images, out, self.ensemble, recursive, batch_size, workers, rescore, observer, command,
+        return run_predict(images, out, self.pipeline, recursive, batch_size, workers, rescore, observer, command,
                            heatmaps, report, engine)
 
     def _score_in_memory(self, sources: list[tuple[Path | np.ndarray, str]], batch_size: int,
                          workers: int) -> list[ImageResult]:
-        job = Job(self.ensemble.models_dir, self.ensemble.manifest.digest, self.ensemble.input_sizes, batch_size)
+        job = Job.of(self.pipeline, batch_size)
         results: list[ImageResult] = []
         batch = []
         for item in iter_prepared(sources, lambda s: job.prepare(s[0], name=s[1]), workers, window=2 * batch_size):
             batch.append(item)
             if len(batch) >= batch_size:
-                results += score_prepared(self.ensemble, batch)
+                results += score_prepared(self.pipeline, batch, batch_size=batch_size)
                 batch = []
-        results += score_prepared(self.ensemble, batch)
+        results += score_prepared(self.pipeline, batch, batch_size=batch_size)
         return _mark_duplicates(results)
 
 
-def load(models: Path | str | None = None) -> Screener:
-    """Load the ensemble in ``models`` [default: ``$ALLSCAN_MODELS`` or the shipped models] once.
+def load(models: Path | str | None = None, site: Path | str | None = None, stain_norm: bool = True,
+         rbc_diameter: float | None = None) -> Screener:
+    """Load the ensemble in ``models`` [default: ``$ALLSCAN_MODELS`` or the shipped models] once,
+    with a site profile made by ``allscan adapt`` [default: ``$ALLSCAN_SITE``, if set].
+
+    Args:
+        models: Models folder.
+        site: Site profile folder.
+        stain_norm: Normalise the colour of images stained unlike the training images.
+        rbc_diameter: Red-cell diameter in pixels in the images (overrides the estimate).
 
     Raises:
-        ManifestError: No models there, or a model file that fails its checksum.
+        ManifestError: No models there, a model file that fails its checksum, or a site profile
+            that is corrupt or was fitted on other models (a DomainError).
     """
+    import os
+
+    from allscan.domain.fields import DomainOptions
+    from allscan.domain.pipeline import DomainPipeline
+    from allscan.domain.site import load_profile
     from allscan.ensemble import Ensemble
 
-    return Screener(Ensemble.load(Path(models) if models is not None else default_models_dir()))
+    ensemble = Ensemble.load(Path(models) if models is not None else default_models_dir())
+    site = site if site is not None else os.environ.get("ALLSCAN_SITE") or None
+    profile = load_profile(Path(site)) if site is not None else None
+    return Screener(DomainPipeline(ensemble, DomainOptions(stain_norm, rbc_diameter), profile,
+                                   Path(site) if site is not None else None))
 
 
 def predict(images: ImageInput | Iterable[ImageInput], models: Path | str | None = None, out: Path | str | None = None,
-            **options) -> pd.DataFrame:
-    """Load the models and score ``images``: :func:`load` then :meth:`Screener.predict` (same options)."""
-    return load(models).predict(images, out, **options)
+            site: Path | str | None = None, **options) -> pd.DataFrame:
+    """Load the models (and a site profile) and score ``images``: :func:`load` then
+    :meth:`Screener.predict` (same options)."""
+    return load(models, site).predict(images, out, **options)
 
 
 def _sources(items: list[ImageInput], names: Sequence[str] | None, recursive: bool) -> list[tuple[Path | np.ndarray, str]]:

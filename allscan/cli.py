@@ -81,6 +81,22 @@ HeatmapsOpt = Annotated[
 ]
 HeatmapsAllOpt = Annotated[bool, typer.Option("--heatmaps-all", help="Heatmaps for every image.",
                                               rich_help_panel=OUTPUT)]
+DOMAIN = "Other labs' images"
+SiteOpt = Annotated[
+    Path | None,
+    typer.Option("--site", envvar="ALLSCAN_SITE", help="Score with a site profile made by allscan adapt.",
+                 rich_help_panel=DOMAIN, show_default=False),
+]
+StainNormOpt = Annotated[
+    bool,
+    typer.Option("--stain-norm/--no-stain-norm", help="Normalise the colour of images stained unlike the "
+                 "training images (Reinhard, L*a*b*).", rich_help_panel=DOMAIN),
+]
+RbcDiameterOpt = Annotated[
+    float | None,
+    typer.Option("--rbc-diameter", min=1.0, help="Red-cell diameter in pixels in your images (overrides the "
+                 "estimate; a lab that knows its camera).", rich_help_panel=DOMAIN, show_default=False),
+]
 
 
 def _check_heatmap_flags(folder: Path | None, every: bool) -> None:
@@ -146,6 +162,21 @@ def _load_ensemble(models: Path | None):
         raise _usage_error(str(exc)) from None
 
 
+def _load_pipeline(models: Path | None, site: Path | None = None, stain_norm: bool = True,
+                   rbc_diameter: float | None = None):
+    from allscan.domain.fields import DomainOptions
+    from allscan.domain.pipeline import DomainPipeline
+    from allscan.domain.site import load_profile
+    from allscan.manifest import ManifestError
+
+    ensemble = _load_ensemble(models)
+    try:
+        profile = load_profile(site) if site is not None else None
+        return DomainPipeline(ensemble, DomainOptions(stain_norm, rbc_diameter), profile, site)
+    except ManifestError as exc:
+        raise _usage_error(str(exc)) from None
+
+
 @app.command()
 def predict(
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders to score.", show_default=False)],
@@ -175,6 +206,9 @@ def predict(
                                         rich_help_panel=SCALE)] = 1,
     actor_cpus: Annotated[float, typer.Option("--actor-cpus", min=0.01, help="CPUs (TensorFlow threads) each "
                                               "Ray actor takes.", rich_help_panel=SCALE)] = 1.0,
+    site: SiteOpt = None,
+    stain_norm: StainNormOpt = True,
+    rbc_diameter: RbcDiameterOpt = None,
 ) -> None:
     """Score images with the ensemble and write one row per image to CSV or Excel.
 
@@ -193,7 +227,7 @@ def predict(
             runner = make_engine(engine, workers, address, actors, actor_cpus)
         except EngineError as exc:
             raise _usage_error(str(exc)) from None
-        screener = Screener(_load_ensemble(models))
+        screener = Screener(_load_pipeline(models, site, stain_norm, rbc_diameter))
         try:
             with LiveProgress(console, quiet) as live:
                 summary = screener.run(paths, out, recursive=recursive, batch_size=batch_size, workers=workers,
@@ -473,6 +507,9 @@ def watch(
     heatmaps_all: HeatmapsAllOpt = False,
     report: Annotated[Path | None, typer.Option("--report", help="HTML batch report, rewritten with the outputs.",
                                                 rich_help_panel=OUTPUT, show_default=False)] = None,
+    site: SiteOpt = None,
+    stain_norm: StainNormOpt = True,
+    rbc_diameter: RbcDiameterOpt = None,
 ) -> None:
     """Score images as they land in FOLDER, each exactly once, until Ctrl-C or SIGTERM."""
     import signal
@@ -487,16 +524,18 @@ def watch(
         from allscan.watching import WatchConfig, Watcher
 
         options = _heatmap_options(heatmaps, heatmaps_all)
-        ensemble = _load_ensemble(models)
+        pipeline = _load_pipeline(models, site, stain_norm, rbc_diameter)
         config = WatchConfig(folder, out, recursive, poll, settle, max_delay, batch_size, xlsx_every, move_to,
                              heatmaps=options, report=report)
-        names = ", ".join(m.name for m in ensemble.members)
+        members = [m.name for m in pipeline.ensemble.members]
+        site_note = f", site profile {site}" if site else ""
 
         def ready(catch_up: int) -> None:
-            console.print(escape(f"ready: watching {folder} → {out} with {len(ensemble.members)} models ({names});"
+            console.print(escape(f"ready: watching {folder} → {out} with {len(members)} models ({', '.join(members)}"
+                                 f"{site_note});"
                                  f" {catch_up} images to catch up; Ctrl-C to stop"), soft_wrap=True, highlight=False)
 
-        watcher = Watcher(config, ensemble, on_ready=ready)
+        watcher = Watcher(config, pipeline, on_ready=ready)
         display = WatchDisplay(console, watcher.stats, quiet)
         watcher.observer = display
         signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
@@ -530,6 +569,9 @@ def explain(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Heatmap figure [default: IMAGE-heatmap.png].",
                                              rich_help_panel=OUTPUT, show_default=False)] = None,
     models: ModelsOpt = None,
+    site: SiteOpt = None,
+    stain_norm: StainNormOpt = True,
+    rbc_diameter: RbcDiameterOpt = None,
 ) -> None:
     """Print each model's and the ensemble's probability for one image and write its Grad-CAM figure."""
     from allscan.preflight import PreflightError, check_writable_file
@@ -542,26 +584,90 @@ def explain(
     except PreflightError as exc:
         raise _usage_error(str(exc)) from None
     from allscan.heatmaps import display_copy, write_heatmaps
-    from allscan.images import ImageError, decode_file, resize
+    from allscan.domain.fields import in_original_pixels
+    from allscan.images import DECODE_MAX_SIDE, ImageError, decode_file
 
-    ensemble = _load_ensemble(models)
+    pipeline = _load_pipeline(models, site, stain_norm, rbc_diameter)
     try:
-        decoded = decode_file(image)
+        decoded = decode_file(image, max_side=DECODE_MAX_SIDE)
     except ImageError as exc:
         _error_line(f"{image}: {exc}")
         raise typer.Exit(EXIT_SOME_FAILED) from None
-    batches = {s: resize(decoded.rgb, s)[None] for s in ensemble.input_sizes}
-    score = ensemble.score(batches)[0]
+    fields = in_original_pixels(pipeline.fields(decoded.rgb), decoded.reduction)
+    score = pipeline.score([fields])[0]
     table = Table(title=str(image))
     table.add_column("model")
     table.add_column("p(ALL)", justify="right")
     for name, p in score.per_model.items():
         table.add_row(name, f"{p:.4f}")
-    table.add_row("[bold]ensemble[/]", f"[bold]{score.p_all:.4f}[/]")
+    table.add_row("[bold]ensemble[/]" + (" (site profile)" if site else ""), f"[bold]{score.p_all:.4f}[/]")
     console.print(table)
     console.print(f"verdict [bold]{score.verdict}[/]; agreement {score.agreement}/{len(score.per_model)}"
                   + ("; [yellow]flagged for review[/]" if score.review else ""))
-    written = write_heatmaps(ensemble, batches, [display_copy(decoded.rgb)], [image], [decoded.sha256], [score],
+    info = score.domain
+    scale = "whole image (no scale estimate)" if info.scale is None else f"rescaled ×{info.scale:.3f}"
+    console.print(f"{scale}; {info.tiles} field(s) scored; domain [bold]{info.domain or '-'}[/]"
+                  + (f" (score {info.domain_score:.2f})" if info.domain_score is not None else ""))
+    if info.notes:
+        console.print(f"notes: {info.notes}")
+    written = write_heatmaps(pipeline, [fields], [display_copy(decoded.rgb)], [image], [decoded.sha256], [score],
                              target.parent)
     Path(written[0]).replace(target)
     console.print(f"heatmap: {target}")
+
+
+@app.command()
+def adapt(
+    labelled: Annotated[Path, typer.Argument(help="Folder with ALL/ and normal/ sub-folders of your lab's "
+                                             "labelled images (at least 5 each).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Site profile folder to write.", rich_help_panel=OUTPUT)],
+    models: ModelsOpt = None,
+    stain_norm: StainNormOpt = True,
+    rbc_diameter: RbcDiameterOpt = None,
+) -> None:
+    """Fit a site profile on your lab's labelled images: light heads on the models' features, the site's
+    threshold and review band, and its domain. Prints cross-validated figures with 95% intervals."""
+    from allscan.domain.adapt import adapt as run_adapt
+    from allscan.manifest import ManifestError
+
+    if not labelled.is_dir():
+        raise _usage_error(f"no such folder: {labelled}")
+    pipeline = _load_pipeline(models, None, stain_norm, rbc_diameter)
+    try:
+        result = run_adapt(pipeline, labelled)
+    except (ManifestError, FileNotFoundError) as exc:
+        raise _usage_error(str(exc)) from None
+    result.profile.save(out)
+    for path, reason in result.skipped:
+        err.print(f"[yellow]left out[/] {path}: {reason}")
+    f = result.figures
+    table = Table(title=f"site profile {out}: cross-validated on {f['n_ALL']} ALL + {f['n_normal']} normal images")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("95% interval", justify="right")
+    for name in ("roc_auc", "sensitivity", "specificity"):
+        low, high = f[f"{name}_95ci"]
+        table.add_row(name.replace("_", " "), f"{f[name]:.3f}", f"{low:.3f} – {high:.3f}")
+    console.print(table)
+    console.print(f"threshold {f['threshold']:.2f}; {f['method']}; {result.seconds:.0f} s")
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+
+
+@app.command("fit-domain")
+def fit_domain(
+    data_dir: Annotated[Path, typer.Argument(help="Dataset with train/ and val/ (each normal/ and ALL/).",
+                                             show_default=False)],
+    models: ModelsOpt = None,
+) -> None:
+    """Refit the domain reference (red-cell size, stain reference, out-of-domain guard) for the models
+    on the training split, thresholds on val; the training command's shipping step runs it too."""
+    from allscan.domain.fit import refit_domain
+    from allscan.manifest import ManifestError
+
+    try:
+        reference = refit_domain(models or default_models_dir(), data_dir)
+    except (ManifestError, FileNotFoundError) as exc:
+        raise _usage_error(str(exc)) from None
+    console.print(f"domain reference: red cells {reference.checks.rbc_diameter:.1f} px; "
+                  f"{reference.fitted_on}")

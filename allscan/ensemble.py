@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from allscan._tf import tf
+from allscan._tf import keras, tf
 from allscan.manifest import EnsembleConfig, Manifest, load_manifest
 from allscan.model_files import load_checked
 from allscan.preprocessing import get_preprocessor
@@ -25,11 +25,20 @@ class Member:
     gradcam: Callable | None = None
 
 
+FEATURE_LAYER = "pool"
+"""The pooled-features layer every registry architecture names so: the penultimate representation
+used by the out-of-domain guard and by site heads."""
+
+
 def _compiled_forward(model, preprocess: Callable, input_size: int) -> Callable:
+    """The model's forward pass returning (p(ALL), pooled features) for a uint8 batch."""
+    both = keras.Model(model.inputs, [model.outputs[0], model.get_layer(FEATURE_LAYER).output])
+
     @tf.function(input_signature=[tf.TensorSpec((None, input_size, input_size, 3), tf.uint8)], reduce_retracing=True)
     def forward(batch):
         x = preprocess(tf.cast(batch, tf.float32))
-        return tf.reshape(model(x, training=False), (-1,))
+        p, features = both(x, training=False)
+        return tf.reshape(p, (-1,)), tf.reshape(features, (tf.shape(features)[0], -1))
 
     return forward
 
@@ -58,14 +67,17 @@ def combine(per_model: Mapping[str, float], config: EnsembleConfig) -> Score:
 class Ensemble:
     """The ensemble described by a models folder's manifest, loaded once and reused."""
 
-    def __init__(self, manifest: Manifest, members: list[Member], models_dir: Path):
+    def __init__(self, manifest: Manifest, members: list[Member], models_dir: Path, domain=None):
         self.manifest = manifest
         self.members = members
         self.models_dir = models_dir
+        self.domain = domain
+        """The :class:`~allscan.domain.reference.DomainReference` shipped with the models, if any."""
 
     @classmethod
-    def load(cls, models_dir: Path) -> "Ensemble":
-        """Load every model listed in ``models_dir/manifest.json``, checking each sha256.
+    def load(cls, models_dir: Path, with_domain: bool = True) -> "Ensemble":
+        """Load every model listed in ``models_dir/manifest.json``, checking each sha256, and the
+        domain reference recorded there (unless ``with_domain`` is False, as when refitting it).
 
         Each model's compiled forward pass is traced here, so the first batch runs at full speed.
 
@@ -80,7 +92,12 @@ class Ensemble:
             forward = _compiled_forward(model, get_preprocessor(entry.preprocessing), entry.input_size)
             forward(tf.zeros((1, entry.input_size, entry.input_size, 3), tf.uint8))  # trace the graph now
             members.append(Member(entry.name, entry.input_size, entry.preprocessing, model, forward))
-        return cls(manifest, members, models_dir)
+        domain = None
+        if manifest.domain and with_domain:
+            from allscan.domain.reference import DomainReference
+
+            domain = DomainReference.load(models_dir / manifest.domain["file"], manifest.domain["sha256"])
+        return cls(manifest, members, models_dir, domain)
 
     @property
     def input_sizes(self) -> tuple[int, ...]:
@@ -88,7 +105,16 @@ class Ensemble:
 
     def predict_models(self, batches: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
         """Each model's probabilities of ALL for a batch given at every input size."""
-        return {m.name: m.forward(tf.constant(batches[m.input_size])).numpy() for m in self.members}
+        return self.predict_with_features(batches)[0]
+
+    def predict_with_features(self, batches: Mapping[int, np.ndarray]
+                              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Each model's probabilities of ALL ``(n,)`` and pooled features ``(n, d)`` for a batch."""
+        probabilities, features = {}, {}
+        for m in self.members:
+            p, f = m.forward(tf.constant(batches[m.input_size]))
+            probabilities[m.name], features[m.name] = p.numpy(), f.numpy()
+        return probabilities, features
 
     def gradcams(self, batches: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
         """Each model's Grad-CAM maps ``(n, h, w)`` for the ALL logit, in [0, 1]."""

@@ -46,17 +46,43 @@ def figure_path(folder: Path, image_path: Path, sha256: str) -> Path:
     return Path(folder) / f"{Path(image_path).stem}-{sha256[:10]}.png"
 
 
-def write_heatmaps(ensemble: "Ensemble", batches: dict[int, np.ndarray], displays: Sequence[np.ndarray],
+STITCH_STEP = 4
+"""Stitched maps are kept at a quarter of the rescaled image's resolution (maps are coarse anyway)."""
+
+
+def stitched_maps(pipeline: DomainPipeline, fields: FieldSet) -> dict[str, np.ndarray]:
+    """Each model's Grad-CAM over the whole image: its fields' maps placed where the fields lie,
+    overlaps averaged, cropped to the image's own pixels and scaled to [0, 1], at
+    1/:data:`STITCH_STEP` of the rescaled image's resolution."""
+    maps = pipeline.ensemble.gradcams(fields.inputs)
+    height, width = (max(1, n // STITCH_STEP) for n in fields.shape)
+    side = FIELD_SIZE // STITCH_STEP
+    stitched = {}
+    for name, cams in maps.items():
+        total = np.zeros((height + side, width + side), np.float32)
+        cover = np.zeros_like(total)
+        for cam, box in zip(cams, fields.boxes):
+            y, x = box.y // STITCH_STEP, box.x // STITCH_STEP
+            total[y:y + side, x:x + side] += resize_map(cam, side, side)
+            cover[y:y + side, x:x + side] += 1
+        y0, x0, y1, x1 = (v // STITCH_STEP for v in fields.content)
+        combined = np.divide(total, cover, out=np.zeros_like(total), where=cover > 0)[y0:max(y1, y0 + 1),
+                                                                                       x0:max(x1, x0 + 1)]
+        peak = combined.max()
+        stitched[name] = combined / peak if peak > 0 else combined
+    return stitched
+
+
+def write_heatmaps(pipeline: DomainPipeline, fieldsets: Sequence[FieldSet], displays: Sequence[np.ndarray],
                    paths: Sequence[Path], hashes: Sequence[str], scores: Sequence[Score], folder: Path) -> list[str]:
-    """Compute Grad-CAM for a batch and save one figure per image; returns the figure paths."""
+    """Compute each image's stitched Grad-CAM and save one figure per image; returns the figure paths."""
     from allscan.gradcam import ensemble_map
     from allscan.overlay import heatmap_figure, save_png
 
-    maps = ensemble.gradcams(batches)
-    weights = ensemble.manifest.ensemble.weights
+    weights = pipeline.ensemble.manifest.ensemble.weights
     written = []
-    for i, (display, path, sha, score) in enumerate(zip(displays, paths, hashes, scores)):
-        per_model = {name: m[i] for name, m in maps.items()}
+    for fields, display, path, sha, score in zip(fieldsets, displays, paths, hashes, scores):
+        per_model = stitched_maps(pipeline, fields)
         height, width = display.shape[:2]
         combined = ensemble_map(per_model, weights, width, height)
         target = figure_path(folder, path, sha)

@@ -16,6 +16,11 @@ MAX_PIXELS = 50_000_000
 MIN_SIDE = 64
 """Images narrower or lower than this many pixels are refused: too little of a field to call."""
 
+DECODE_MAX_SIDE = 2048
+"""A larger JPEG is decoded reduced (libjpeg's DCT scaling, 1/2 to 1/8) to at least this long side:
+ample for smears, whose cells are brought down to the training scale anyway, and a 20-megapixel
+photo then needs a fraction of its full-size memory."""
+
 OUTPUT_MARKERS = (".allscan.sqlite", ".run.json", ".allscan-tmp")
 
 
@@ -33,6 +38,8 @@ class DecodedImage:
         width: Original width in pixels.
         height: Original height in pixels.
         rgb: ``(height, width, 3)`` uint8 array, EXIF orientation applied.
+        reduction: Size of ``rgb`` relative to the file's own pixels (below 1 when a large JPEG
+            was decoded reduced).
     """
 
     path: Path
@@ -40,6 +47,7 @@ class DecodedImage:
     width: int
     height: int
     rgb: np.ndarray
+    reduction: float = 1.0
 
 
 def is_image_file(path: Path) -> bool:
@@ -104,8 +112,11 @@ def _walk(root: Path, recursive: bool, scanned: set[Path]) -> Iterator[Path]:
                 yield entry
 
 
-def decode_bytes(data: bytes, path: Path) -> DecodedImage:
+def decode_bytes(data: bytes, path: Path, max_side: int | None = None) -> DecodedImage:
     """Decode image bytes to 8-bit RGB, converting odd modes and applying EXIF orientation.
+
+    With ``max_side``, a JPEG larger than that is decoded reduced, to no less than ``max_side``
+    on its long side; ``width`` and ``height`` stay the file's own.
 
     Raises:
         ImageError: Empty, not an image, truncated, corrupt or too large.
@@ -122,6 +133,11 @@ def decode_bytes(data: bytes, path: Path) -> DecodedImage:
                     raise ImageError(
                         f"image too large: {image.width}x{image.height} pixels (limit {MAX_PIXELS:,})"
                     )
+                full_width, full_height = image.size
+                if max_side and max(image.size) > max_side and image.format == "JPEG":
+                    k = max_side / max(image.size)
+                    image.draft("RGB", (int(image.width * k) + 1, int(image.height * k) + 1))
+                reduction = image.width / full_width
                 image.load()
                 image = ImageOps.exif_transpose(image)
                 if min(image.width, image.height) < MIN_SIDE:
@@ -142,7 +158,11 @@ def decode_bytes(data: bytes, path: Path) -> DecodedImage:
         raise ImageError("image too large to decode in the memory available") from None
     except Exception as err:  # Pillow's decoders raise many other types on hostile input
         raise ImageError(f"unreadable image: {type(err).__name__}: {err}") from None
-    return DecodedImage(path, digest, rgb.shape[1], rgb.shape[0], rgb)
+    height, width = rgb.shape[:2]
+    if reduction != 1.0:
+        swapped = (width >= height) != (full_width >= full_height)  # EXIF orientation turned it
+        width, height = (full_height, full_width) if swapped else (full_width, full_height)
+    return DecodedImage(path, digest, width, height, rgb, reduction)
 
 
 def decode_array(rgb: np.ndarray, path: Path) -> DecodedImage:
@@ -164,8 +184,8 @@ def decode_array(rgb: np.ndarray, path: Path) -> DecodedImage:
     return DecodedImage(Path(path), digest, width, height, rgb)
 
 
-def decode_file(path: Path) -> DecodedImage:
-    """Read and decode one image file.
+def decode_file(path: Path, max_side: int | None = None) -> DecodedImage:
+    """Read and decode one image file (see :func:`decode_bytes` for ``max_side``).
 
     Raises:
         ImageError: The file cannot be read or decoded.
@@ -174,7 +194,7 @@ def decode_file(path: Path) -> DecodedImage:
         data = Path(path).read_bytes()
     except OSError as err:
         raise ImageError(f"cannot read file: {err.strerror or err}") from None
-    return decode_bytes(data, Path(path))
+    return decode_bytes(data, Path(path), max_side)
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:

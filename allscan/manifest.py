@@ -67,6 +67,8 @@ class Manifest:
     blank_box: tuple[int, int, int, int] | None = None
     dataset: str = ""
     format_version: int = FORMAT_VERSION
+    domain: dict | None = None
+    """``{"file": "domain.json", "sha256": ...}``: the domain reference fitted on the training split."""
 
     @property
     def digest(self) -> str:
@@ -75,6 +77,8 @@ class Manifest:
             "models": {n: m.sha256 for n, m in sorted(self.models.items())},
             "ensemble": asdict(self.ensemble) | {"tuned_on": None},
         }
+        if self.domain:
+            key["domain"] = self.domain["sha256"]
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
@@ -117,8 +121,11 @@ def load_manifest(models_dir: Path) -> Manifest:
             tuned_on=ens.get("tuned_on", ""),
         )
         box = data.get("blank_box")
+        domain = data.get("domain")
+        if domain is not None and not (isinstance(domain.get("file"), str) and isinstance(domain.get("sha256"), str)):
+            raise ValueError("domain needs a file and its sha256")
         manifest = Manifest(models, ensemble, tuple(box) if box else None, data.get("dataset", ""),
-                            int(data.get("format_version", FORMAT_VERSION)))
+                            int(data.get("format_version", FORMAT_VERSION)), domain)
     except OSError as err:
         raise ManifestError(f"cannot read {path}: {err.strerror or err}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as err:

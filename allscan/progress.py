@@ -59,7 +59,7 @@ class LiveProgress:
         c = self.counts
         return (
             f"[red]ALL {c.all_}[/] [green]normal {c.normal}[/] [yellow]review {c.review}[/] "
-            f"[magenta]error {c.errors}[/]"
+            f"[cyan]out of domain {c.out_of_domain}[/] [magenta]error {c.errors}[/]"
         )
 
     def start(self, total: int) -> None:
@@ -80,6 +80,7 @@ def summary_table(summary: PredictSummary) -> Table:
     table.add_row("[green]normal[/]", str(c.normal))
     table.add_row("[magenta]error[/]", str(c.errors))
     table.add_row("[yellow]flagged for review[/]", str(c.review))
+    table.add_row("[cyan]out of domain[/] (also flagged)", str(c.out_of_domain))
     table.add_row("total", f"{c.done} of {c.total}")
     table.add_row("skipped (already scored)", str(c.skipped))
     return table
@@ -117,6 +118,7 @@ class WatchDisplay:
         if self.lines:
             p = f"{result.score.p_all:.3f}" if result.score else "-"
             review = " review" if result.score and result.score.review else ""
+            review += " out-of-domain" if result.score and result.score.out_of_domain else ""
             extra = f" duplicate of {result.duplicate_of}" if result.duplicate_of else ""
             reason = f" {result.error}" if result.error else ""
             self.console.print(f"{result.verdict}{review} p_all={p} {result.path}{extra}{reason}",
@@ -136,12 +138,13 @@ class WatchDisplay:
         c = self.counts
         elapsed = max(time.monotonic() - self.stats.started, 1e-6)
         head = (f"[red]ALL {c.all_}[/]  [green]normal {c.normal}[/]  [yellow]review {c.review}[/]  "
-                f"[magenta]error {c.errors}[/]  queue {self.stats.queued}  "
+                f"[cyan]out of domain {c.out_of_domain}[/]  [magenta]error {c.errors}[/]  queue {self.stats.queued}  "
                 f"{self.stats.scored / elapsed:.2f} img/s since start")
         table = Table(show_header=True, header_style="bold", expand=False)
-        for column in ("image", "verdict", "p_all", "review"):
+        for column in ("image", "verdict", "p_all", "review", "domain"):
             table.add_column(column)
         for r in getattr(self.stats, "recent", []):
             table.add_row(r.path.name, r.verdict, f"{r.score.p_all:.3f}" if r.score else "-",
-                          "yes" if r.score and r.score.review else "")
+                          "yes" if r.score and r.score.review else "",
+                          r.score.domain.domain if r.score and r.score.domain else "")
         return Group(head, table)

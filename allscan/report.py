@@ -36,6 +36,8 @@ table.meta td{border:1px solid #ccc;padding:2px 6px}
 .card img.thumb{width:100%;max-width:200px;display:block;margin:0 auto 6px;cursor:zoom-in;border-radius:4px}
 .verdict{font-weight:bold;font-size:15px}.v-ALL .verdict{color:#c00000}.v-normal .verdict{color:#3a7d44}
 .flag{background:#ffd966;border-radius:4px;padding:0 4px;margin-left:4px}
+.ood{background:#9fd8e8;border-radius:4px;padding:0 4px;margin-left:4px}
+.notes{color:#1f5f73;margin-top:3px}
 .bar{display:flex;align-items:center;gap:4px;margin:1px 0}.bar span.n{width:92px}
 .bar .track{flex:1;background:#eee;height:8px;border-radius:4px;overflow:hidden}
 .bar .fill{background:#8064a2;height:8px}
@@ -49,8 +51,9 @@ table.meta td{border:1px solid #ccc;padding:2px 6px}
 _SCRIPT = """
 function applyFilter(){
   var v=document.getElementById('verdict').value, r=document.getElementById('review').checked, shown=0;
+  var o=document.getElementById('ood').checked;
   document.querySelectorAll('.card').forEach(function(c){
-    var ok=(v==='any'||c.dataset.verdict===v)&&(!r||c.dataset.review==='yes');
+    var ok=(v==='any'||c.dataset.verdict===v)&&(!r||c.dataset.review==='yes')&&(!o||c.dataset.domain==='out');
     c.hidden=!ok; if(ok){shown++;}
   });
   document.getElementById('shown').textContent=shown;
@@ -61,6 +64,8 @@ document.addEventListener('DOMContentLoaded',function(){
   var p=new URLSearchParams(location.hash.slice(1));
   if(p.get('verdict')){document.getElementById('verdict').value=p.get('verdict');}
   if(p.get('review')==='1'){document.getElementById('review').checked=true;}
+  if(p.get('ood')==='1'){document.getElementById('ood').checked=true;}
+  document.getElementById('ood').addEventListener('change',applyFilter);
   document.getElementById('verdict').addEventListener('change',applyFilter);
   document.getElementById('review').addEventListener('change',applyFilter);
   applyFilter();
@@ -90,17 +95,20 @@ def _card(result: ImageResult, report_dir: Path) -> str:
     e = html.escape
     score = result.score
     review = bool(score and score.review)
+    domain = score.domain.domain if score and score.domain else ""
     heatmap = ""
     if result.heatmap:
         heatmap = Path(os.path.relpath(Path(result.heatmap).resolve(), report_dir.resolve())).as_posix()
     thumb = _thumbnail(result.path)
     click = f' onclick="show(\'{e(heatmap)}\')" title="click for the heatmap"' if heatmap else ""
     parts = [f'<div class="card v-{e(result.verdict)}{" review" if review else ""}" '
-             f'data-verdict="{e(result.verdict)}" data-review="{"yes" if review else "no"}">']
+             f'data-verdict="{e(result.verdict)}" data-review="{"yes" if review else "no"}" '
+             f'data-domain="{e(domain)}">']
     if thumb:
         parts.append(f'<img class="thumb" alt="{e(result.path.name)}" src="{thumb}"{click}>')
     parts.append(f'<div><span class="verdict">{e(result.verdict)}</span>'
-                 + ('<span class="flag">review</span>' if review else "") + "</div>")
+                 + ('<span class="flag">review</span>' if review else "")
+                 + ('<span class="ood">out of domain</span>' if domain == "out" else "") + "</div>")
     if score:
         parts.append(f"<div>p(ALL) <b>{score.p_all:.3f}</b> · agreement {score.agreement}/{len(score.per_model)}</div>")
         for name in MODEL_NAMES:
@@ -109,6 +117,8 @@ def _card(result: ImageResult, report_dir: Path) -> str:
                 parts.append(f'<div class="bar"><span class="n">{e(name)}</span><span class="track">'
                              f'<span class="fill" style="width:{100 * p:.1f}%;display:block"></span></span>'
                              f"<span>{p:.2f}</span></div>")
+        if score.domain is not None and score.domain.notes:
+            parts.append(f'<div class="notes">{e(score.domain.notes)}</div>')
     else:
         parts.append(f"<div>{e(result.error)}</div>")
     if heatmap:
@@ -132,7 +142,8 @@ def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCoun
         ("review band", f"{info.review_band[0]:.3f} – {info.review_band[1]:.3f}"),
     ]
     summary_rows = [("ALL", counts.all_), ("normal", counts.normal), ("flagged for review", counts.review),
-                    ("errors", counts.errors), ("images", counts.done)]
+                    ("out of domain (also flagged)", counts.out_of_domain), ("errors", counts.errors),
+                    ("images", counts.done)]
     pages = []
     for start in range(0, len(ordered), CARDS_PER_PAGE):
         cards = "".join(_card(r, report_dir) for r in ordered[start : start + CARDS_PER_PAGE])
@@ -146,7 +157,8 @@ def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCoun
         f"{_meta_table(run_rows)}{_meta_table(summary_rows)}"
         '<div class="controls">Verdict <select id="verdict"><option value="any">any</option>'
         '<option value="ALL">ALL</option><option value="normal">normal</option><option value="error">error</option>'
-        '</select> <label><input type="checkbox" id="review"> flagged for review only</label> · '
+        '</select> <label><input type="checkbox" id="review"> flagged for review only</label> '
+        '<label><input type="checkbox" id="ood"> out of domain only</label> · '
         f'<span id="shown">{len(ordered)}</span> of {len(ordered)} shown</div>'
         + "".join(pages)
         + '<div id="viewer" onclick="hide()"><img alt="heatmap"></div></body></html>\n'

@@ -1,6 +1,6 @@
 """The results store: an SQLite file beside the output where each result lands as it is computed.
 
-Scores are keyed by the image's sha256 and the models' manifest digest, so an image
+Scores are keyed by the image's sha256 and the results digest (models, site profile, options), so an image
 is never scored twice by the same models, whatever its name; file rows are keyed by
 path. Every batch is committed before it is reported, so a killed run loses nothing
 that was reported, and a rerun picks up where it stopped.
@@ -15,11 +15,19 @@ from pathlib import Path
 
 from allscan.fileio import OutputError
 from allscan.paths import store_path_for
-from allscan.results import ImageResult, Score
+from allscan.results import DomainInfo, ImageResult, Score
 from allscan.store_lock import StoreLock
 from allscan.store_schema import open_database
 
 __all__ = ["ResultStore", "store_path_for"]
+
+_SCORE_COLUMNS = "p_all, verdict, review, agreement, per_model, scale, tiles, domain, domain_score, notes"
+
+
+def _score(row) -> Score:
+    p_all, verdict, review, agreement, per_model, scale, tiles, domain, domain_score, notes = row
+    info = DomainInfo(scale, tiles, domain, domain_score, notes) if tiles is not None else None
+    return Score(p_all, verdict, bool(review), agreement, json.loads(per_model), info)
 
 
 def latest_digest(path: Path) -> str | None:
@@ -90,12 +98,9 @@ class ResultStore:
         """The stored score of an image's content under these models, if any."""
         with self._io():
             row = self._db.execute(
-                "SELECT p_all, verdict, review, agreement, per_model FROM scores WHERE digest=? AND sha256=?",
-                (self.digest, sha256),
+                f"SELECT {_SCORE_COLUMNS} FROM scores WHERE digest=? AND sha256=?", (self.digest, sha256)
             ).fetchone()
-        if row is None:
-            return None
-        return Score(row[0], row[1], bool(row[2]), row[3], json.loads(row[4]))
+        return None if row is None else _score(row)
 
     def scored_hashes(self) -> frozenset[str]:
         """Every image content already scored by these models."""
@@ -121,10 +126,13 @@ class ResultStore:
                 seq += 1
                 if result.score is not None:
                     s = result.score
+                    d = s.domain or DomainInfo(None, 0)
                     self._db.execute(
-                        "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        f"INSERT OR REPLACE INTO scores (digest, sha256, {_SCORE_COLUMNS})"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (self.digest, result.sha256, s.p_all, s.verdict, int(s.review), s.agreement,
-                         json.dumps(s.per_model)),
+                         json.dumps(s.per_model), d.scale, d.tiles if s.domain else None, d.domain,
+                         d.domain_score, d.notes),
                     )
                 self._db.execute(
                     "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest, path) DO UPDATE SET"
@@ -141,19 +149,17 @@ class ResultStore:
 
     def _results(self, paths: Iterable[Path] | None) -> Iterator[ImageResult]:
         wanted = None if paths is None else {str(p) for p in paths}
+        score_columns = ", ".join(f"s.{c}" for c in _SCORE_COLUMNS.split(", "))
         rows = self._db.execute(
-            "SELECT f.path, f.sha256, f.width, f.height, f.error, s.p_all, s.verdict, s.review, s.agreement,"
-            " s.per_model, f.first_path, f.heatmap FROM files f"
-            " LEFT JOIN scores s ON s.digest=f.digest AND s.sha256=f.sha256 AND f.error=''"
+            f"SELECT f.path, f.sha256, f.width, f.height, f.error, f.first_path, f.heatmap, {score_columns}"
+            " FROM files f LEFT JOIN scores s ON s.digest=f.digest AND s.sha256=f.sha256 AND f.error=''"
             " WHERE f.digest=? ORDER BY f.path",
             (self.digest,),
         )
-        for path, sha, width, height, error, p_all, verdict, review, agreement, per_model, first, heatmap in rows:
+        for path, sha, width, height, error, first, heatmap, *score_row in rows:
             if wanted is not None and path not in wanted:
                 continue
-            score = None
-            if not error and p_all is not None:
-                score = Score(p_all, verdict, bool(review), agreement, json.loads(per_model))
+            score = _score(score_row) if not error and score_row[0] is not None else None
             yield ImageResult(Path(path), sha, width, height, score, error, first, heatmap)
 
     def has_path(self, path: Path, sha256: str | None = None) -> bool:

@@ -46,6 +46,14 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (digest, path)
     );
     """,
+    # 2: domain handling (scale and fields, the out-of-domain guard) adds five columns to scores.
+    """
+    ALTER TABLE scores ADD COLUMN scale REAL;
+    ALTER TABLE scores ADD COLUMN tiles INTEGER;
+    ALTER TABLE scores ADD COLUMN domain TEXT NOT NULL DEFAULT '';
+    ALTER TABLE scores ADD COLUMN domain_score REAL;
+    ALTER TABLE scores ADD COLUMN notes TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 

@@ -19,6 +19,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer as InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
+from allscan.domain.pipeline import DomainPipeline, as_pipeline
 from allscan.ensemble import Ensemble
 from allscan.fileio import OutputError, describe
 from allscan.heatmaps import HeatmapOptions
@@ -109,11 +110,11 @@ class Watcher:
     the number of images queued for it.
     """
 
-    def __init__(self, config: WatchConfig, ensemble: Ensemble, observer: Observer | None = None,
+    def __init__(self, config: WatchConfig, scoring: Ensemble | DomainPipeline, observer: Observer | None = None,
                  on_ready: Callable[[int], None] | None = None):
         check_output_suffix(config.out)
         self.config = config
-        self.ensemble = ensemble
+        self.pipeline = as_pipeline(scoring)
         self.observer = observer
         self.on_ready = on_ready
         self.stats = WatchStats()
@@ -151,7 +152,7 @@ class Watcher:
         observer.schedule(_Handler(self.notify), str(folder), recursive=self.config.recursive)
         observer.start()
         try:
-            with ResultStore(store_path_for(self.config.out), self.ensemble.manifest.digest) as store:
+            with ResultStore(store_path_for(self.config.out), self.pipeline.digest) as store:
                 self._write_all(store)  # repairs a CSV line cut by a crash; a CSV is then appended to
                 found = find_images([folder], self.config.recursive, self._excluded, self._excluded_dirs)
                 missing = [path for path in found if not store.has_path(path)]
@@ -159,7 +160,7 @@ class Watcher:
                     self.notify(path)
                 if self.on_ready is not None:
                     self.on_ready(len(missing))
-                scorer = Scorer(self.ensemble, store, self.config.batch_size, _Relay(self), self.config.heatmaps)
+                scorer = Scorer(self.pipeline, store, self.config.batch_size, _Relay(self), self.config.heatmaps)
                 self._loop(scorer)
                 self._write_all(store)
         finally:
@@ -204,7 +205,7 @@ class Watcher:
                 continue
             if now - state.stable_since < self.config.settle:
                 continue
-            item = prepare(path, self.ensemble.input_sizes, frozenset(), self.config.heatmaps is not None)
+            item = prepare(path, self.pipeline, frozenset(), self.config.heatmaps is not None)
             if item.error and state.attempts < DECODE_RETRIES and path.exists():
                 state.attempts += 1
                 state.not_before = now + self.config.settle
@@ -217,7 +218,7 @@ class Watcher:
             if not item.error and store.has_path(path, item.sha256):
                 continue
             if not item.error and store.score_for(item.sha256) is not None:
-                item = replace(item, inputs={}, known=True)
+                item = replace(item, fields=None, known=True)
             ready.append(item)
         return ready
 
@@ -262,7 +263,7 @@ class Watcher:
             self._csv.close()
             self._csv = None
         paths = [r.path for r in store.results()]
-        write_outputs(self.config.out, store, paths, self.ensemble, self._started, report=self.config.report)
+        write_outputs(self.config.out, store, paths, self.pipeline, self._started, report=self.config.report)
         if self._csv is None and self.config.out.suffix.lower() == ".csv" and not self._stop.is_set():
             try:
                 self._csv = open(self.config.out, "a", encoding="utf-8", newline="")

@@ -40,6 +40,9 @@ class RunInfo:
     threshold: float
     review_band: tuple[float, float]
     counts: dict[str, int] = field(default_factory=dict)
+    results_digest: str = ""
+    domain: dict = field(default_factory=dict)
+    """Domain options, the reference's red-cell size and the site profile (if any)."""
 
 
 def neutralise(value: object) -> object:
@@ -173,6 +176,8 @@ def _run_rows(info: RunInfo) -> list[tuple]:
     ]
     rows += [(f"model {m['name']}", f"{m['file']} sha256 {m['sha256']} weight {m['weight']:.3f}") for m in info.models]
     rows += [(f"count {k}", v) for k, v in info.counts.items()]
+    rows.append(("results digest", info.results_digest))
+    rows += [(f"domain {k}", json.dumps(v) if isinstance(v, dict) else str(v)) for k, v in info.domain.items()]
     return rows
 
 
@@ -183,10 +188,11 @@ def _summary_rows(counts: RunCounts) -> list[tuple]:
         ("normal", counts.normal),
         ("error", counts.errors),
         ("flagged for review", counts.review),
+        ("out of domain (also flagged)", counts.out_of_domain),
         ("total", counts.done),
         (),
-        ("folder", "ALL", "normal", "review", "error"),
+        ("folder", "ALL", "normal", "review", "out of domain", "error"),
     ]
     for folder, c in sorted(counts.per_folder.items()):
-        rows.append((folder, c["ALL"], c["normal"], c["review"], c["error"]))
+        rows.append((folder, c["ALL"], c["normal"], c["review"], c["out of domain"], c["error"]))
     return rows

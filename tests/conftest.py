@@ -37,3 +37,32 @@ def ray_runtime():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def domain_data(tmp_path_factory):
+    """A tiny training-style dataset (224-px disc smears, red cells 16 px) with train/ and val/."""
+    from tests.utils import write_dataset
+
+    root = tmp_path_factory.mktemp("aria-like")
+    write_dataset(root / "train", counts={"normal": 12, "ALL": 12}, seed=0)
+    write_dataset(root / "val", counts={"normal": 8, "ALL": 8}, seed=1000)
+    return root
+
+
+@pytest.fixture(scope="session")
+def domain_models_dir(models_dir, domain_data, tmp_path_factory):
+    """The tiny models with a domain reference fitted on :func:`domain_data`."""
+    from allscan.domain.fit import refit_domain
+
+    target = tmp_path_factory.mktemp("domain-models")
+    shutil.copytree(models_dir, target, dirs_exist_ok=True)
+    refit_domain(target, domain_data)
+    return target
+
+
+@pytest.fixture(scope="session")
+def domain_ensemble(domain_models_dir):
+    from allscan.ensemble import Ensemble
+
+    return Ensemble.load(domain_models_dir)

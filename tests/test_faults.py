@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from allscan import store_schema
 from allscan.cli import app
+from allscan.domain.pipeline import DomainPipeline
 from allscan.images import IMAGE_SUFFIXES, ImageError, decode_bytes, find_images
 from allscan.manifest import ManifestError, load_manifest
 from allscan.predict import predict, prepare
@@ -581,7 +582,7 @@ def test_fuzzed_images_each_become_a_result_or_an_error_row(tmp_path, ensemble):
         path = folder / f"m{i:03d}-{kind}{suffixes[i % len(suffixes)]}"
         path.write_bytes(data)
         try:
-            prepare(path, ensemble.input_sizes, frozenset())
+            prepare(path, DomainPipeline(ensemble), frozenset())
         except Exception as exc:  # noqa: BLE001 - counting what escapes is the point
             escapes.append(f"{path.name}: {type(exc).__name__}: {exc}")
     assert escapes == []

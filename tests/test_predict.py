@@ -7,6 +7,7 @@ import shutil
 import pytest
 from openpyxl import load_workbook
 
+from allscan.domain.pipeline import DomainPipeline
 from allscan.predict import predict
 from allscan.results import COLUMNS
 from allscan.store import ResultStore, store_path_for
@@ -144,7 +145,7 @@ def test_crash_midway_then_rerun_loses_and_duplicates_nothing(slides, ensemble, 
     with pytest.raises(SystemExit):
         predict([slides], out, ensemble, batch_size=2, observer=_CrashAfter(3))
     # Every reported result was durable before it was reported.
-    with ResultStore(store_path_for(out), ensemble.manifest.digest) as store:
+    with ResultStore(store_path_for(out), DomainPipeline(ensemble).digest) as store:
         assert len(list(store.results())) >= 3
     summary = predict([slides], out, ensemble, batch_size=2)
     rows = _csv_rows(out)

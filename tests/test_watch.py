@@ -12,6 +12,7 @@ import time
 import pytest
 from openpyxl import load_workbook
 
+from allscan.domain.pipeline import DomainPipeline
 from allscan.store import ResultStore, store_path_for
 from allscan.watching import WatchConfig, Watcher
 from tests.utils import jpeg_bytes, write_image
@@ -127,7 +128,7 @@ def test_move_to_moves_only_stored_images(ensemble, tmp_path):
         original_move = run.watcher._move
 
         def checked_move(result):
-            with ResultStore(store_path_for(out), ensemble.manifest.digest) as store:
+            with ResultStore(store_path_for(out), DomainPipeline(ensemble).digest) as store:
                 seen_in_store.append(store.has_path(result.path, result.sha256))
             original_move(result)
 

@@ -58,3 +58,45 @@ def make_models_dir(folder: Path, threshold: float = 0.5, band: tuple[float, flo
     weights = {name: 0.25 for name in entries}
     save_manifest(Manifest(entries, EnsembleConfig(weights, threshold, band)), folder)
     return folder
+
+
+def disc_smear(diameter: float, size: tuple[int, int] = (224, 224), seed: int = 0, cells: int | None = None,
+               cell_rgb: tuple[int, int, int] = (205, 170, 215), background: tuple[int, int, int] = (238, 232, 242),
+               nuclei: int = 1) -> np.ndarray:
+    """A smear-like field: red cells as discs of a known ``diameter`` (pale centres), a few dark
+    larger nuclei, on a bright background; ``size`` is ``(height, width)``."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    image = np.empty((height, width, 3), np.float32)
+    image[:] = background
+    radius = diameter / 2
+    count = cells or int(0.35 * height * width / (np.pi * radius ** 2))
+
+    def paint(cy: float, cx: float, r: float, rgb) -> None:
+        y0, y1 = max(0, int(cy - r)), min(height, int(cy + r) + 2)
+        x0, x1 = max(0, int(cx - r)), min(width, int(cx + r) + 2)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        patch = image[y0:y1, x0:x1]
+        patch[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rgb
+
+    for _ in range(count):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        paint(cy, cx, radius, cell_rgb)
+        paint(cy, cx, 0.35 * radius, np.add(cell_rgb, background) / 2)
+    for _ in range(nuclei):
+        paint(rng.uniform(0, height), rng.uniform(0, width), 0.7 * diameter, (90, 40, 150))
+    image += rng.normal(0, 3, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_dataset(root: Path, diameter: float = 16, counts: dict[str, int] | None = None, seed: int = 0,
+                  size: tuple[int, int] = (224, 224), **kwargs) -> Path:
+    """A ``SPLIT/{normal,ALL}/*.png``-style folder of disc smears (ALL fields get more nuclei)."""
+    counts = counts or {"normal": 6, "ALL": 6}
+    for k, (label, n) in enumerate(counts.items()):
+        for i in range(n):
+            rgb = disc_smear(diameter, size, seed=seed + 100 * k + i, nuclei=1 if label == "normal" else 4, **kwargs)
+            path = root / label / f"{label}-{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(path)
+    return root

@@ -1,0 +1,142 @@
+"""One image to model fields: estimate its scale, bring it to the training scale and colour, cut it
+into fields and drop the background ones. Runs on the decode threads, before the models.
+"""
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from allscan.domain.reference import DomainReference
+from allscan.domain.scale import analysis_copy, cell_mask, estimate_diameter
+from allscan.domain.stain import colour_stats, reinhard
+from allscan.domain.tiles import FIELD_SIZE, MIN_CELL_FRACTION, Box, cell_fractions, field_boxes, pad_to_field, rescale
+from allscan.images import resize
+
+
+@dataclass(frozen=True)
+class DomainOptions:
+    """Per-run choices.
+
+    Attributes:
+        stain_norm: Normalise images whose colour lies outside the training range.
+        rbc_diameter: The lab's known red-cell diameter in pixels, overriding the estimate.
+    """
+
+    stain_norm: bool = True
+    rbc_diameter: float | None = None
+
+    def key(self) -> dict:
+        """What changes results, for the results-store key."""
+        return {"stain_norm": self.stain_norm, "rbc_diameter": self.rbc_diameter}
+
+
+@dataclass(frozen=True)
+class FieldSet:
+    """An image's fields at every model input size, and how they were made.
+
+    Attributes:
+        inputs: ``{input_size: (n_fields, s, s, 3) uint8}``.
+        boxes: Each field's corner in the rescaled image.
+        shape: ``(height, width)`` of the rescaled (and padded) image the boxes refer to.
+        content: Where the image's own pixels lie in it: ``(y0, x0, y1, x1)``.
+        scale: Factor applied to reach the training scale; None when there was no estimate and
+            the whole image was used as one field.
+        diameter: Red-cell diameter in the image's own pixels (estimated or given), if known.
+        colour: The image's raw colour statistics.
+        stain_normalised: Whether its colour was normalised.
+        background_only: Whether no field held enough cells (then the fullest one is scored).
+        notes: Plain-language remarks for the results row.
+    """
+
+    inputs: dict[int, np.ndarray]
+    boxes: tuple[Box, ...]
+    shape: tuple[int, int]
+    content: tuple[int, int, int, int]
+    scale: float | None
+    diameter: float | None
+    colour: np.ndarray
+    stain_normalised: bool = False
+    background_only: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def tiles(self) -> int:
+        return len(self.boxes)
+
+
+NO_REFERENCE_NOTE = "these models came without a domain reference: no rescale, no out-of-domain check"
+
+
+@dataclass(frozen=True)
+class FieldMaker:
+    """Cuts decoded images into fields: what the CPU step needs and no models (picklable, so that
+    an engine can ship it to worker processes).
+
+    Attributes:
+        reference: The training domain, or None for models shipped without one (whole images).
+        sizes: The models' input sizes.
+        options: The run's domain options.
+    """
+
+    reference: DomainReference | None
+    sizes: tuple[int, ...]
+    options: DomainOptions = DomainOptions()
+
+    def __call__(self, rgb: np.ndarray) -> "FieldSet":
+        if self.reference is None:
+            return whole_image(rgb, self.sizes, notes=(NO_REFERENCE_NOTE,))
+        return prepare_fields(rgb, self.reference, self.sizes, self.options)
+
+
+def whole_image(rgb: np.ndarray, sizes, colour: np.ndarray | None = None, notes: tuple[str, ...] = ()) -> FieldSet:
+    """The image as one field, resized to each input size (no rescale, no tiling)."""
+    colour = colour_stats(analysis_copy(rgb)[0]) if colour is None else colour
+    inputs = {size: resize(rgb, size)[None] for size in sizes}
+    square = (FIELD_SIZE, FIELD_SIZE)
+    return FieldSet(inputs, (Box(0, 0),), square, (0, 0, *square), None, None, colour, notes=notes)
+
+
+def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: DomainOptions) -> FieldSet:
+    """Cut ``rgb`` into fields at the training scale and colour (see the module docstring)."""
+    small, _ = analysis_copy(rgb)
+    colour = colour_stats(small)
+    notes: list[str] = []
+    if options.rbc_diameter is not None:
+        diameter: float | None = options.rbc_diameter
+    else:
+        estimate = estimate_diameter(rgb)
+        diameter = estimate.diameter
+        if diameter is None:
+            return whole_image(rgb, sizes, colour,
+                               (f"no red-cell size estimate ({estimate.reason}): whole image scored as one field",))
+    factor = reference.checks.rbc_diameter / diameter
+    tolerance = reference.checks.scale_tolerance
+    scale = 1.0 if 1 / tolerance <= factor <= tolerance else factor
+    image = rescale(rgb, scale)
+    normalise = options.stain_norm and reference.checks.colour.distance(colour)[0] > reference.checks.colour.threshold
+    if normalise:
+        image = reinhard(image, colour, reference.stain_reference)
+        notes.append("stain colour normalised to the training reference")
+    own_height, own_width = image.shape[:2]
+    image, origin = pad_to_field(image)
+    content = (origin.y, origin.x, origin.y + own_height, origin.x + own_width)
+    boxes = field_boxes(*image.shape[:2])
+    fractions = cell_fractions(cell_mask(small), boxes, image.shape[:2])
+    keep = [i for i, f in enumerate(fractions) if f >= MIN_CELL_FRACTION]
+    background_only = not keep
+    if background_only:
+        keep = [int(np.argmax(fractions))]
+    kept = [boxes[i] for i in keep]
+    crops = [image[b.y:b.y + FIELD_SIZE, b.x:b.x + FIELD_SIZE] for b in kept]
+    inputs = {size: np.stack([resize(c, size) for c in crops]) for size in sizes}
+    return FieldSet(inputs, tuple(kept), image.shape[:2], content, scale, diameter, colour, normalise,
+                    background_only, tuple(notes))
+
+
+def in_original_pixels(fields: FieldSet, reduction: float) -> FieldSet:
+    """Express scale and red-cell size in the file's own pixels when it was decoded reduced by
+    ``reduction`` (a large JPEG decoded at 1/2, 1/4 or 1/8 of its size)."""
+    if reduction == 1.0:
+        return fields
+    return replace(fields, scale=None if fields.scale is None else fields.scale * reduction,
+                   diameter=None if fields.diameter is None else fields.diameter / reduction)

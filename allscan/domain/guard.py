@@ -1,0 +1,72 @@
+"""The out-of-domain guard: is this image like the ones the models (or a site profile) were fitted on?
+
+It judges each image on what the models compute and on the image as it came, because
+normalisation hides a shift from a guard that looks only at normalised features: on a
+foreign lab's images, rescaled and colour-normalised fields fell inside the training
+feature distribution while the models scored them at chance. So an image is out of
+domain when any of these is beyond its limit:
+
+- scale: its red cells are more than the tolerance factor from the reference size;
+- colour: its raw L*a*b* statistics are far (Mahalanobis) from the reference images';
+- features: the models' pooled features of its fields are far from the reference's;
+- background: none of its fields holds enough cells to score.
+
+The domain score is the largest of these statistics, each divided by its limit, so an
+image is out of domain exactly when its score exceeds 1.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from allscan.domain.reference import DomainChecks
+
+IN_DOMAIN, OUT_OF_DOMAIN = "in", "out"
+
+
+@dataclass(frozen=True)
+class DomainAssessment:
+    """The guard's answer for one image.
+
+    Attributes:
+        domain: ``in`` or ``out``.
+        score: Largest check statistic over its limit (out when above 1).
+        reasons: One phrase per check that failed.
+    """
+
+    domain: str
+    score: float
+    reasons: tuple[str, ...] = ()
+
+
+def assess(checks: DomainChecks, diameter: float | None, colour: np.ndarray, features: np.ndarray,
+           background_only: bool) -> DomainAssessment:
+    """Judge one image.
+
+    Args:
+        checks: The reference statistics (training data's or a site's).
+        diameter: The image's estimated red-cell diameter in its own pixels, if any.
+        colour: Its raw colour statistics (see :func:`allscan.domain.stain.colour_stats`).
+        features: Pooled features of its scored fields, ``(n_fields, d)``.
+        background_only: Whether no field held enough cells.
+    """
+    parts: dict[str, float] = {}
+    reasons = []
+    if diameter is not None:
+        ratio = diameter / checks.rbc_diameter
+        parts["scale"] = abs(math.log(ratio)) / math.log(checks.scale_tolerance)
+        if parts["scale"] > 1:
+            reasons.append(f"red cells {diameter:.0f} px across where the reference's are "
+                           f"{checks.rbc_diameter:.0f} px (×{1 / ratio:.2f} rescale)")
+    parts["colour"] = float(checks.colour.distance(colour)[0]) / checks.colour.threshold
+    if parts["colour"] > 1:
+        reasons.append(f"stain colour unlike the reference images ({parts['colour']:.1f}× the limit)")
+    parts["features"] = float(np.median(checks.features.distance(features))) / checks.features.threshold
+    if parts["features"] > 1:
+        reasons.append(f"image content unlike the reference images to the models ({parts['features']:.1f}× the limit)")
+    if background_only:
+        parts["background"] = 2.0
+        reasons.append("mostly background: no field holds enough cells")
+    score = max(parts.values())
+    return DomainAssessment(OUT_OF_DOMAIN if score > 1 else IN_DOMAIN, round(score, 4), tuple(reasons))

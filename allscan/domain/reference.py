@@ -1,0 +1,132 @@
+"""What the models were trained on, as the domain code needs it: red-cell size, stain colour and the
+distributions the out-of-domain guard compares against.
+
+It lives beside the models as ``domain.json`` (sizes, thresholds, provenance, the npz's sha256)
+and ``domain.npz`` (arrays), written by the shipping step from the training split. The
+manifest records ``domain.json``'s sha256, so it joins the models' digest and a stale or
+tampered file is refused.
+"""
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from allscan.domain.gaussian import Gaussian
+from allscan.fileio import atomic_write_bytes, atomic_write_text
+from allscan.manifest import ManifestError, sha256_file
+
+DOMAIN_JSON = "domain.json"
+DOMAIN_NPZ = "domain.npz"
+SCALE_TOLERANCE = 1.3
+"""Red cells within this factor of the training size count as the training scale: such images
+are not rescaled (the models saw this much zoom in training) and are in domain on scale."""
+
+
+class DomainError(ManifestError):
+    """A domain reference or site profile that cannot be used."""
+
+
+@dataclass(frozen=True)
+class DomainChecks:
+    """The statistics an image is judged against: training data's, or a site's.
+
+    Attributes:
+        rbc_diameter: Typical red-cell diameter in pixels of the reference images.
+        scale_tolerance: Factor within which an image's red-cell size counts as the reference's.
+        colour: Distribution of the reference images' colour statistics (as they came, unnormalised).
+        features: Distribution of the models' pooled features of the reference images' fields.
+    """
+
+    rbc_diameter: float
+    scale_tolerance: float
+    colour: Gaussian
+    features: Gaussian
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self.colour.arrays("colour") | self.features.arrays("features")
+
+    @classmethod
+    def from_arrays(cls, arrays, rbc_diameter: float, scale_tolerance: float) -> "DomainChecks":
+        return cls(rbc_diameter, scale_tolerance, Gaussian.from_arrays(arrays, "colour"),
+                   Gaussian.from_arrays(arrays, "features"))
+
+
+@dataclass(frozen=True)
+class DomainReference:
+    """The training domain: its checks plus the colour every image is normalised towards.
+
+    Attributes:
+        checks: Statistics of the training split.
+        stain_reference: Mean L*a*b* statistics of the training images (Reinhard target).
+        feature_models: Model names, in the order their features are concatenated.
+        fitted_on: Provenance (data folder, split, image count).
+    """
+
+    checks: DomainChecks
+    stain_reference: np.ndarray
+    feature_models: tuple[str, ...]
+    fitted_on: str = ""
+
+    def save(self, folder: Path) -> str:
+        """Write ``domain.json`` and ``domain.npz`` into ``folder``; returns ``domain.json``'s sha256."""
+        folder = Path(folder)
+        buffer = io.BytesIO()
+        np.savez(buffer, stain_reference=self.stain_reference, **self.checks.arrays())
+        atomic_write_bytes(folder / DOMAIN_NPZ, buffer.getvalue())
+        meta = {
+            "rbc_diameter": round(float(self.checks.rbc_diameter), 3),
+            "scale_tolerance": self.checks.scale_tolerance,
+            "feature_models": list(self.feature_models),
+            "colour_threshold": self.checks.colour.threshold,
+            "feature_threshold": self.checks.features.threshold,
+            "fitted_on": self.fitted_on,
+            "arrays": DOMAIN_NPZ,
+            "arrays_sha256": sha256_file(folder / DOMAIN_NPZ),
+        }
+        atomic_write_text(folder / DOMAIN_JSON, json.dumps(meta, indent=2) + "\n")
+        return sha256_file(folder / DOMAIN_JSON)
+
+    @classmethod
+    def load(cls, path: Path, sha256: str) -> "DomainReference":
+        """Read a domain reference, checking its JSON file against ``sha256`` and the npz against it.
+
+        Raises:
+            DomainError: Missing, tampered or malformed files.
+        """
+        meta, arrays = load_checked_pair(Path(path), sha256)
+        try:
+            checks = DomainChecks.from_arrays(arrays, float(meta["rbc_diameter"]), float(meta["scale_tolerance"]))
+            return cls(checks, np.asarray(arrays["stain_reference"], dtype=np.float64),
+                       tuple(meta["feature_models"]), meta.get("fitted_on", ""))
+        except (KeyError, TypeError, ValueError) as err:
+            raise DomainError(f"malformed domain reference {path}: {err}") from None
+
+
+def load_checked_pair(meta_path: Path, sha256: str | None) -> tuple[dict, dict[str, np.ndarray]]:
+    """A JSON file (checked against ``sha256`` when given) and the npz it names (checked against the
+    digest it records), loaded without pickle.
+
+    Raises:
+        DomainError: A file is missing, does not match its digest, or cannot be parsed.
+    """
+    if not meta_path.is_file():
+        raise DomainError(f"{meta_path} does not exist")
+    if sha256 is not None and sha256_file(meta_path) != sha256:
+        raise DomainError(f"{meta_path} does not match the digest recorded for it")
+    try:
+        meta = json.loads(meta_path.read_text())
+        arrays_path = meta_path.parent / meta["arrays"]
+        if not arrays_path.is_file():
+            raise DomainError(f"{arrays_path} does not exist")
+        if sha256_file(arrays_path) != meta["arrays_sha256"]:
+            raise DomainError(f"{arrays_path} does not match the digest recorded in {meta_path.name}")
+        with np.load(arrays_path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except DomainError:
+        raise
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise DomainError(f"cannot read {meta_path}: {err}") from None
+    return meta, arrays

@@ -1,0 +1,69 @@
+"""Stain colour: an image's colour statistics, Reinhard normalisation, and HED stain shifts.
+
+Colour statistics are the mean and standard deviation of each channel in CIE L*a*b*
+(the space Reinhard et al. 2001 chose because its channels are nearly decorrelated
+for natural images). Normalisation maps an image's statistics onto the training set's
+reference. Conversions go through Pillow's LittleCMS binding (8-bit L*a*b*).
+
+The HED shift (Ruifrok & Johnston 2001 colour deconvolution; Tellez et al. 2019 used
+it for stain augmentation) perturbs each stain's optical density and is used to
+simulate another lab's staining.
+"""
+
+import numpy as np
+from PIL import Image, ImageCms
+
+_SRGB = ImageCms.createProfile("sRGB")
+_LAB = ImageCms.createProfile("LAB")
+_TO_LAB = ImageCms.buildTransform(_SRGB, _LAB, "RGB", "LAB")
+_TO_RGB = ImageCms.buildTransform(_LAB, _SRGB, "LAB", "RGB")
+
+STAT_NAMES = ("L_mean", "a_mean", "b_mean", "L_std", "a_std", "b_std")
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """8-bit RGB to float L*a*b* (L in 0-100, a and b signed)."""
+    lab = np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), _TO_LAB))
+    out = np.empty(lab.shape, dtype=np.float32)
+    out[..., 0] = lab[..., 0] * (100.0 / 255.0)
+    out[..., 1:] = lab[..., 1:].view(np.int8)
+    return out
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """Float L*a*b* back to 8-bit RGB."""
+    packed = np.empty(lab.shape, dtype=np.uint8)
+    packed[..., 0] = np.clip(np.round(lab[..., 0] * 2.55), 0, 255)
+    packed[..., 1:] = np.clip(np.round(lab[..., 1:]), -128, 127).astype(np.int8).view(np.uint8)
+    return np.asarray(ImageCms.applyTransform(Image.fromarray(packed, "LAB"), _TO_RGB))
+
+
+def colour_stats(rgb: np.ndarray) -> np.ndarray:
+    """The six Reinhard statistics (L*a*b* means, then standard deviations) of an image."""
+    lab = rgb_to_lab(rgb).reshape(-1, 3)
+    return np.concatenate([lab.mean(axis=0), lab.std(axis=0)]).astype(np.float64)
+
+
+def reinhard(rgb: np.ndarray, stats: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Map an image whose colour statistics are ``stats`` onto ``reference`` (Reinhard et al. 2001)."""
+    lab = rgb_to_lab(rgb)
+    mean, std = stats[:3], np.maximum(stats[3:], 1e-3)
+    lab = (lab - mean) / std * reference[3:] + reference[:3]
+    return lab_to_rgb(lab)
+
+
+HED_FROM_RGB = np.linalg.inv(np.array([
+    [0.65, 0.70, 0.29],
+    [0.07, 0.99, 0.11],
+    [0.27, 0.57, 0.78],
+]))
+"""Inverse of Ruifrok & Johnston's haematoxylin / eosin / DAB optical-density vectors (rows)."""
+RGB_FROM_HED = np.linalg.inv(HED_FROM_RGB)
+
+
+def hed_shift(rgb: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Scale and shift each stain's optical density: ``hed * scale + shift`` (Tellez et al. 2019)."""
+    density = -np.log((rgb.astype(np.float64) + 1.0) / 256.0)
+    hed = density @ HED_FROM_RGB
+    density = (hed * np.asarray(scale) + np.asarray(shift)) @ RGB_FROM_HED
+    return np.clip(256.0 * np.exp(-density) - 1.0, 0, 255).astype(np.uint8)

@@ -1,0 +1,213 @@
+"""Other labs' images: red-cell scale, fields and aggregation, the out-of-domain guard, stain."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from allscan.domain.fields import DomainOptions
+from allscan.domain.gaussian import fit_gaussian
+from allscan.domain.guard import assess
+from allscan.domain.pipeline import DomainPipeline
+from allscan.domain.reference import DomainChecks
+from allscan.domain.scale import estimate_diameter
+from allscan.domain.stain import colour_stats, hed_shift, reinhard
+from allscan.domain.tiles import FIELD_SIZE, aggregate, field_boxes, starts
+from allscan.predict import predict
+from allscan.results import COLUMNS
+from tests.utils import disc_smear
+
+
+@pytest.mark.parametrize(("diameter", "size"), [(16, (224, 224)), (40, (480, 640)), (90, (1200, 1600))])
+def test_scale_estimator_measures_discs_of_known_diameter(diameter, size):
+    estimate = estimate_diameter(disc_smear(diameter, size, seed=3))
+    assert estimate.diameter == pytest.approx(diameter, rel=0.08)
+
+
+def test_scale_estimator_says_why_on_a_blank_image():
+    estimate = estimate_diameter(np.full((300, 300, 3), 240, np.uint8))
+    assert estimate.diameter is None and estimate.reason
+
+
+def test_fields_cover_the_image_with_overlap_and_one_field_for_a_training_field():
+    assert starts(FIELD_SIZE) == [0]
+    assert field_boxes(224, 224) == field_boxes(224, 224)[:1]
+    xs = starts(600)
+    assert xs[0] == 0 and xs[-1] == 600 - FIELD_SIZE
+    assert all(b - a < FIELD_SIZE for a, b in zip(xs, xs[1:]))  # neighbours overlap
+
+
+def test_aggregation_averages_the_top_fields_by_ensemble_probability():
+    per_model = {"a": np.array([0.1, 0.9, 0.5, 0.8]), "b": np.array([0.2, 0.7, 0.9, 0.6])}
+    # Ensemble p (equal weights): 0.15, 0.8, 0.7, 0.7 -> top 3 fields are 1, 2, 3 (stable order).
+    result = aggregate(per_model, {"a": 0.5, "b": 0.5}, k=3)
+    assert result["a"] == pytest.approx((0.9 + 0.5 + 0.8) / 3)
+    assert result["b"] == pytest.approx((0.7 + 0.9 + 0.6) / 3)
+
+
+def _checks(rng) -> DomainChecks:
+    colours = rng.normal([85, 2, -12, 12, 8, 14], 0.5, (200, 6))
+    features = rng.normal(0, 1, (300, 10))
+    return DomainChecks(16.0, 1.3, fit_gaussian(colours[:150], colours[150:], quantile=0.99),
+                        fit_gaussian(features[:200], features[200:], components=4, quantile=0.99))
+
+
+def test_guard_passes_a_typical_image_and_flags_scale_colour_and_features():
+    rng = np.random.default_rng(0)
+    checks = _checks(rng)
+    typical = np.array([85, 2, -12, 12, 8, 14.0])
+    inside = assess(checks, 17.0, typical, rng.normal(0, 1, (1, 10)), False)
+    assert inside.domain == "in" and inside.score <= 1 and not inside.reasons
+    big_cells = assess(checks, 70.0, typical, rng.normal(0, 1, (1, 10)), False)
+    assert big_cells.domain == "out" and "red cells" in big_cells.reasons[0]
+    assert big_cells.score == pytest.approx(math.log(70 / 16) / math.log(1.3), rel=1e-3)
+    stained = assess(checks, 16.0, typical + [0, 20, 10, 0, 0, 0], rng.normal(0, 1, (1, 10)), False)
+    assert stained.domain == "out" and "colour" in stained.reasons[0]
+    odd = assess(checks, 16.0, typical, rng.normal(6, 1, (1, 10)), False)
+    assert odd.domain == "out" and "content" in odd.reasons[0]
+    blank = assess(checks, None, typical, rng.normal(0, 1, (1, 10)), True)
+    assert blank.domain == "out" and "background" in blank.reasons[0]
+
+
+def test_reinhard_brings_a_hed_shifted_image_back_to_the_reference_colour():
+    rgb = disc_smear(16, seed=1)
+    reference = colour_stats(rgb)
+    shifted = hed_shift(rgb, np.array([1.4, 0.7, 1.0]), np.array([0.05, -0.03, 0.0]))
+    assert np.abs(colour_stats(shifted) - reference).max() > 3
+    restored = reinhard(shifted, colour_stats(shifted), reference)
+    assert np.abs(colour_stats(restored) - reference).max() < 1.5
+
+
+def _write(path, rgb):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def test_training_style_field_is_one_unscaled_field_in_domain_and_a_foreign_photo_is_tiled_and_flagged(
+        domain_ensemble, tmp_path):
+    own = _write(tmp_path / "in" / "aria-like.png", disc_smear(16, seed=4242, nuclei=2))
+    foreign = _write(tmp_path / "in" / "camera.png",
+                     disc_smear(64, (900, 1400), seed=7, cell_rgb=(230, 150, 150), background=(215, 225, 200)))
+    out = tmp_path / "r.csv"
+    predict([tmp_path / "in"], out, domain_ensemble)
+    rows = {r["file"]: r for r in csv.DictReader(out.open())}
+    assert list(rows["camera.png"]) == list(COLUMNS)
+    mine, theirs = rows["aria-like.png"], rows["camera.png"]
+    assert float(mine["scale"]) == 1.0 and mine["tiles"] == "1" and mine["domain"] == "in"
+    assert theirs["domain"] == "out" and theirs["review"] == "true"
+    assert float(theirs["scale"]) == pytest.approx(16 / 64, rel=0.1)
+    assert int(theirs["tiles"]) > 1 and "red cells" in theirs["notes"]
+    assert float(theirs["domain_score"]) > 1 >= float(mine["domain_score"])
+
+
+def test_rbc_diameter_override_sets_the_scale(domain_ensemble):
+    pipeline = DomainPipeline(domain_ensemble, DomainOptions(rbc_diameter=32.0))
+    fields = pipeline.fields(disc_smear(16, (448, 448), seed=2))
+    assert fields.scale == pytest.approx(pipeline.reference.checks.rbc_diameter / 32.0)
+
+
+def test_no_scale_estimate_scores_the_whole_image_and_says_so(domain_ensemble):
+    pipeline = DomainPipeline(domain_ensemble)
+    score = pipeline.score([pipeline.fields(np.full((300, 400, 3), 235, np.uint8))])[0]
+    assert score.domain.scale is None and score.domain.tiles == 1
+    assert "no red-cell size estimate" in score.domain.notes
+
+
+def test_large_image_streams_through_reduced_decoding(domain_ensemble, tmp_path):
+    from allscan.images import DECODE_MAX_SIDE, decode_file
+
+    path = tmp_path / "big.jpg"
+    Image.fromarray(disc_smear(48, (3000, 4500), seed=5)).save(path, quality=85)
+    decoded = decode_file(path, max_side=DECODE_MAX_SIDE)
+    assert (decoded.width, decoded.height) == (4500, 3000)
+    assert max(decoded.rgb.shape) < 4500 and max(decoded.rgb.shape) >= DECODE_MAX_SIDE
+    out = tmp_path / "r.csv"
+    predict([path], out, domain_ensemble)
+    row = next(csv.DictReader(out.open()))
+    assert row["verdict"] in ("ALL", "normal") and int(row["tiles"]) > 1
+    assert float(row["scale"]) == pytest.approx(16 / 48, rel=0.1)  # in the file's own pixels
+
+
+def _lab(root, n=6):
+    """A 'foreign lab': 448-px fields with 32-px red cells, tinted; ALL fields carry more nuclei."""
+    for label, nuclei in (("ALL", 6), ("normal", 1)):
+        for i in range(n):
+            _write(root / label / f"{label}-{i}.png",
+                   disc_smear(32, (448, 448), seed=500 + 10 * nuclei + i, nuclei=nuclei, cell_rgb=(220, 160, 180)))
+    return root
+
+
+def test_adapt_then_predict_with_the_site_profile(domain_models_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from allscan.cli import app
+
+    runner = CliRunner()
+    lab = _lab(tmp_path / "lab")
+    profile = tmp_path / "site"
+    result = runner.invoke(app, ["adapt", str(lab), "--out", str(profile), "--models", str(domain_models_dir)])
+    assert result.exit_code == 0, result.output
+    assert "roc auc" in result.output and "warning" in result.output  # 6 per class: too few to trust
+    meta = __import__("json").loads((profile / "profile.json").read_text())
+    assert meta["images"] == {"ALL": 6, "normal": 6, "skipped": 0}
+    assert 0 <= meta["cross_validated"]["roc_auc"] <= 1
+
+    new = _write(tmp_path / "new" / "field.png", disc_smear(32, (448, 448), seed=99, nuclei=6, cell_rgb=(220, 160, 180)))
+    base_out, site_out = tmp_path / "base.csv", tmp_path / "site.csv"
+    assert runner.invoke(app, ["predict", str(new), "-o", str(base_out), "--models", str(domain_models_dir),
+                               "-q"]).exit_code == 0
+    assert runner.invoke(app, ["predict", str(new), "-o", str(site_out), "--models", str(domain_models_dir),
+                               "--site", str(profile), "-q"]).exit_code == 0
+    base, site = next(csv.DictReader(base_out.open())), next(csv.DictReader(site_out.open()))
+    assert base["domain"] == "out"  # twice the training red-cell size and another tint
+    assert site["domain"] == "in"  # the site's own images define its domain
+    assert site["p_all"] != base["p_all"]
+    sidecar = __import__("json").loads((tmp_path / "site.csv.run.json").read_text())
+    assert sidecar["domain"]["site"]["digest"] and sidecar["results_digest"] != \
+        __import__("json").loads((tmp_path / "base.csv.run.json").read_text())["results_digest"]
+
+
+def test_adapt_refuses_too_few_images_and_lists_unreadable_ones(domain_models_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from allscan.cli import app
+
+    lab = _lab(tmp_path / "lab", n=5)
+    (lab / "ALL" / "broken.png").write_bytes(b"not an image")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["adapt", str(lab), "-o", str(tmp_path / "p"), "--models", str(domain_models_dir)])
+    assert ok.exit_code == 0 and "broken.png" in ok.output
+    (lab / "normal" / "normal-0.png").unlink()
+    few = runner.invoke(app, ["adapt", str(lab), "-o", str(tmp_path / "q"), "--models", str(domain_models_dir)])
+    assert few.exit_code == 2 and "at least 5" in few.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = runner.invoke(app, ["adapt", str(empty), "-o", str(tmp_path / "r"), "--models", str(domain_models_dir)])
+    assert none.exit_code == 2
+
+
+def test_a_profile_for_other_models_or_tampered_is_refused(domain_models_dir, models_copy, domain_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from allscan.cli import app
+    from allscan.domain.fit import refit_domain
+
+    runner = CliRunner()
+    profile = tmp_path / "site"
+    assert runner.invoke(app, ["adapt", str(_lab(tmp_path / "lab")), "-o", str(profile),
+                               "--models", str(domain_models_dir)]).exit_code == 0
+    image = _write(tmp_path / "in" / "x.png", disc_smear(16, seed=1))
+    manifest = models_copy / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"threshold": 0.5', '"threshold": 0.45'))
+    refit_domain(models_copy, domain_data)
+    other = runner.invoke(app, ["predict", str(image), "-o", str(tmp_path / "a.csv"), "--models", str(models_copy),
+                                "--site", str(profile)])
+    assert other.exit_code == 2 and "fitted on models" in other.output
+    with open(profile / "profile.npz", "ab") as handle:
+        handle.write(b"x")
+    tampered = runner.invoke(app, ["predict", str(image), "-o", str(tmp_path / "b.csv"),
+                                   "--models", str(domain_models_dir), "--site", str(profile)])
+    assert tampered.exit_code == 2 and "does not match" in tampered.output
