@@ -205,7 +205,7 @@ class Watcher:
                 continue
             if now - state.stable_since < self.config.settle:
                 continue
-            item = prepare(path, self.pipeline, frozenset(), self.config.heatmaps is not None)
+            item = prepare(path, self.pipeline.maker, frozenset(), self.config.heatmaps is not None)
             if item.error and state.attempts < DECODE_RETRIES and path.exists():
                 state.attempts += 1
                 state.not_before = now + self.config.settle

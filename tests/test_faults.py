@@ -582,7 +582,7 @@ def test_fuzzed_images_each_become_a_result_or_an_error_row(tmp_path, ensemble):
         path = folder / f"m{i:03d}-{kind}{suffixes[i % len(suffixes)]}"
         path.write_bytes(data)
         try:
-            prepare(path, DomainPipeline(ensemble), frozenset())
+            prepare(path, DomainPipeline(ensemble).maker, frozenset())
         except Exception as exc:  # noqa: BLE001 - counting what escapes is the point
             escapes.append(f"{path.name}: {type(exc).__name__}: {exc}")
     assert escapes == []

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import allscan
+from allscan.domain.pipeline import DomainPipeline
 from allscan.cli import app
 from allscan.engines import EngineError
 from allscan.heatmaps import HeatmapOptions
@@ -70,13 +71,13 @@ def test_ray_engine_resumes_after_an_interrupted_run(ray_runtime, slides, models
     out = tmp_path / "r.csv"
     first = predict([slides], out, ensemble, batch_size=2, observer=_CtrlCAfter(3), engine=RayEngine())
     assert first.interrupted
-    with ResultStore(store_path_for(out), ensemble.manifest.digest) as store:
+    with ResultStore(store_path_for(out), DomainPipeline(ensemble).digest) as store:
         stored = [r for r in store.results() if r.score is not None]
     assert 3 <= len(stored) < 11
     second = predict([slides], out, ensemble, batch_size=2, engine=RayEngine())
     assert not second.interrupted and second.counts.done == 12
     assert second.counts.skipped == len(stored)
-    with ResultStore(store_path_for(out), ensemble.manifest.digest) as store:
+    with ResultStore(store_path_for(out), DomainPipeline(ensemble).digest) as store:
         paths = [str(r.path) for r in store.results()]
     assert len(paths) == len(set(paths)) == 12
     local = allscan.predict([slides], models=models_dir, out=tmp_path / "local.csv")
