@@ -60,22 +60,35 @@ def efficientnet_b3(input_size: int, weights: Path | None = None, dropout: float
     return _with_head(backbone, input_size, "efficientnet_b3", dropout)
 
 
-def vgg16(input_size: int, weights: Path | None = None, dropout: float = HEAD_DROPOUT):
-    """VGG16 (Simonyan & Zisserman 2015) from keras.applications, without its top.
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+"""VGG16's five blocks as (filters, 3×3 convolutions); each ends in 2×2 max pooling."""
 
-    From scratch its convolutions are re-initialised with He initialisation (He et al.
-    2015): with keras' Glorot default the 13 plain ReLU layers, without batch
-    normalisation, passed almost no signal and training stalled at chance.
+
+def vgg16(input_size: int, weights: Path | None = None, dropout: float = HEAD_DROPOUT):
+    """VGG16 with batch normalisation (VGG16-BN, as torchvision's ``vgg16_bn``).
+
+    The 13 convolutions of VGG16 (Simonyan & Zisserman 2015), each followed by batch
+    normalisation (Ioffe & Szegedy 2015) and ReLU, with He initialisation (He et al.
+    2015). Plain VGG16 from scratch passed almost no signal through 13 un-normalised
+    layers (chance with Glorot init, validation AUC 0.876 with He init at 64 px);
+    VGG16-BN is the standard way to train it from scratch. The convolutions have no
+    bias (the batch norm's shift replaces it). ``weights`` is a Keras weights file of
+    this architecture.
     """
-    backbone = keras.applications.VGG16(
-        include_top=False, weights=_backbone_weights(weights), input_shape=(input_size, input_size, 3)
-    )
-    if weights is None:
-        he = keras.initializers.HeNormal(seed=0)
-        for layer in backbone.layers:
-            if isinstance(layer, layers.Conv2D):
-                layer.kernel.assign(he(layer.kernel.shape))
-    return _with_head(backbone, input_size, "vgg16", dropout)
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = inputs
+    he = keras.initializers.HeNormal(seed=0)
+    for block, (filters, convs) in enumerate(VGG16_BLOCKS, start=1):
+        for i in range(1, convs + 1):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=he,
+                              name=f"block{block}_conv{i}")(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_bn{i}")(x)
+            x = layers.ReLU(name=f"block{block}_relu{i}")(x)
+        x = layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+    model = keras.Model(inputs, _head(x, dropout, "vgg16"), name="vgg16")
+    if weights is not None:
+        model.load_weights(_backbone_weights(weights))
+    return model
 
 
 def alexnet(input_size: int, weights: Path | None = None, dropout: float = 0.5, fc_width: int = 512):

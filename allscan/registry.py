@@ -54,7 +54,8 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec("alexnet", "AlexNet (Krizhevsky et al. 2012)", _builder("alexnet"), 128, "symmetric", 14, 1e-3),
         ModelSpec(
-            "vgg16", "VGG16 (Simonyan & Zisserman 2015)", _builder("vgg16"), 64, "caffe", 7, 5e-4, onednn=False
+            "vgg16", "VGG16-BN: VGG16 (Simonyan & Zisserman 2015) with batch normalisation, as torchvision's vgg16_bn",
+            _builder("vgg16"), 112, "caffe", 16, 1e-3, onednn=False
         ),
     )
 }

@@ -4,6 +4,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from allscan._tf import keras
+from allscan.augment import RECIPE as AUGMENTATION_RECIPE
 from allscan.dataset import list_split, load_images
 from allscan.manifest import ModelEntry, equal_weights, load_or_empty, save_manifest, sha256_file
 from allscan.metrics import compute_metrics
@@ -48,9 +49,9 @@ def ship(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_dir: Pa
             "best_val_loss": round(result.best_val_loss, 5),
             "seconds": round(result.seconds, 1),
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-            "recipe": "AdamW, warm-up + cosine decay, balanced class weights, flips, 90° rotations, zoom,"
-                      " translation, brightness/contrast/hue/saturation jitter, dropout before the classifier,"
-                      " best epoch by validation loss",
+            "recipe": "AdamW, warm-up + cosine decay, balanced class weights, dropout before the classifier,"
+                      " batch-norm statistics re-estimated on clean training batches, best epoch by validation loss",
+            "augmentation": AUGMENTATION_RECIPE,
         },
         validation=validation_figures(shipped, spec, data_dir, config),
     )
