@@ -368,30 +368,34 @@ def train(
 def tune(
     data_dir: Annotated[Path, typer.Argument(help="Folder holding val/ with normal/ and ALL/.", show_default=False)],
     models: ModelsOpt = None,
+    pool_train: Annotated[bool, typer.Option(
+        "--pool-train", help="Also fit the calibration on train/ predictions and check the threshold's recall bound "
+        "on train/ and val/ together (only for models that do not fit train/ better than val/).")] = False,
 ) -> None:
-    """Tune the ensemble's weights, threshold and review band on the validation split; update the manifest."""
-    from dataclasses import replace
-
-    from allscan.evaluation import load_labelled, predict_images
-    from allscan.manifest import save_manifest
-    from allscan.tuning import tune_ensemble
+    """Refit the calibration, weights, screening threshold and review band on the validation split."""
+    from allscan.shipping import refit
 
     ensemble = _load_ensemble(models)
-    split = data_dir / "val"
-    if not split.is_dir():
-        raise _usage_error(f"{split} not found")
-    paths, images, labels = load_labelled(split, ensemble.manifest.blank_box, "blank")
-    probs = predict_images(ensemble, images)
-    config = tune_ensemble(probs, labels, tuned_on=f"val split of {data_dir} ({len(labels)} images)")
-    save_manifest(replace(ensemble.manifest, ensemble=config), ensemble.models_dir)
-    console.print(f"weights {config.weights}; threshold {config.threshold:.3f}; review band"
-                  f" {config.review_band[0]:.3f}–{config.review_band[1]:.3f}")
+    for sub in ("val", "train") if pool_train else ("val",):
+        if not (data_dir / sub).is_dir():
+            raise _usage_error(f"{data_dir / sub} not found")
+    tuning = refit(ensemble, data_dir, pool_train)
+    config, point = tuning.config, tuning.operating_point
+    console.print(f"weights {config.weights}; threshold {config.threshold:.4f} (recall {point.recall:.4f},"
+                  f" lower 95% bound {point.recall_lower:.4f}{'' if point.target_met else ', below the target'});"
+                  f" review band {config.review_band[0]:.3f}–{config.review_band[1]:.3f}"
+                  f" ({100 * tuning.flagged:.1f}% of val)")
+
+
+def _figure(d: dict, key: str) -> str:
+    interval = d["intervals"].get(key)
+    return f"{d[key]:.4f}" + (f"\n{interval[0]:.3f}-{interval[1]:.3f}" if interval else "")
 
 
 def _metrics_table(title: str, rows: dict, review_rows: tuple[str, ...] = ("ensemble",)) -> Table:
-    table = Table(title=title)
+    table = Table(title=f"{title}; 95% intervals: Wilson for proportions, bootstrap over images otherwise")
     headers = {"n": "n", "accuracy": "acc", "precision": "prec", "recall": "recall", "specificity": "spec",
-               "f1": "F1", "balanced_accuracy": "bal acc", "roc_auc": "AUC"}
+               "f1": "F1", "balanced_accuracy": "bal acc", "roc_auc": "AUC", "brier": "Brier", "ece": "ECE"}
     table.add_column("model")
     for header in headers.values():
         table.add_column(header, justify="right")
@@ -400,7 +404,7 @@ def _metrics_table(title: str, rows: dict, review_rows: tuple[str, ...] = ("ense
     for name, m in rows.items():
         d = m.to_dict()
         (tn, fp), (fn, tp) = d["confusion_matrix"]
-        table.add_row(name, str(d["n"]), *(f"{d[c]:.4f}" for c in list(headers)[1:]), f"{tn}/{fp}/{fn}/{tp}",
+        table.add_row(name, str(d["n"]), *(_figure(d, c) for c in list(headers)[1:]), f"{tn}/{fp}/{fn}/{tp}",
                       str(d["review"]) if name in review_rows else "")
     return table
 
@@ -420,10 +424,12 @@ def evaluate(
     shortcut_check: Annotated[bool, typer.Option(
         "--shortcut-check", help="Also score raw and box-swapped images and count verdict flips.",
         rich_help_panel=RUN)] = False,
-    plots: Annotated[Path | None, typer.Option("--plots", help="Write ROC curves and confusion matrices (PNG) here.",
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write ROC, precision-recall, reliability and "
+                                               "confusion-matrix figures (PNG) here.",
                                                rich_help_panel=OUTPUT, show_default=False)] = None,
 ) -> None:
-    """Accuracy, precision, recall, specificity, F1, balanced accuracy, ROC AUC per model and for the ensemble."""
+    """Accuracy, precision, recall, specificity, F1, balanced accuracy, ROC AUC, Brier score and expected
+    calibration error per model and for the ensemble, each with its 95% interval."""
     import json
 
     from allscan.evaluation import BOX_MODES, count_flips

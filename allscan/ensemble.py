@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from allscan._tf import keras, tf
+from allscan.calibration import weighted_mean
 from allscan.manifest import EnsembleConfig, Manifest, load_manifest
 from allscan.model_files import load_checked
 from allscan.preprocessing import get_preprocessor
@@ -44,24 +45,24 @@ def _compiled_forward(model, preprocess: Callable, input_size: int) -> Callable:
 
 
 def combine(per_model: Mapping[str, float], config: EnsembleConfig) -> Score:
-    """Weighted soft vote, verdict by threshold, review when uncertain or when models disagree.
+    """Calibrate, take the weighted soft vote, calibrate it; verdict by threshold, review when uncertain.
 
-    ``agreement`` counts every model's vote; disagreement (for review) is among the models
-    that carry weight, so a member tuned out of the vote cannot flag images on its own.
+    Each member's output goes through its Platt scaling, the weighted mean of those
+    calibrated probabilities through the ensemble's; the per-model probabilities
+    reported are the calibrated ones. ``agreement`` counts every model's vote;
+    disagreement (for review) is among the models that carry weight, so a member tuned
+    out of the vote cannot flag images on its own.
     """
-    total = sum(config.weights.get(name, 0.0) for name in per_model)
-    if total > 0:
-        p_all = sum(config.weights.get(name, 0.0) * p for name, p in per_model.items()) / total
-    else:
-        p_all = float(np.mean(list(per_model.values())))
-    votes = [p >= config.threshold for p in per_model.values()]
+    calibrated = {name: float(config.calibration.member(name, p)) for name, p in per_model.items()}
+    p_all = float(config.calibration.ensemble.apply(weighted_mean(calibrated, config.weights)))
+    votes = [p >= config.threshold for p in calibrated.values()]
     agreement = int(sum(votes))
     low, high = config.review_band
-    weighted_votes = [v for name, v in zip(per_model, votes) if config.weights.get(name, 0.0) > 0] or votes
+    weighted_votes = [v for name, v in zip(calibrated, votes) if config.weights.get(name, 0.0) > 0] or votes
     disagree = 0 < sum(weighted_votes) < len(weighted_votes)
     review = bool(low <= p_all < high or disagree)
     verdict = VERDICT_ALL if p_all >= config.threshold else VERDICT_NORMAL
-    return Score(float(p_all), verdict, review, agreement, {k: float(v) for k, v in per_model.items()})
+    return Score(p_all, verdict, review, agreement, calibrated)
 
 
 class Ensemble:

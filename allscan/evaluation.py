@@ -90,32 +90,35 @@ def predict_images(ensemble: Ensemble, images: Sequence[np.ndarray], batch_size:
 
 
 def ensemble_predictions(ensemble: Ensemble, paths, labels, per_model: dict[str, np.ndarray]) -> Predictions:
+    """The ensemble's verdicts for raw member outputs; ``per_model`` of the result holds the calibrated ones."""
     config = ensemble.manifest.ensemble
     scores = [combine({n: float(p[i]) for n, p in per_model.items()}, config) for i in range(len(labels))]
     return Predictions(
         tuple(paths),
         np.asarray(labels),
-        per_model,
+        {n: np.array([s.per_model[n] for s in scores]) for n in per_model},
         np.array([s.p_all for s in scores]),
         np.array([s.review for s in scores]),
         np.array([s.verdict for s in scores]),
     )
 
 
-def evaluate_predictions(ensemble: Ensemble, predictions: Predictions) -> Evaluation:
+def evaluate_predictions(ensemble: Ensemble, predictions: Predictions, intervals: bool = True) -> Evaluation:
+    """Figures per model (at 0.5) and for the ensemble (at its threshold), with 95% intervals unless told not."""
     labels = predictions.labels
-    models = {n: compute_metrics(labels, p, 0.5) for n, p in predictions.per_model.items()}
+    models = {n: compute_metrics(labels, p, 0.5, intervals=intervals) for n, p in predictions.per_model.items()}
     combined = compute_metrics(labels, predictions.ensemble, ensemble.manifest.ensemble.threshold,
-                               predictions.review)
+                               predictions.review, intervals=intervals)
     return Evaluation(models, combined, predictions)
 
 
 def evaluate(ensemble: Ensemble, split_dir: Path, box: tuple[int, int, int, int] | None, mode: str = "blank",
-             batch_size: int = 32, progress: Callable[[int], None] = lambda n: None) -> Evaluation:
+             batch_size: int = 32, progress: Callable[[int], None] = lambda n: None,
+             intervals: bool = True) -> Evaluation:
     """Per-model and ensemble figures on one split folder (``normal/`` and ``ALL/``)."""
     paths, images, labels = load_labelled(split_dir, box, mode)
     per_model = predict_images(ensemble, images, batch_size, progress)
-    return evaluate_predictions(ensemble, ensemble_predictions(ensemble, paths, labels, per_model))
+    return evaluate_predictions(ensemble, ensemble_predictions(ensemble, paths, labels, per_model), intervals)
 
 
 def count_flips(a: Predictions, b: Predictions) -> int:

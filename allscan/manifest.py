@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from allscan.calibration import Calibration
 from allscan.fileio import atomic_write_text
 from allscan.registry import REGISTRY
 
@@ -50,12 +51,16 @@ class EnsembleConfig:
         weights: Weight of each model in the soft vote; they sum to 1.
         threshold: Ensemble probability at or above which the verdict is ALL.
         review_band: ``(low, high)``: an ensemble probability inside it is flagged for review.
+        tuned_on: What the settings were chosen on, in words.
+        calibration: Platt scalings of the members and the ensemble, applied before the vote;
+            threshold and review band are calibrated probabilities.
     """
 
     weights: dict[str, float]
     threshold: float = 0.5
     review_band: tuple[float, float] = (0.25, 0.75)
     tuned_on: str = ""
+    calibration: Calibration = field(default_factory=Calibration)
 
 
 @dataclass(frozen=True)
@@ -73,10 +78,10 @@ class Manifest:
     @property
     def digest(self) -> str:
         """Short digest of the model files and ensemble settings; results are keyed by it."""
-        key = {
-            "models": {n: m.sha256 for n, m in sorted(self.models.items())},
-            "ensemble": asdict(self.ensemble) | {"tuned_on": None},
-        }
+        ensemble = asdict(self.ensemble) | {"tuned_on": None}
+        if self.ensemble.calibration == Calibration():
+            del ensemble["calibration"]  # uncalibrated manifests keep the digest they had before calibration existed
+        key = {"models": {n: m.sha256 for n, m in sorted(self.models.items())}, "ensemble": ensemble}
         if self.domain:
             key["domain"] = self.domain["sha256"]
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -119,6 +124,7 @@ def load_manifest(models_dir: Path) -> Manifest:
             threshold=float(ens["threshold"]),
             review_band=tuple(float(v) for v in ens["review_band"]),
             tuned_on=ens.get("tuned_on", ""),
+            calibration=Calibration.from_dict(ens["calibration"]) if ens.get("calibration") else Calibration(),
         )
         box = data.get("blank_box")
         domain = data.get("domain")

@@ -1,79 +1,112 @@
-"""ROC curves and confusion matrices as PNG, drawn with Pillow (no plotting library needed)."""
+"""Evaluation figures as PNG, drawn with matplotlib from scikit-learn's curves (the ``train`` extra).
+
+``roc.png`` and ``precision_recall.png`` hold every model's curve and the ensemble's,
+``reliability.png`` the reliability diagram (10 equal-width bins) with a histogram of
+the probabilities, and ``confusion_NAME.png`` each confusion matrix.
+"""
 
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from allscan.metrics import Metrics
-from allscan.overlay import save_png
-
-_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+from allscan.fileio import atomic_write
+from allscan.metrics import ECE_BINS, Metrics
 
 
-def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
-    labels = np.asarray(labels).astype(bool)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
-    sorted_scores = np.asarray(scores)[order]
-    hits = labels[order]
-    last = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(hits) - 1]
-    tp = np.cumsum(hits)[last]
-    fp = np.cumsum(~hits)[last]
-    return np.r_[0.0, fp / max((~labels).sum(), 1)], np.r_[0.0, tp / max(labels.sum(), 1)]
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
-def roc_figure(labels: np.ndarray, curves: Mapping[str, np.ndarray], aucs: Mapping[str, float]) -> Image.Image:
-    size, margin = 420, 50
-    image = Image.new("RGB", (size + 2 * margin + 170, size + 2 * margin), "white")
-    draw = ImageDraw.Draw(image)
-
-    def xy(fpr, tpr):
-        return margin + fpr * size, margin + (1 - tpr) * size
-
-    draw.rectangle([margin, margin, margin + size, margin + size], outline="black")
-    draw.line([xy(0, 0), xy(1, 1)], fill="#bbbbbb")
-    for tick in (0.0, 0.5, 1.0):
-        draw.text((margin + tick * size - 8, margin + size + 6), f"{tick:.1f}", fill="black")
-        draw.text((margin - 30, margin + (1 - tick) * size - 6), f"{tick:.1f}", fill="black")
-    draw.text((margin + size / 2 - 60, margin + size + 24), "false positive rate", fill="black")
-    draw.text((4, margin - 20), "true positive rate (ALL)", fill="black")
-    for k, (name, scores) in enumerate(curves.items()):
-        fpr, tpr = roc_points(labels, scores)
-        colour = _COLOURS[k % len(_COLOURS)]
-        draw.line([xy(f, t) for f, t in zip(fpr, tpr)], fill=colour, width=2)
-        draw.text((margin + size + 12, margin + 16 * k), f"{name} AUC {aucs[name]:.3f}", fill=colour)
-    return image
+def _save(figure, path: Path) -> None:
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    _pyplot().close(figure)
 
 
-def confusion_figure(name: str, metrics: Metrics) -> Image.Image:
-    cell = 110
-    image = Image.new("RGB", (2 * cell + 130, 2 * cell + 80), "white")
-    draw = ImageDraw.Draw(image)
-    (tn, fp), (fn, tp) = metrics.confusion_matrix
-    peak = max(tn, fp, fn, tp, 1)
-    draw.text((10, 8), f"{name}: rows true, columns predicted", fill="black")
-    for r, true in enumerate(("normal", "ALL")):
-        draw.text((10, 50 + r * cell + cell / 2), true, fill="black")
-        for c, value in enumerate(metrics.confusion_matrix[r]):
-            shade = int(255 - 180 * value / peak)
-            x0, y0 = 110 + c * cell, 40 + r * cell
-            draw.rectangle([x0, y0, x0 + cell - 2, y0 + cell - 2], fill=(shade, shade, 255), outline="black")
-            draw.text((x0 + cell / 2 - 10, y0 + cell / 2 - 6), str(value), fill="black")
-    for c, predicted in enumerate(("normal", "ALL")):
-        draw.text((110 + c * cell + cell / 2 - 18, 42 + 2 * cell), predicted, fill="black")
-    return image
+def roc_figure(labels: np.ndarray, curves: Mapping[str, np.ndarray], metrics: Mapping[str, Metrics]):
+    from sklearn.metrics import roc_curve
+
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=1)
+    for name, scores in curves.items():
+        fpr, tpr, _ = roc_curve(labels, scores)
+        ax.plot(fpr, tpr, linewidth=2 if name == "ensemble" else 1.2,
+                label=f"{name} AUC {metrics[name].roc_auc:.3f}{_interval(metrics[name], 'roc_auc')}")
+    ax.set(xlabel="false positive rate (normal called ALL)", ylabel="true positive rate (recall of ALL)",
+           xlim=(0, 1), ylim=(0, 1.01), title="ROC")
+    ax.legend(loc="lower right", fontsize=8)
+    return figure
+
+
+def precision_recall_figure(labels: np.ndarray, curves: Mapping[str, np.ndarray]):
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(5.5, 5))
+    for name, scores in curves.items():
+        precision, recall, _ = precision_recall_curve(labels, scores)
+        ap = average_precision_score(labels, scores)
+        ax.plot(recall, precision, linewidth=2 if name == "ensemble" else 1.2, label=f"{name} AP {ap:.3f}")
+    ax.axhline(np.mean(labels), color="#bbbbbb", linewidth=1)
+    ax.set(xlabel="recall (ALL)", ylabel="precision (ALL)", xlim=(0, 1), ylim=(0, 1.01), title="Precision-recall")
+    ax.legend(loc="lower left", fontsize=8)
+    return figure
+
+
+def reliability_figure(labels: np.ndarray, curves: Mapping[str, np.ndarray], metrics: Mapping[str, Metrics]):
+    from sklearn.calibration import calibration_curve
+
+    plt = _pyplot()
+    figure, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 7), height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=1, label="perfectly calibrated")
+    for name, scores in curves.items():
+        observed, predicted = calibration_curve(labels, scores, n_bins=ECE_BINS, strategy="uniform")
+        ax.plot(predicted, observed, marker="o", linewidth=2 if name == "ensemble" else 1.2,
+                label=f"{name} ECE {metrics[name].ece:.3f}{_interval(metrics[name], 'ece')}")
+        hist.hist(scores, bins=ECE_BINS, range=(0, 1), histtype="step", label=name)
+    ax.set(ylabel="observed share of ALL", ylim=(0, 1.01), title=f"Reliability ({ECE_BINS} bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    hist.set(xlabel="predicted p(ALL)", ylabel="images", yscale="log", xlim=(0, 1))
+    return figure
+
+
+def confusion_figure(name: str, metrics: Metrics):
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(4, 3.6))
+    ConfusionMatrixDisplay(np.asarray(metrics.confusion_matrix), display_labels=["normal", "ALL"]).plot(
+        ax=ax, cmap="Blues", colorbar=False, values_format="d")
+    ax.set_title(f"{name} (rows: true, columns: predicted)", fontsize=9)
+    return figure
+
+
+def _interval(metrics: Metrics, name: str) -> str:
+    if name not in metrics.intervals:
+        return ""
+    low, high = metrics.intervals[name]
+    return f" ({low:.3f}-{high:.3f})"
 
 
 def write_plots(folder: Path, labels: np.ndarray, curves: Mapping[str, np.ndarray],
                 metrics: Mapping[str, Metrics]) -> list[Path]:
-    """``roc.png`` with every curve, and ``confusion_NAME.png`` per model and for the ensemble."""
+    """ROC, precision-recall and reliability figures over every curve, and one confusion matrix per model."""
     folder = Path(folder)
-    written = [folder / "roc.png"]
-    save_png(roc_figure(labels, curves, {n: metrics[n].roc_auc for n in curves}), written[0])
+    labels = np.asarray(labels).astype(int)
+    written = []
+    for file, figure in (("roc.png", roc_figure(labels, curves, metrics)),
+                         ("precision_recall.png", precision_recall_figure(labels, curves)),
+                         ("reliability.png", reliability_figure(labels, curves, metrics))):
+        _save(figure, folder / file)
+        written.append(folder / file)
     for name, m in metrics.items():
         path = folder / f"confusion_{name}.png"
-        save_png(confusion_figure(name, m), path)
+        _save(confusion_figure(name, m), path)
         written.append(path)
     return written

@@ -1,4 +1,9 @@
-"""Turning a finished training run into a shipped model: file, checksum and manifest entry."""
+"""Turning a finished training run into a shipped model: file, checksum, manifest entry, refitted statistics.
+
+Shipping is three steps: save the model (float16) and its manifest entry; then
+:func:`refit` every statistic the shipped ensemble derives from data, so that a new
+model never ships beside statistics fitted to the models it replaced.
+"""
 
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -6,11 +11,14 @@ from pathlib import Path
 from allscan._tf import keras
 from allscan.augment import RECIPE as AUGMENTATION_RECIPE
 from allscan.dataset import list_split, load_images
+from allscan.ensemble import Ensemble
+from allscan.evaluation import load_labelled, predict_images
 from allscan.manifest import ModelEntry, equal_weights, load_or_empty, save_manifest, sha256_file
 from allscan.metrics import compute_metrics
 from allscan.model_files import save_half_precision
 from allscan.registry import ModelSpec
 from allscan.training import TrainConfig, TrainResult
+from allscan.tuning import Tuning, tune_ensemble
 
 DATASET = (
     "Aria M, Ghaderzadeh M, Bashash D, Abolghasemi H, Asadi F, Hosseini A. Acute Lymphoblastic Leukemia (ALL)"
@@ -28,7 +36,7 @@ def validation_figures(model, spec: ModelSpec, data_dir: Path, config: TrainConf
 
 
 def ship(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_dir: Path, models_dir: Path) -> ModelEntry:
-    """Save the best checkpoint in ``models_dir`` (float16 weights) and record it in the manifest."""
+    """Save the best checkpoint in ``models_dir`` (float16 weights), record it in the manifest, then :func:`refit`."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     model = keras.models.load_model(result.best_path, compile=False)
@@ -63,4 +71,28 @@ def ship(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_dir: Pa
         ensemble=replace(manifest.ensemble, weights=equal_weights(manifest.models), tuned_on=""),
     )
     save_manifest(manifest, models_dir)
+    refit(Ensemble.load(models_dir), data_dir)
     return entry
+
+
+def _predict_split(ensemble: Ensemble, split_dir: Path):
+    _, images, labels = load_labelled(split_dir, ensemble.manifest.blank_box, "blank")
+    return predict_images(ensemble, images), labels
+
+
+def refit(ensemble: Ensemble, data_dir: Path, pool_train: bool = False) -> Tuning:
+    """Refit, on ``data_dir/val``, every statistic the shipped ``ensemble`` derives from data; update its manifest.
+
+    Today that is the calibration, the vote weights, the screening threshold and the review band
+    (:func:`allscan.tuning.tune_ensemble`). Any further shipped statistic gets its own step here.
+    ``pool_train`` adds the training split's predictions to the calibration and the threshold's
+    second check: sound only for models that do not fit their training split better than validation
+    (compare the two before using it).
+    """
+    probs, labels = _predict_split(ensemble, Path(data_dir) / "val")
+    pool = _predict_split(ensemble, Path(data_dir) / "train") if pool_train else None
+    tuned_on = f"val split of {data_dir} ({len(labels)} images)" + (
+        f", calibration and threshold check pooled with its train split ({len(pool[1])} images)" if pool else "")
+    tuning = tune_ensemble(probs, labels, tuned_on, pool)
+    save_manifest(replace(ensemble.manifest, ensemble=tuning.config), ensemble.models_dir)
+    return tuning

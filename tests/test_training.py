@@ -89,6 +89,7 @@ def test_train_tune_evaluate_end_to_end(tmp_path):
 
     assert runner.invoke(app, ["tune", str(data), "--models", str(models)]).exit_code == 0
     assert load_manifest(models).ensemble.tuned_on.startswith("val split")
+    assert load_manifest(models).ensemble.calibration.method.startswith("Platt")
 
     out = tmp_path / "metrics.json"
     result = runner.invoke(app, ["evaluate", str(data), "--split", "test", "--models", str(models),
@@ -103,7 +104,10 @@ def test_train_tune_evaluate_end_to_end(tmp_path):
         assert key in ens
     assert ens["roc_auc"] > 0.9  # the tiny task is learnt in three epochs
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
-        "confusion_alexnet.png", "confusion_ensemble.png", "roc.png"]
+        "confusion_alexnet.png", "confusion_ensemble.png", "precision_recall.png", "reliability.png", "roc.png"]
+    assert ens["intervals"]["recall"][0] <= ens["recall"] <= ens["intervals"]["recall"][1]
+    assert 0 <= ens["ece"] <= 1 and 0 <= ens["brier"] <= 1 and "ece" in ens["intervals"]
+    assert set(load_manifest(models).ensemble.calibration.members) == {"alexnet"}
     check = figures["shortcut_check"]
     assert 0 <= check["flips_raw_to_swap"] <= 20 and check["raw"]["n"] == check["swap"]["n"] == 20
     assert check["heatmap_in_label_box"]["images"] == sum(figures["shortcut_check"]["raw"]["confusion_matrix"][i][1]
