@@ -152,6 +152,15 @@ def _preflight(out: Path, report: Path | None = None, inputs: list[Path] = (),
     return lock
 
 
+def _require_train_extra() -> None:
+    """Training, tuning and evaluation need scikit-learn and matplotlib, which the runtime install leaves out."""
+    import importlib.util
+
+    missing = [m for m in ("sklearn", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise _usage_error(f"this command needs {' and '.join(missing)}: pip install 'allscan[train]'")
+
+
 def _load_ensemble(models: Path | None):
     from allscan.ensemble import Ensemble
     from allscan.manifest import ManifestError
@@ -317,6 +326,7 @@ def train(
         "[default: the Aria scale-bar label box]", rich_help_panel=INPUT, show_default=False)] = None,
 ) -> None:
     """Train one or all four models, checkpointing every epoch, and ship the best epoch into --out."""
+    _require_train_extra()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from allscan.dataset import ARIA_LABEL_BOX
@@ -373,6 +383,7 @@ def tune(
         "on train/ and val/ together (only for models that do not fit train/ better than val/).")] = False,
 ) -> None:
     """Refit the calibration, weights, screening threshold and review band on the validation split."""
+    _require_train_extra()
     from allscan.shipping import refit
 
     ensemble = _load_ensemble(models)
@@ -430,6 +441,7 @@ def evaluate(
 ) -> None:
     """Accuracy, precision, recall, specificity, F1, balanced accuracy, ROC AUC, Brier score and expected
     calibration error per model and for the ensemble, each with its 95% interval."""
+    _require_train_extra()
     import json
 
     from allscan.evaluation import BOX_MODES, count_flips

@@ -65,3 +65,14 @@ def test_models_lists_every_model(models_dir):
     manifest = json.loads((models_dir / "manifest.json").read_text())
     for name, entry in manifest["models"].items():
         assert name in result.output and entry["sha256"][:16] in result.output
+
+
+def test_training_commands_say_which_extra_they_need(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    for command in (["evaluate", str(tmp_path)], ["tune", str(tmp_path)], ["train", str(tmp_path)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2
+        assert "allscan[train]" in result.output and "Traceback" not in result.output
