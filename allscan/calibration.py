@@ -69,9 +69,21 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Calibration":
-        return cls({n: Platt(float(p["slope"]), float(p["intercept"])) for n, p in data.get("members", {}).items()},
-                   Platt(float(data["ensemble"]["slope"]), float(data["ensemble"]["intercept"])),
+        """Read :meth:`to_dict`'s form.
+
+        Raises:
+            KeyError, TypeError, ValueError: A missing or non-numeric entry, or a slope or intercept
+                that is not finite.
+        """
+        return cls({n: _platt(p) for n, p in data.get("members", {}).items()}, _platt(data["ensemble"]),
                    str(data.get("method", "")))
+
+
+def _platt(data: Mapping) -> Platt:
+    slope, intercept = float(data["slope"]), float(data["intercept"])
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise ValueError(f"a Platt scaling needs finite numbers, got slope {slope}, intercept {intercept}")
+    return Platt(slope, intercept)
 
 
 def fit_platt(labels, p, c: float = PLATT_C) -> Platt:

@@ -50,12 +50,12 @@ def test_combine_calibrates_members_then_the_vote():
 
 
 def test_calibration_is_stored_in_the_manifest_and_its_digest(tmp_path):
-    entry = ModelEntry("a", "a.keras", "0" * 64, 16, "raw")
-    plain = Manifest({"a": entry}, EnsembleConfig({"a": 1.0}))
-    calibrated = Manifest({"a": entry}, EnsembleConfig({"a": 1.0}, calibration=Calibration(
-        {"a": Platt(1.5, 0.2)}, Platt(0.9, -0.1), "Platt on val")))
-    other = Manifest({"a": entry}, EnsembleConfig({"a": 1.0}, calibration=Calibration(
-        {"a": Platt(1.5, 0.3)}, Platt(0.9, -0.1), "Platt on val")))
+    entry = ModelEntry("alexnet", "alexnet.keras", "0" * 64, 16, "symmetric")
+    plain = Manifest({"alexnet": entry}, EnsembleConfig({"alexnet": 1.0}))
+    calibrated = Manifest({"alexnet": entry}, EnsembleConfig({"alexnet": 1.0}, calibration=Calibration(
+        {"alexnet": Platt(1.5, 0.2)}, Platt(0.9, -0.1), "Platt on val")))
+    other = Manifest({"alexnet": entry}, EnsembleConfig({"alexnet": 1.0}, calibration=Calibration(
+        {"alexnet": Platt(1.5, 0.3)}, Platt(0.9, -0.1), "Platt on val")))
     assert len({plain.digest, calibrated.digest, other.digest}) == 3
     save_manifest(calibrated, tmp_path)
     loaded = load_manifest(tmp_path)
@@ -63,6 +63,22 @@ def test_calibration_is_stored_in_the_manifest_and_its_digest(tmp_path):
     assert loaded.digest == calibrated.digest
     save_manifest(plain, tmp_path)
     assert load_manifest(tmp_path).ensemble.calibration == Calibration()
+
+
+def test_a_manifest_with_a_broken_calibration_is_refused(tmp_path):
+    import json
+
+    from allscan.manifest import ManifestError
+
+    entry = ModelEntry("resnet50", "resnet50.keras", "0" * 64, 16, "caffe")
+    save_manifest(Manifest({"resnet50": entry}, EnsembleConfig({"resnet50": 1.0}, calibration=Calibration(
+        {"resnet50": Platt(1.5, 0.2)}, Platt(), "x"))), tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    for broken in ({"slope": "steep", "intercept": 0}, {"slope": float("nan"), "intercept": 0}, {"slope": 1}):
+        data["ensemble"]["calibration"]["members"]["resnet50"] = broken
+        (tmp_path / "manifest.json").write_text(json.dumps(data))
+        with pytest.raises(ManifestError, match="malformed"):
+            load_manifest(tmp_path)
 
 
 def test_screening_threshold_keeps_the_recall_lower_bound_at_99_percent():
