@@ -4,8 +4,15 @@ import numpy as np
 
 from allscan import architectures
 from allscan._tf import keras, tf
-from allscan.augment import HED_FROM_RGB, RGB_FROM_HED, augment_image, geometry_layers, hed_to_rgb, rgb_to_hed, \
-    stain_jitter
+from allscan.augment import (
+    HED_FROM_RGB,
+    RGB_FROM_HED,
+    augment_image,
+    geometry_layers,
+    hed_to_rgb,
+    rgb_to_hed,
+    stain_jitter,
+)
 
 
 def _field(seed=0):
