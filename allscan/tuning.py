@@ -13,6 +13,11 @@ from allscan.operating_point import OperatingPoint, review_band, screening_thres
 MEMBER_MIN_BALANCED_ACCURACY = 0.95
 """A model joins the vote when its validation balanced accuracy (at 0.5) reaches this."""
 WEIGHT_STEP = 0.1
+REVIEW_ERROR_SHARE = 0.8
+"""A band fitted to errors (site profiles, :mod:`allscan.domain.adapt`) widens until it holds this share of
+validation errors…"""
+REVIEW_MAX_FLAGGED = 0.15
+"""…or until it would flag more than this share of validation images."""
 CALIBRATION_METHOD = (
     "Platt scaling (L2-regularised logistic regression on the logit, C=1) of each member, then of the"
     " weighted mean of the calibrated members"
@@ -39,6 +44,31 @@ def tune_weights(probs: dict[str, np.ndarray], labels: np.ndarray, step: float =
         if loss < best_loss - 1e-12:
             best, best_loss = weights, loss
     return {n: float(best.get(n, 0.0)) for n in names}
+
+
+def tune_threshold(labels: np.ndarray, p: np.ndarray) -> float:
+    """The threshold with the best balanced accuracy (site profiles); the middle of the best run of thresholds."""
+    candidates = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    scores = np.array([compute_metrics(labels, p, t).balanced_accuracy for t in candidates])
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
+    longest = max(runs, key=len)
+    return float(candidates[longest[len(longest) // 2]])
+
+
+def tune_review_band(labels: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float]:
+    """A band around the threshold holding most validation errors while flagging few images."""
+    wrong = (p >= threshold) != (labels == 1)
+    band = (threshold, threshold)
+    for half in np.arange(0.01, 0.5, 0.01):
+        low, high = max(0.0, threshold - half), min(1.0, threshold + half)
+        inside = (p >= low) & (p < high)
+        if inside.mean() > REVIEW_MAX_FLAGGED:
+            break
+        band = (round(float(low), 3), round(float(high), 3))
+        if not wrong.any() or (wrong & inside).sum() >= REVIEW_ERROR_SHARE * wrong.sum():
+            break
+    return band
 
 
 def member_weights(probs: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from allscan.metrics import compute_metrics, roc_auc
-from allscan.tuning import tune_ensemble, tune_weights
+from allscan.tuning import tune_ensemble, tune_review_band, tune_threshold, tune_weights
 
 
 def test_metrics_on_a_fixed_set():
@@ -71,6 +71,23 @@ def test_intervals_wilson_for_proportions_and_bootstrap_for_the_rest():
         low, high = m.intervals[name]
         assert low <= getattr(m, name) <= high and high - low < 0.3, name
     assert compute_metrics(labels, p, 0.5).intervals == {}
+
+
+def test_threshold_moves_to_separate_shifted_scores():
+    labels = np.array([0] * 50 + [1] * 50)
+    p = np.concatenate([np.linspace(0.5, 0.7, 50), np.linspace(0.75, 0.95, 50)])
+    t = tune_threshold(labels, p)
+    assert 0.7 < t <= 0.75
+    assert compute_metrics(labels, p, t).balanced_accuracy == 1.0
+
+
+def test_review_band_catches_errors_near_threshold():
+    labels = np.array([0] * 20 + [1] * 80)
+    p = np.concatenate([np.full(18, 0.05), [0.55, 0.6], [0.45, 0.42], np.full(78, 0.95)])
+    low, high = tune_review_band(labels, p, 0.5)
+    wrong = (p >= 0.5) != (labels == 1)
+    assert (((p >= low) & (p < high)) & wrong).sum() == 4
+    assert high - low < 0.5
 
 
 def test_plots_are_written_as_png_with_matplotlib(tmp_path):
