@@ -97,7 +97,9 @@ class Ensemble:
         if manifest.domain and with_domain:
             from allscan.domain.reference import DomainReference
 
-            domain = DomainReference.load(models_dir / manifest.domain["file"], manifest.domain["sha256"])
+            path = models_dir / manifest.domain["file"]
+            domain = DomainReference.load(path, manifest.domain["sha256"])
+            domain.check_models({name: entry.sha256 for name, entry in sorted(manifest.models.items())}, path)
         return cls(manifest, members, models_dir, domain)
 
     @property

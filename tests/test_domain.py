@@ -211,3 +211,22 @@ def test_a_profile_for_other_models_or_tampered_is_refused(domain_models_dir, mo
     tampered = runner.invoke(app, ["predict", str(image), "-o", str(tmp_path / "b.csv"),
                                    "--models", str(domain_models_dir), "--site", str(profile)])
     assert tampered.exit_code == 2 and "does not match" in tampered.output
+
+
+def test_a_domain_reference_fitted_for_other_model_files_is_refused(domain_models_dir, tmp_path):
+    import json
+    import shutil
+
+    from allscan.ensemble import Ensemble
+    from allscan.manifest import ManifestError, sha256_file
+    from allscan.model_files import save_half_precision
+    from tests.utils import TINY_SIZES, tiny_model
+
+    models = tmp_path / "models"
+    shutil.copytree(domain_models_dir, models)
+    save_half_precision(tiny_model("alexnet", TINY_SIZES["alexnet"], seed=99), models / "alexnet.keras")
+    manifest = json.loads((models / "manifest.json").read_text())
+    manifest["models"]["alexnet"]["sha256"] = sha256_file(models / "alexnet.keras")
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="fit-domain"):
+        Ensemble.load(models)

@@ -66,7 +66,8 @@ def fit_reference(ensemble: Ensemble, data_dir: Path, box=None) -> DomainReferen
                            quantile=THRESHOLD_QUANTILE)
     checks = DomainChecks(float(np.nanmedian(diameters)), SCALE_TOLERANCE, colour, feature)
     return DomainReference(checks, colours.mean(axis=0), tuple(m.name for m in ensemble.members),
-                           f"{data_dir}: train ({len(train_paths)} images) fitted, val ({len(val_paths)}) thresholds")
+                           f"{data_dir}: train ({len(train_paths)} images) fitted, val ({len(val_paths)}) thresholds",
+                           {name: entry.sha256 for name, entry in sorted(ensemble.manifest.models.items())})
 
 
 def refit_domain(models_dir: Path, data_dir: Path) -> DomainReference:

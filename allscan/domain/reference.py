@@ -9,7 +9,7 @@ tampered file is refused.
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,12 +63,24 @@ class DomainReference:
         stain_reference: Mean L*a*b* statistics of the training images (Reinhard target).
         feature_models: Model names, in the order their features are concatenated.
         fitted_on: Provenance (data folder, split, image count).
+        model_files: sha256 of each model file it was fitted with: new models need a new reference.
     """
 
     checks: DomainChecks
     stain_reference: np.ndarray
     feature_models: tuple[str, ...]
     fitted_on: str = ""
+    model_files: dict[str, str] = field(default_factory=dict)
+
+    def check_models(self, model_files: dict[str, str], path: Path) -> None:
+        """Refuse to pair this reference with model files other than those it was fitted with.
+
+        Raises:
+            DomainError: The models changed since the reference was fitted.
+        """
+        if model_files != self.model_files:
+            raise DomainError(f"{path} was fitted for other model files than the manifest lists; refit it with "
+                              "allscan fit-domain DATA_DIR")
 
     def save(self, folder: Path) -> str:
         """Write ``domain.json`` and ``domain.npz`` into ``folder``; returns ``domain.json``'s sha256."""
@@ -83,6 +95,7 @@ class DomainReference:
             "colour_threshold": self.checks.colour.threshold,
             "feature_threshold": self.checks.features.threshold,
             "fitted_on": self.fitted_on,
+            "model_files": self.model_files,
             "arrays": DOMAIN_NPZ,
             "arrays_sha256": sha256_file(folder / DOMAIN_NPZ),
         }
@@ -100,7 +113,7 @@ class DomainReference:
         try:
             checks = DomainChecks.from_arrays(arrays, float(meta["rbc_diameter"]), float(meta["scale_tolerance"]))
             return cls(checks, np.asarray(arrays["stain_reference"], dtype=np.float64),
-                       tuple(meta["feature_models"]), meta.get("fitted_on", ""))
+                       tuple(meta["feature_models"]), meta.get("fitted_on", ""), dict(meta["model_files"]))
         except (KeyError, TypeError, ValueError) as err:
             raise DomainError(f"malformed domain reference {path}: {err}") from None
 
