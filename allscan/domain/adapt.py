@@ -23,7 +23,7 @@ from allscan.dataset import list_split
 from allscan.domain.fields import FieldSet
 from allscan.domain.gaussian import fit_gaussian
 from allscan.domain.pipeline import DomainPipeline
-from allscan.domain.reference import SCALE_TOLERANCE, DomainChecks, DomainError
+from allscan.domain.reference import DomainChecks, DomainError, scale_tolerance
 from allscan.domain.site import Head, SiteProfile
 from allscan.domain.tiles import aggregate
 from allscan.images import ImageError, decode_file
@@ -170,7 +170,7 @@ def site_checks(images: list[LabelledImage], feature_models: tuple[str, ...]) ->
     diameters = [im.fields.diameter for im in images if im.fields.diameter is not None]
     return DomainChecks(
         float(np.median(diameters)) if diameters else 0.0,
-        SCALE_TOLERANCE,
+        scale_tolerance(np.array(diameters)),
         fit_gaussian(colours, quantile=1.0, margin=1.25),
         fit_gaussian(features, components=FEATURE_COMPONENTS, groups=groups, quantile=1.0, margin=1.25),
     )

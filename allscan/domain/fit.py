@@ -1,7 +1,8 @@
 """Fitting the domain reference from the training data: the shipping step runs it for every new set
 of models, so models never ship with stale statistics.
 
-- red-cell size: median estimate over the training split;
+- red-cell size: median estimate over the training split, and the factor around it that holds
+  99% of the training images' estimates (the scale tolerance);
 - stain reference: mean colour statistics of the training split (Reinhard target);
 - colour and feature distributions: fitted on the training split; each threshold is a
   quantile of the validation split's distances (held-out images, not the test split).
@@ -17,7 +18,7 @@ import numpy as np
 from allscan.dataset import blank_box, list_split
 from allscan.domain.fields import whole_image
 from allscan.domain.gaussian import fit_gaussian
-from allscan.domain.reference import DOMAIN_JSON, SCALE_TOLERANCE, DomainChecks, DomainReference
+from allscan.domain.reference import DOMAIN_JSON, DomainChecks, DomainReference, scale_tolerance
 from allscan.domain.scale import analysis_copy, estimate_diameter
 from allscan.domain.stain import colour_stats
 from allscan.ensemble import Ensemble
@@ -64,7 +65,7 @@ def fit_reference(ensemble: Ensemble, data_dir: Path, box=None) -> DomainReferen
     colour = fit_gaussian(colours, held_out=val_colours, quantile=THRESHOLD_QUANTILE)
     feature = fit_gaussian(features, held_out=val_features, components=FEATURE_COMPONENTS,
                            quantile=THRESHOLD_QUANTILE)
-    checks = DomainChecks(float(np.nanmedian(diameters)), SCALE_TOLERANCE, colour, feature)
+    checks = DomainChecks(float(np.nanmedian(diameters)), round(scale_tolerance(diameters), 4), colour, feature)
     return DomainReference(checks, colours.mean(axis=0), tuple(m.name for m in ensemble.members),
                            f"{data_dir}: train ({len(train_paths)} images) fitted, val ({len(val_paths)}) thresholds",
                            {name: entry.sha256 for name, entry in sorted(ensemble.manifest.models.items())})

@@ -6,7 +6,8 @@ foreign lab's images, rescaled and colour-normalised fields fell inside the trai
 feature distribution while the models scored them at chance. So an image is out of
 domain when any of these is beyond its limit:
 
-- scale: its red cells are more than the tolerance factor from the reference size;
+- scale: its red cells are further from the reference size than the reference images' own
+  spread (at least ×1.3 either way);
 - colour: its raw L*a*b* statistics are far (Mahalanobis) from the reference images';
 - features: the models' pooled features of its fields are far from the reference's;
 - background: none of its fields holds enough cells to score.
@@ -53,7 +54,7 @@ def assess(checks: DomainChecks, diameter: float | None, colour: np.ndarray, fea
     """
     parts: dict[str, float] = {}
     reasons = []
-    if diameter is not None:
+    if diameter is not None and checks.rbc_diameter > 0:
         ratio = diameter / checks.rbc_diameter
         parts["scale"] = abs(math.log(ratio)) / math.log(checks.scale_tolerance)
         if parts["scale"] > 1:

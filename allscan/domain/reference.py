@@ -21,8 +21,24 @@ from allscan.manifest import ManifestError, sha256_file
 DOMAIN_JSON = "domain.json"
 DOMAIN_NPZ = "domain.npz"
 SCALE_TOLERANCE = 1.3
-"""Red cells within this factor of the training size count as the training scale: such images
-are not rescaled (the models saw this much zoom in training) and are in domain on scale."""
+"""Red cells within this factor of the reference size count as the reference scale: such images
+are not rescaled and are in domain on scale. The reference's own spread widens it (see
+:func:`scale_tolerance`)."""
+SCALE_QUANTILES = (0.005, 0.995)
+
+
+def scale_tolerance(diameters: np.ndarray) -> float:
+    """The factor around the median that holds the reference images' red-cell sizes between the
+    0.5th and 99.5th percentiles, and at least :data:`SCALE_TOLERANCE`.
+
+    The estimate varies from field to field (crowded or sparse cells, pale centres), so
+    the training images' own spread is the honest measure of "the training scale"."""
+    diameters = np.asarray([d for d in diameters if d is not None and np.isfinite(d)], dtype=np.float64)
+    if len(diameters) == 0:
+        return SCALE_TOLERANCE
+    median = np.median(diameters)
+    low, high = np.quantile(diameters, SCALE_QUANTILES)
+    return float(max(SCALE_TOLERANCE, high / median, median / low))
 
 
 class DomainError(ManifestError):
