@@ -1,8 +1,9 @@
 """Turning a finished training run into a shipped model: file, checksum, manifest entry, refitted statistics.
 
-Shipping is three steps: save the model (float16) and its manifest entry; then
-:func:`refit` every statistic the shipped ensemble derives from data, so that a new
-model never ships beside statistics fitted to the models it replaced.
+Shipping is three steps: save the model (float16) and its manifest entry; refit the domain
+reference (red-cell size, stain reference, out-of-domain guard); then :func:`refit` every
+statistic the shipped ensemble derives from data, so that a new model never ships beside
+statistics fitted to the models it replaced.
 """
 
 from dataclasses import asdict, replace
@@ -11,6 +12,7 @@ from pathlib import Path
 from allscan._tf import keras
 from allscan.augment import RECIPE as AUGMENTATION_RECIPE
 from allscan.dataset import list_split, load_images
+from allscan.domain.fit import refit_domain
 from allscan.ensemble import Ensemble
 from allscan.evaluation import load_labelled, predict_images
 from allscan.manifest import ModelEntry, equal_weights, load_or_empty, save_manifest, sha256_file
@@ -36,7 +38,8 @@ def validation_figures(model, spec: ModelSpec, data_dir: Path, config: TrainConf
 
 
 def ship(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_dir: Path, models_dir: Path) -> ModelEntry:
-    """Save the best checkpoint in ``models_dir`` (float16 weights), record it in the manifest, then :func:`refit`."""
+    """Save the best checkpoint in ``models_dir`` (float16 weights), record it in the manifest, refit the
+    domain reference for the new set of models (:func:`allscan.domain.fit.refit_domain`), then :func:`refit`."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     model = keras.models.load_model(result.best_path, compile=False)
@@ -71,6 +74,7 @@ def ship(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_dir: Pa
         ensemble=replace(manifest.ensemble, weights=equal_weights(manifest.models), tuned_on=""),
     )
     save_manifest(manifest, models_dir)
+    refit_domain(models_dir, data_dir)
     refit(Ensemble.load(models_dir), data_dir)
     return entry
 

@@ -80,6 +80,7 @@ def test_train_tune_evaluate_end_to_end(tmp_path):
     entry = manifest.models["alexnet"]
     assert entry.input_size == 32 and entry.training["epochs"] == 2
     assert set(entry.validation) >= {"accuracy", "balanced_accuracy", "roc_auc"}
+    assert manifest.domain and (models / manifest.domain["file"]).is_file()  # refitted by the shipping step
 
     resumed = runner.invoke(app, [*args[:-8], "--epochs", "3", "--batch-size", "4", "--input-size", "32",
                                   "--lr", "0.003", "--blank-box", "none", "--resume"])

@@ -65,7 +65,9 @@ def fit_reference(ensemble: Ensemble, data_dir: Path, box=None) -> DomainReferen
     colour = fit_gaussian(colours, held_out=val_colours, quantile=THRESHOLD_QUANTILE)
     feature = fit_gaussian(features, held_out=val_features, components=FEATURE_COMPONENTS,
                            quantile=THRESHOLD_QUANTILE)
-    checks = DomainChecks(float(np.nanmedian(diameters)), round(scale_tolerance(diameters), 4), colour, feature)
+    measured = diameters[np.isfinite(diameters)]
+    median = float(np.median(measured)) if len(measured) else 0.0  # 0: no scale reference, no rescaling
+    checks = DomainChecks(median, round(scale_tolerance(measured), 4), colour, feature)
     return DomainReference(checks, colours.mean(axis=0), tuple(m.name for m in ensemble.members),
                            f"{data_dir}: train ({len(train_paths)} images) fitted, val ({len(val_paths)}) thresholds",
                            {name: entry.sha256 for name, entry in sorted(ensemble.manifest.models.items())})

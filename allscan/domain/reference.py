@@ -50,7 +50,8 @@ class DomainChecks:
     """The statistics an image is judged against: training data's, or a site's.
 
     Attributes:
-        rbc_diameter: Typical red-cell diameter in pixels of the reference images.
+        rbc_diameter: Typical red-cell diameter in pixels of the reference images (0 when none
+            could be measured: then images are not rescaled and scale is not checked).
         scale_tolerance: Factor within which an image's red-cell size counts as the reference's.
         colour: Distribution of the reference images' colour statistics (as they came, unnormalised).
         features: Distribution of the models' pooled features of the reference images' fields.
