@@ -88,9 +88,9 @@ def _write(path, rgb):
 
 def test_training_style_field_is_one_unscaled_field_in_domain_and_a_foreign_photo_is_tiled_and_flagged(
         domain_ensemble, tmp_path):
-    own = _write(tmp_path / "in" / "aria-like.png", disc_smear(16, seed=4242, nuclei=2))
-    foreign = _write(tmp_path / "in" / "camera.png",
-                     disc_smear(64, (900, 1400), seed=7, cell_rgb=(230, 150, 150), background=(215, 225, 200)))
+    _write(tmp_path / "in" / "aria-like.png", disc_smear(16, seed=4242, nuclei=2))
+    _write(tmp_path / "in" / "camera.png",
+           disc_smear(64, (900, 1400), seed=7, cell_rgb=(230, 150, 150), background=(215, 225, 200)))
     out = tmp_path / "r.csv"
     predict([tmp_path / "in"], out, domain_ensemble)
     rows = {r["file"]: r for r in csv.DictReader(out.open())}
@@ -155,7 +155,8 @@ def test_adapt_then_predict_with_the_site_profile(domain_models_dir, tmp_path):
     assert meta["images"] == {"ALL": 6, "normal": 6, "skipped": 0}
     assert 0 <= meta["cross_validated"]["roc_auc"] <= 1
 
-    new = _write(tmp_path / "new" / "field.png", disc_smear(32, (448, 448), seed=99, nuclei=6, cell_rgb=(220, 160, 180)))
+    new = _write(tmp_path / "new" / "field.png",
+                 disc_smear(32, (448, 448), seed=99, nuclei=6, cell_rgb=(220, 160, 180)))
     base_out, site_out = tmp_path / "base.csv", tmp_path / "site.csv"
     assert runner.invoke(app, ["predict", str(new), "-o", str(base_out), "--models", str(domain_models_dir),
                                "-q"]).exit_code == 0

@@ -41,7 +41,8 @@ def describe(ensemble: Ensemble, paths: list[Path], box, batch_size: int = 32
             rgb = blank_box(rgb, box)
         estimate = estimate_diameter(rgb)
         colour = colour_stats(analysis_copy(rgb)[0])
-        return (np.nan if estimate.diameter is None else estimate.diameter), whole_image(rgb, ensemble.input_sizes, colour)
+        diameter = np.nan if estimate.diameter is None else estimate.diameter
+        return diameter, whole_image(rgb, ensemble.input_sizes, colour)
 
     diameters, colours, features = [], [], []
     with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:

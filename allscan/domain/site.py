@@ -6,6 +6,7 @@ pickle). It records the digest of the base models it was fitted on and is refuse
 others. Fitting lives in :mod:`allscan.domain.adapt`.
 """
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from allscan.domain.reference import DomainChecks, DomainError, load_checked_pair
+from allscan.fileio import atomic_write_bytes, atomic_write_text
 from allscan.manifest import EnsembleConfig, sha256_file
 
 PROFILE_JSON = "profile.json"
@@ -70,9 +72,6 @@ class SiteProfile:
 
     def save(self, folder: Path) -> str:
         """Write the profile folder; returns its digest."""
-        from allscan.fileio import atomic_write_bytes, atomic_write_text
-        import io
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         arrays = self.checks.arrays()
@@ -110,13 +109,15 @@ def load_profile(folder: Path) -> SiteProfile:
     meta, arrays = load_checked_pair(folder / PROFILE_JSON, None)
     try:
         if int(meta["format"]) != PROFILE_FORMAT:
-            raise DomainError(f"site profile {folder} has format {meta['format']}, this allscan reads {PROFILE_FORMAT}")
+            raise DomainError(f"site profile {folder} has format {meta['format']}; "
+                              f"this allscan reads {PROFILE_FORMAT}")
         heads = {name: Head(arrays[f"head_{name}_mean"], arrays[f"head_{name}_std"], arrays[f"head_{name}_coef"],
                             float(arrays[f"head_{name}_intercept"])) for name in meta["models"]}
         ensemble = EnsembleConfig({k: float(v) for k, v in meta["weights"].items()}, float(meta["threshold"]),
                                   tuple(float(v) for v in meta["review_band"]))
         checks = DomainChecks.from_arrays(arrays, float(meta["rbc_diameter"]), float(meta["scale_tolerance"]))
-        return SiteProfile(str(meta["models_digest"]), heads, ensemble, checks, meta, sha256_file(folder / PROFILE_JSON))
+        return SiteProfile(str(meta["models_digest"]), heads, ensemble, checks, meta,
+                           sha256_file(folder / PROFILE_JSON))
     except DomainError:
         raise
     except (KeyError, TypeError, ValueError) as err:
