@@ -2,6 +2,7 @@
 
 import csv
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -231,3 +232,17 @@ def test_a_domain_reference_fitted_for_other_model_files_is_refused(domain_model
     (models / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match="fit-domain"):
         Ensemble.load(models)
+
+
+def test_scale_tolerance_is_the_reference_spread_for_single_fields_and_1_3_for_larger_images():
+    from allscan.domain.reference import scale_tolerance
+
+    rng = np.random.default_rng(0)
+    diameters = np.concatenate([rng.normal(16, 1, 990), [30.0] * 10])  # a tail of odd estimates
+    tolerance = scale_tolerance(diameters)
+    assert 1.3 < tolerance < 2.2
+    checks = replace(_checks(rng), scale_tolerance=tolerance)
+    assert checks.tolerance(224) == tolerance and checks.tolerance(1400) == 1.3
+    typical = np.array([85, 2, -12, 12, 8, 14.0])
+    assert assess(checks, 16 * 1.5, typical, rng.normal(0, 1, (1, 10)), False, long_side=224).domain == "in"
+    assert assess(checks, 16 * 1.5, typical, rng.normal(0, 1, (1, 10)), False, long_side=1400).domain == "out"

@@ -54,6 +54,8 @@ class FieldSet:
         stain_normalised: Whether its colour was normalised.
         background_only: Whether no field held enough cells (then the fullest one is scored).
         notes: Plain-language remarks for the results row.
+        long_side: The decoded image's longest side, which sets its scale tolerance (see
+            :meth:`~allscan.domain.reference.DomainChecks.tolerance`).
     """
 
     inputs: dict[int, np.ndarray]
@@ -66,6 +68,7 @@ class FieldSet:
     stain_normalised: bool = False
     background_only: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    long_side: int = 0
 
     @property
     def tiles(self) -> int:
@@ -101,7 +104,8 @@ def whole_image(rgb: np.ndarray, sizes, colour: np.ndarray | None = None, notes:
     colour = colour_stats(analysis_copy(rgb)[0]) if colour is None else colour
     inputs = {size: resize(rgb, size)[None] for size in sizes}
     square = (FIELD_SIZE, FIELD_SIZE)
-    return FieldSet(inputs, (Box(0, 0),), square, (0, 0, *square), None, None, colour, notes=notes)
+    return FieldSet(inputs, (Box(0, 0),), square, (0, 0, *square), None, None, colour, notes=notes,
+                    long_side=max(rgb.shape[:2]))
 
 
 def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: DomainOptions) -> FieldSet:
@@ -118,7 +122,7 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
             return whole_image(rgb, sizes, colour,
                                (f"no red-cell size estimate ({estimate.reason}): whole image scored as one field",))
     factor = reference.checks.rbc_diameter / diameter if reference.checks.rbc_diameter > 0 else 1.0
-    tolerance = reference.checks.scale_tolerance
+    tolerance = reference.checks.tolerance(max(rgb.shape[:2]))
     scale = 1.0 if 1 / tolerance <= factor <= tolerance else factor
     image = rescale(rgb, scale)
     colour_limit = STAIN_NORM_FACTOR * reference.checks.colour.threshold
@@ -139,7 +143,7 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
     crops = [image[b.y:b.y + FIELD_SIZE, b.x:b.x + FIELD_SIZE] for b in kept]
     inputs = {size: np.stack([resize(c, size) for c in crops]) for size in sizes}
     return FieldSet(inputs, tuple(kept), image.shape[:2], content, scale, diameter, colour, normalise,
-                    background_only, tuple(notes))
+                    background_only, tuple(notes), max(rgb.shape[:2]))
 
 
 def in_original_pixels(fields: FieldSet, reduction: float) -> FieldSet:

@@ -6,8 +6,8 @@ foreign lab's images, rescaled and colour-normalised fields fell inside the trai
 feature distribution while the models scored them at chance. So an image is out of
 domain when any of these is beyond its limit:
 
-- scale: its red cells are further from the reference size than the reference images' own
-  spread (at least ×1.3 either way);
+- scale: its red cells are further from the reference size than ×1.3 (for an image of a single
+  field, whose estimate rests on few cells: the reference fields' own spread of estimates);
 - colour: its raw L*a*b* statistics are far (Mahalanobis) from the reference images';
 - features: the models' pooled features of its fields are far from the reference's;
 - background: none of its fields holds enough cells to score.
@@ -42,7 +42,7 @@ class DomainAssessment:
 
 
 def assess(checks: DomainChecks, diameter: float | None, colour: np.ndarray, features: np.ndarray,
-           background_only: bool) -> DomainAssessment:
+           background_only: bool, long_side: int = 0) -> DomainAssessment:
     """Judge one image.
 
     Args:
@@ -51,12 +51,13 @@ def assess(checks: DomainChecks, diameter: float | None, colour: np.ndarray, fea
         colour: Its raw colour statistics (see :func:`allscan.domain.stain.colour_stats`).
         features: Pooled features of its scored fields, ``(n_fields, d)``.
         background_only: Whether no field held enough cells.
+        long_side: The image's longest side in pixels, which sets the scale tolerance.
     """
     parts: dict[str, float] = {}
     reasons = []
     if diameter is not None and checks.rbc_diameter > 0:
         ratio = diameter / checks.rbc_diameter
-        parts["scale"] = abs(math.log(ratio)) / math.log(checks.scale_tolerance)
+        parts["scale"] = abs(math.log(ratio)) / math.log(checks.tolerance(long_side))
         if parts["scale"] > 1:
             reasons.append(f"red cells {diameter:.0f} px across where the reference's are "
                            f"{checks.rbc_diameter:.0f} px (×{1 / ratio:.2f} rescale)")

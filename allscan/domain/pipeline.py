@@ -106,7 +106,7 @@ class DomainPipeline:
             return replace(score, domain=DomainInfo(fs.scale, fs.tiles, "", None, "; ".join(notes)))
         checks = self.site.checks if self.site is not None else self.reference.checks
         features = np.concatenate([feats[n] for n in self.reference.feature_models], axis=1)
-        verdict = assess(checks, fs.diameter, fs.colour, features, fs.background_only)
+        verdict = assess(checks, fs.diameter, fs.colour, features, fs.background_only, fs.long_side)
         if verdict.reasons:
             notes = [f"out of domain: {'; '.join(verdict.reasons)}", *notes]
         info = DomainInfo(None if fs.scale is None else round(fs.scale, 4), fs.tiles, verdict.domain,

@@ -25,6 +25,9 @@ SCALE_TOLERANCE = 1.3
 are not rescaled and are in domain on scale. The reference's own spread widens it (see
 :func:`scale_tolerance`)."""
 SCALE_QUANTILES = (0.005, 0.995)
+SINGLE_FIELD_SIDE = 336
+"""Images no longer than this (1.5 training fields) are single fields: their red-cell estimate rests on
+a few dozen cells and varies as much as the training fields' estimates do."""
 
 
 def scale_tolerance(diameters: np.ndarray) -> float:
@@ -52,7 +55,8 @@ class DomainChecks:
     Attributes:
         rbc_diameter: Typical red-cell diameter in pixels of the reference images (0 when none
             could be measured: then images are not rescaled and scale is not checked).
-        scale_tolerance: Factor within which an image's red-cell size counts as the reference's.
+        scale_tolerance: Factor within which a single field's red-cell size counts as the
+            reference's (see :meth:`tolerance`).
         colour: Distribution of the reference images' colour statistics (as they came, unnormalised).
         features: Distribution of the models' pooled features of the reference images' fields.
     """
@@ -61,6 +65,11 @@ class DomainChecks:
     scale_tolerance: float
     colour: Gaussian
     features: Gaussian
+
+    def tolerance(self, long_side: int) -> float:
+        """The scale tolerance for an image with this long side: the reference images' own spread for
+        a single field, :data:`SCALE_TOLERANCE` for larger images, whose estimate rests on many cells."""
+        return self.scale_tolerance if long_side <= SINGLE_FIELD_SIDE else min(self.scale_tolerance, SCALE_TOLERANCE)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return self.colour.arrays("colour") | self.features.arrays("features")
