@@ -62,13 +62,11 @@ def aria(ensemble: Ensemble, data: Path) -> dict:
     box = ensemble.manifest.blank_box
     rgbs = [blank_box(decode_file(p).rgb, box) for p in paths]
     threshold = ensemble.manifest.ensemble.threshold
-    weights = ensemble.manifest.ensemble.weights
     before = []
     for start in range(0, len(rgbs), 32):
         chunk = rgbs[start:start + 32]
-        probs = ensemble.predict_models({s: np.stack([resize(r, s) for r in chunk]) for s in ensemble.input_sizes})
-        total = sum(weights.values())
-        before += list(sum(weights[n] * probs[n] for n in probs) / total)
+        before += [s.p_all for s in ensemble.score({z: np.stack([resize(r, z) for r in chunk])
+                                                    for z in ensemble.input_sizes})]
     result = {"before (whole field, no domain handling)": metrics(labels, np.array(before), threshold)}
     default = DomainPipeline(ensemble)
     scores = score_rgbs(default, rgbs)
