@@ -106,7 +106,7 @@ def test_training_style_field_is_one_unscaled_field_in_domain_and_a_foreign_phot
 
 def test_rbc_diameter_override_sets_the_scale(domain_ensemble):
     pipeline = DomainPipeline(domain_ensemble, DomainOptions(rbc_diameter=32.0))
-    fields = pipeline.fields(disc_smear(16, (448, 448), seed=2))
+    fields = pipeline.fields(disc_smear(16, (640, 640), seed=2))
     assert fields.scale == pytest.approx(pipeline.reference.checks.rbc_diameter / 32.0)
 
 

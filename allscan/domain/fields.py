@@ -12,7 +12,6 @@ from allscan.domain.stain import colour_stats, reinhard
 from allscan.domain.tiles import FIELD_SIZE, MIN_CELL_FRACTION, Box, cell_fractions, field_boxes, pad_to_field, rescale
 from allscan.images import resize
 
-
 STAIN_NORM_FACTOR = 3.0
 """Colour is normalised only when an image's colour distance exceeds this many times the guard's
 limit. Measured on the Aria test split with a HED stain shift: normalising every image beyond the
@@ -124,6 +123,10 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
     factor = reference.checks.rbc_diameter / diameter if reference.checks.rbc_diameter > 0 else 1.0
     tolerance = reference.checks.tolerance(max(rgb.shape[:2]))
     scale = 1.0 if 1 / tolerance <= factor <= tolerance else factor
+    smallest = FIELD_SIZE / min(rgb.shape[:2])
+    if scale < smallest:
+        scale = min(1.0, smallest)
+        notes.append("not shrunk below one field (its red cells stay larger than the training's)")
     image = rescale(rgb, scale)
     colour_limit = STAIN_NORM_FACTOR * reference.checks.colour.threshold
     normalise = options.stain_norm and reference.checks.colour.distance(colour)[0] > colour_limit

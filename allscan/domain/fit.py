@@ -26,7 +26,7 @@ from allscan.images import decode_file
 from allscan.manifest import load_manifest, save_manifest
 
 FEATURE_COMPONENTS = 32
-THRESHOLD_QUANTILE = 0.995
+THRESHOLD_QUANTILE = 0.999
 
 
 def describe(ensemble: Ensemble, paths: list[Path], box, batch_size: int = 32
