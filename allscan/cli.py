@@ -89,8 +89,9 @@ SiteOpt = Annotated[
 ]
 StainNormOpt = Annotated[
     bool,
-    typer.Option("--stain-norm/--no-stain-norm", help="Normalise the colour of images stained unlike the "
-                 "training images (Reinhard, L*a*b*).", rich_help_panel=DOMAIN),
+    typer.Option("--stain-norm/--no-stain-norm", help="Normalise the colour of images stained far unlike the "
+                 "training images (beyond 3× the out-of-domain colour limit; Reinhard, L*a*b*).",
+                 rich_help_panel=DOMAIN),
 ]
 RbcDiameterOpt = Annotated[
     float | None,
