@@ -160,7 +160,7 @@ def compute_only(paths: list[Path], models: Path, batch_size: int) -> dict:
         member.forward(x[:batch_size])
         started = time.monotonic()
         for i in range(0, len(x), batch_size):
-            member.forward(x[i : i + batch_size]).numpy()
+            member.forward(x[i : i + batch_size])[0].numpy()  # (p(ALL), pooled features)
         seconds = time.monotonic() - started
         per_model[member.name] = len(x) / seconds
         total += seconds
