@@ -112,11 +112,12 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
     small, _ = analysis_copy(rgb)
     colour = colour_stats(small)
     notes: list[str] = []
+    mask = None
     if options.rbc_diameter is not None:
         diameter: float | None = options.rbc_diameter
     else:
         estimate = estimate_diameter(rgb)
-        diameter = estimate.diameter
+        diameter, mask = estimate.diameter, estimate.mask
         if diameter is None:
             return whole_image(rgb, sizes, colour,
                                (f"no red-cell size estimate ({estimate.reason}): whole image scored as one field",))
@@ -137,7 +138,7 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
     image, origin = pad_to_field(image)
     content = (origin.y, origin.x, origin.y + own_height, origin.x + own_width)
     boxes = field_boxes(*image.shape[:2])
-    fractions = cell_fractions(cell_mask(small), boxes, image.shape[:2])
+    fractions = cell_fractions(cell_mask(small) if mask is None else mask, boxes, image.shape[:2])
     keep = [i for i, f in enumerate(fractions) if f >= MIN_CELL_FRACTION]
     background_only = not keep
     if background_only:

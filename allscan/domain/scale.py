@@ -9,7 +9,7 @@ cells do not move the mode; touching red cells are separated at their necks by t
 openings. Openings are computed exactly with two Euclidean distance transforms.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -33,11 +33,13 @@ class ScaleEstimate:
             estimate could be made.
         reason: Why there is no estimate (empty when there is one).
         foreground: Fraction of the analysed image covered by cells.
+        mask: The cell mask at :data:`ANALYSIS_SIDE` (reused to find background fields).
     """
 
     diameter: float | None
     reason: str = ""
     foreground: float = 0.0
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def cell_mask(rgb: np.ndarray) -> np.ndarray:
@@ -90,8 +92,8 @@ def pattern_spectrum(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
     for radius in radii:
         centres = inside >= radius
         if not centres.any():
-            areas.append(0)
-            continue
+            areas += [0] * (len(radii) - len(areas))  # larger discs fit nowhere either
+            break
         reach = ndimage.distance_transform_edt(~centres)
         areas.append(int(np.count_nonzero(reach < radius)))
     return np.asarray(areas, dtype=np.float64)
@@ -127,7 +129,7 @@ def estimate_diameter(rgb: np.ndarray) -> ScaleEstimate:
         side = int(min(MAX_ANALYSIS_SIDE, ANALYSIS_SIDE * FINE_TARGET * factor / estimate.diameter))
         finer, _ = _estimate_at(rgb, side)
         if finer.diameter is not None:
-            return finer
+            return replace(finer, mask=estimate.mask)
     return estimate
 
 
@@ -137,17 +139,17 @@ def _estimate_at(rgb: np.ndarray, side: int) -> tuple[ScaleEstimate, float]:
     foreground = float(mask.mean())
     if not MIN_FOREGROUND <= foreground <= MAX_FOREGROUND:
         return ScaleEstimate(None, f"cells cover {foreground:.0%} of the image: too little contrast to measure",
-                             foreground), factor
+                             foreground, mask), factor
     radii = np.arange(MIN_RADIUS, MAX_RADIUS + 1, dtype=np.float64)
     areas = pattern_spectrum(mask, radii)
     lost = areas[:-1] - areas[1:]
     peak = int(np.argmax(np.convolve(lost, [0.25, 0.5, 0.25], mode="same")))
     if peak == len(lost) - 1 or lost[peak] <= 0:
-        return ScaleEstimate(None, "no typical cell size in range", foreground), factor
+        return ScaleEstimate(None, "no typical cell size in range", foreground, mask), factor
     window = slice(max(0, peak - 1), peak + 2)
     radius = float(np.sum(radii[:-1][window] * lost[window]) / np.sum(lost[window])) + 0.5
     near = np.abs(radii[:-1] - radius) <= 0.3 * radius
     cells = lost[near].sum() / (np.pi * radius ** 2)
     if cells < MIN_CELLS:
-        return ScaleEstimate(None, f"too few cells to measure ({cells:.0f})", foreground), factor
-    return ScaleEstimate(2 * radius * factor, "", foreground), factor
+        return ScaleEstimate(None, f"too few cells to measure ({cells:.0f})", foreground, mask), factor
+    return ScaleEstimate(2 * radius * factor, "", foreground, mask), factor
