@@ -12,7 +12,6 @@ The ``allscan predict`` command runs :meth:`Screener.run`, the same path as ``ou
 
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -132,14 +131,10 @@ def load(models: Path | str | None = None, site: Path | str | None = None, stain
 
     from allscan.domain.fields import DomainOptions
     from allscan.domain.pipeline import DomainPipeline
-    from allscan.domain.site import load_profile
-    from allscan.ensemble import Ensemble
 
-    ensemble = Ensemble.load(Path(models) if models is not None else default_models_dir())
     site = site if site is not None else os.environ.get("ALLSCAN_SITE") or None
-    profile = load_profile(Path(site)) if site is not None else None
-    return Screener(DomainPipeline(ensemble, DomainOptions(stain_norm, rbc_diameter), profile,
-                                   Path(site) if site is not None else None))
+    return Screener(DomainPipeline.load(models if models is not None else default_models_dir(), site,
+                                        DomainOptions(stain_norm, rbc_diameter)))
 
 
 def predict(images: ImageInput | Iterable[ImageInput], models: Path | str | None = None, out: Path | str | None = None,

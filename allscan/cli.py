@@ -176,13 +176,10 @@ def _load_pipeline(models: Path | None, site: Path | None = None, stain_norm: bo
                    rbc_diameter: float | None = None):
     from allscan.domain.fields import DomainOptions
     from allscan.domain.pipeline import DomainPipeline
-    from allscan.domain.site import load_profile
     from allscan.manifest import ManifestError
 
-    ensemble = _load_ensemble(models)
     try:
-        profile = load_profile(site) if site is not None else None
-        return DomainPipeline(ensemble, DomainOptions(stain_norm, rbc_diameter), profile, site)
+        return DomainPipeline.load(models or default_models_dir(), site, DomainOptions(stain_norm, rbc_diameter))
     except ManifestError as exc:
         raise _usage_error(str(exc)) from None
 

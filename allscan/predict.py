@@ -190,12 +190,9 @@ class Job:
         Raises:
             ManifestError: The models folder is unusable here or holds other models than the driver's.
         """
-        from allscan.domain.site import load_profile
-        from allscan.ensemble import Ensemble
         from allscan.manifest import ManifestError
 
-        site = load_profile(self.site) if self.site else None
-        pipeline = DomainPipeline(Ensemble.load(self.models_dir), self.maker.options, site, self.site)
+        pipeline = DomainPipeline.load(self.models_dir, self.site, self.maker.options)
         if pipeline.digest != self.digest:
             raise ManifestError(f"the models in {self.models_dir} (results digest {pipeline.digest}) are not the"
                                 f" driver's (digest {self.digest})")

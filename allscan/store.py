@@ -126,13 +126,13 @@ class ResultStore:
                 seq += 1
                 if result.score is not None:
                     s = result.score
-                    d = s.domain or DomainInfo(None, 0)
+                    d = s.domain
+                    domain = (d.scale, d.tiles, d.domain, d.domain_score, d.notes) if d else (None, None, "", None, "")
                     self._db.execute(
                         f"INSERT OR REPLACE INTO scores (digest, sha256, {_SCORE_COLUMNS})"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (self.digest, result.sha256, s.p_all, s.verdict, int(s.review), s.agreement,
-                         json.dumps(s.per_model), d.scale, d.tiles if s.domain else None, d.domain,
-                         d.domain_score, d.notes),
+                         json.dumps(s.per_model), *domain),
                     )
                 self._db.execute(
                     "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest, path) DO UPDATE SET"

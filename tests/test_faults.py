@@ -384,22 +384,29 @@ def test_images_under_64_px_a_side_are_error_rows(width, height, scored, tmp_pat
 # ---- one writer per results store ---------------------------------------------------------------------------
 
 
-def test_second_writer_is_refused_naming_the_first(tmp_path, models_dir):
-    slides, out = _slides(tmp_path / "slides", 2), tmp_path / "r.csv"
+@contextlib.contextmanager
+def _lock_held_elsewhere(store: Path):
+    """Another process holding ``store``'s writer lock while the block runs; yields that process."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from allscan.store_lock import StoreLock; "
-         f"StoreLock({str(store_path_for(out))!r}).acquire(); print('held', flush=True); sys.stdin.read()"],
+         f"StoreLock({str(store)!r}).acquire(); print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_second_writer_is_refused_naming_the_first(tmp_path, models_dir):
+    slides, out = _slides(tmp_path / "slides", 2), tmp_path / "r.csv"
+    with _lock_held_elsewhere(store_path_for(out)) as holder:
         result = _invoke("predict", slides, "-o", out, "--models", models_dir)
         assert result.exit_code == 2
         (line,) = _error_lines(result.output)
         assert f"is in use by another allscan (pid {holder.pid} on" in line
         assert not out.exists() and not store_path_for(out).exists()
-    finally:
-        holder.kill()
-        holder.wait()
     assert _invoke("predict", slides, "-o", out, "--models", models_dir).exit_code == 0  # no stale lock
 
 
@@ -606,17 +613,8 @@ def test_dds_header_with_unknown_pixel_format_is_an_error(tmp_path):
 
 def test_a_reader_opens_the_store_beside_a_running_writer(tmp_path):
     store = tmp_path / "r.csv.allscan.sqlite"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from allscan.store_lock import StoreLock; "
-         f"StoreLock({str(store)!r}).acquire(); print('held', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "held\n"
-        with ResultStore(store, "d", writer=False) as reader:
-            assert list(reader.results()) == []
-    finally:
-        holder.kill()
-        holder.wait()
+    with _lock_held_elsewhere(store), ResultStore(store, "d", writer=False) as reader:
+        assert list(reader.results()) == []
     store.write_bytes(b"garbage" * 1000)
     with pytest.raises(StoreError, match="is corrupt"):
         ResultStore(store, "d", writer=False)

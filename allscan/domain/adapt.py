@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from allscan.calibration import weighted_mean
 from allscan.dataset import list_split
 from allscan.domain.fields import FieldSet
 from allscan.domain.gaussian import fit_gaussian
@@ -28,6 +29,7 @@ from allscan.domain.site import Head, SiteProfile
 from allscan.domain.tiles import aggregate
 from allscan.images import ImageError, decode_file
 from allscan.manifest import EnsembleConfig
+from allscan.operating_point import wilson_interval
 from allscan.tuning import tune_review_band, tune_threshold
 
 MIN_PER_CLASS = 5
@@ -102,11 +104,13 @@ def fit_heads(images: list[LabelledImage], c: float = HEAD_C) -> dict[str, Head]
 def image_probabilities(heads: dict[str, Head], images: list[LabelledImage]) -> np.ndarray:
     """Each image's site p(ALL): heads on its fields, the aggregation rule, equal-weight vote."""
     weights = {name: 1.0 / len(heads) for name in heads}
-    out = []
-    for im in images:
-        per_model = aggregate({n: h.probabilities(im.features[n]) for n, h in heads.items()}, weights)
-        out.append(sum(weights[n] * p for n, p in per_model.items()))
-    return np.asarray(out)
+    return np.asarray([weighted_mean(aggregate({n: h.probabilities(im.features[n]) for n, h in heads.items()},
+                                               weights), weights) for im in images])
+
+
+def fold_count(labels: np.ndarray) -> int:
+    """Folds of the cross-validation: 5, or the size of the smaller class when it is below 5."""
+    return min(5, int(np.bincount(labels, minlength=2).min()))
 
 
 def out_of_fold(images: list[LabelledImage], c: float = HEAD_C, seed: int = 0) -> np.ndarray:
@@ -114,27 +118,18 @@ def out_of_fold(images: list[LabelledImage], c: float = HEAD_C, seed: int = 0) -
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.array([im.label for im in images])
-    folds = min(5, int(np.bincount(labels, minlength=2).min()))
     oof = np.empty(len(images))
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels):
+    folds = StratifiedKFold(fold_count(labels), shuffle=True, random_state=seed)
+    for train, test in folds.split(np.zeros(len(labels)), labels):
         heads = fit_heads([images[i] for i in train], c)
         oof[test] = image_probabilities(heads, [images[i] for i in test])
     return oof
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score 95% interval of a proportion."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
-
-
 def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, rounds: int = BOOTSTRAP, seed: int = 0
                   ) -> tuple[float, float, float]:
-    """ROC AUC and its percentile-bootstrap 95% interval (resampling images within each class)."""
+    """ROC AUC and its percentile-bootstrap 95% interval, resampling images within each class (with a
+    handful of images, resampling them all together would often leave one class out)."""
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(seed)
@@ -153,11 +148,11 @@ def figures(labels: np.ndarray, oof: np.ndarray, threshold: float) -> dict:
     tp, pos = int((called & (labels == 1)).sum()), int((labels == 1).sum())
     tn, neg = int((~called & (labels == 0)).sum()), int((labels == 0).sum())
     return {
-        "method": f"stratified {min(5, min(pos, neg))}-fold cross-validation over images",
+        "method": f"stratified {fold_count(labels)}-fold cross-validation over images",
         "n_ALL": pos, "n_normal": neg,
         "roc_auc": round(auc, 4), "roc_auc_95ci": [round(auc_low, 4), round(auc_high, 4)],
-        "sensitivity": round(tp / pos, 4), "sensitivity_95ci": [round(v, 4) for v in wilson(tp, pos)],
-        "specificity": round(tn / neg, 4), "specificity_95ci": [round(v, 4) for v in wilson(tn, neg)],
+        "sensitivity": round(tp / pos, 4), "sensitivity_95ci": [round(v, 4) for v in wilson_interval(tp, pos)],
+        "specificity": round(tn / neg, 4), "specificity_95ci": [round(v, 4) for v in wilson_interval(tn, neg)],
         "threshold": threshold,
     }
 

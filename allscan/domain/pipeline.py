@@ -45,6 +45,22 @@ class DomainPipeline:
                "options": self.options.key()}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
+    @classmethod
+    def load(cls, models_dir: Path, site_dir: Path | None = None,
+             options: DomainOptions = DomainOptions()) -> "DomainPipeline":
+        """Load the models in ``models_dir`` and, if given, the site profile in ``site_dir``.
+
+        Raises:
+            ManifestError: Unusable models, or a site profile that is corrupt or was fitted on
+                other models (a DomainError).
+        """
+        from allscan.domain.site import load_profile
+        from allscan.ensemble import Ensemble
+
+        ensemble = Ensemble.load(Path(models_dir))
+        site = load_profile(Path(site_dir)) if site_dir is not None else None
+        return cls(ensemble, options, site, Path(site_dir) if site_dir is not None else None)
+
     def describe(self) -> dict:
         """Run metadata: options, the reference red-cell size, and the site profile if any."""
         info: dict = {"options": self.options.key()}

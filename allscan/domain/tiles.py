@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from allscan.calibration import weighted_mean
+
 FIELD_SIZE = 224
 OVERLAP = 0.25
 MIN_CELL_FRACTION = 0.05
@@ -87,11 +89,5 @@ def aggregate(per_model: dict[str, np.ndarray], weights: dict[str, float], k: in
     fields, so the most suspicious fields speak for the image; averaging a few of them
     keeps one odd field from deciding alone.
     """
-    names = list(per_model)
-    total = sum(weights.get(n, 0.0) for n in names)
-    if total > 0:
-        ensemble_p = sum(weights.get(n, 0.0) * per_model[n] for n in names) / total
-    else:
-        ensemble_p = np.mean([per_model[n] for n in names], axis=0)
-    chosen = top_fields(ensemble_p, k)
-    return {n: float(np.mean(per_model[n][chosen])) for n in names}
+    chosen = top_fields(weighted_mean(per_model, weights), k)
+    return {n: float(np.mean(p[chosen])) for n, p in per_model.items()}
