@@ -366,10 +366,39 @@ def train(
                 )
 
             result = run_training(spec, data_dir, runs / spec.name, config, resume, report, on_start)
-        entry = ship(spec, result, config, data_dir, out)
-        v = entry.validation
-        console.print(f"[green]shipped[/] {out / entry.file}: best epoch {result.best_epoch}, val accuracy"
-                      f" {v['accuracy']:.4f}, balanced {v['balanced_accuracy']:.4f}, AUC {v['roc_auc']:.4f}")
+        _print_shipped(ship(spec, result, config, data_dir, out), result, out)
+
+
+def _print_shipped(entry, result, out: Path) -> None:
+    v = entry.validation
+    console.print(f"[green]shipped[/] {out / entry.file}: best epoch {result.best_epoch} of {result.epochs_run} run,"
+                  f" val accuracy {v['accuracy']:.4f}, balanced {v['balanced_accuracy']:.4f}, AUC {v['roc_auc']:.4f}")
+
+
+@app.command("ship")
+def ship_run(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder of `allscan train` (e.g. ~/allscan-runs/vgg16).",
+                                            show_default=False)],
+    data_dir: Annotated[Path, typer.Argument(help="The data folder the run trained on (train/ and val/).",
+                                             show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Models folder to ship the best epoch into.",
+                                      rich_help_panel=OUTPUT)] = Path("models"),
+) -> None:
+    """Ship the best epoch so far of a training run, finished or cut, with the same refits as `train`."""
+    _require_train_extra()
+    from allscan.registry import get_spec
+    from allscan.shipping import ship
+    from allscan.training import load_run
+
+    try:
+        result, config = load_run(run_dir)
+        spec = get_spec(result.name)
+    except (FileNotFoundError, KeyError) as exc:
+        raise _usage_error(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from None
+    for sub in ("train", "val"):
+        if not (data_dir / sub).is_dir():
+            raise _usage_error(f"{data_dir / sub} not found: DATA_DIR must hold train/ and val/")
+    _print_shipped(ship(spec, result, config, data_dir, out), result, out)
 
 
 @app.command()

@@ -236,10 +236,30 @@ def train(
             callbacks=[callback, keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=epochs_done > 0)],
             verbose=0,
         )
+    return load_run(run_dir)[0]
+
+
+def load_run(run_dir: Path) -> tuple[TrainResult, TrainConfig]:
+    """The best checkpoint of a run folder so far, finished or cut, and the run's settings.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no completed epoch.
+    """
+    run_dir = Path(run_dir)
+    needed = [run_dir / name for name in ("config.json", "history.jsonl", "best.json", "best.keras")]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} holds no completed epoch (missing {', '.join(missing)})")
+    saved = json.loads((run_dir / "config.json").read_text())
+    name = saved.pop("model")
+    weights = saved.pop("weights")
+    box = saved.pop("blank_box")
+    config = TrainConfig(**saved, blank_box=tuple(box) if box else None,
+                         weights=None if weights in (None, "None") else Path(weights))
     history = [EpochLog(**json.loads(line)) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     best = json.loads((run_dir / "best.json").read_text())
-    return TrainResult(
-        spec.name,
+    result = TrainResult(
+        name,
         run_dir / "best.keras",
         int(best["epoch"]),
         float(best["val_loss"]),
@@ -247,3 +267,4 @@ def train(
         sum(e.seconds for e in history),
         history,
     )
+    return result, config

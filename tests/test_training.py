@@ -88,6 +88,14 @@ def test_train_tune_evaluate_end_to_end(tmp_path):
     assert len((runs / "alexnet" / "log.csv").read_text().splitlines()) == 4
     assert "epoch   3" in resumed.output
 
+    shipped = tmp_path / "shipped"
+    result = runner.invoke(app, ["ship", str(runs / "alexnet"), str(data), "--out", str(shipped)])
+    assert result.exit_code == 0, result.output
+    entry = load_manifest(shipped).models["alexnet"]
+    best = json.loads((runs / "alexnet" / "best.json").read_text())["epoch"]
+    assert entry.training["epochs"] == 3 and entry.training["best_epoch"] == best and entry.input_size == 32
+    assert load_manifest(shipped).domain and load_manifest(shipped).ensemble.tuned_on.startswith("val split")
+
     assert runner.invoke(app, ["tune", str(data), "--models", str(models)]).exit_code == 0
     assert load_manifest(models).ensemble.tuned_on.startswith("val split")
     assert load_manifest(models).ensemble.calibration.method.startswith("Platt")
@@ -113,6 +121,15 @@ def test_train_tune_evaluate_end_to_end(tmp_path):
     assert 0 <= check["flips_raw_to_swap"] <= 20 and check["raw"]["n"] == check["swap"]["n"] == 20
     assert check["heatmap_in_label_box"]["images"] == sum(figures["shortcut_check"]["raw"]["confusion_matrix"][i][1]
                                                            for i in (0, 1))
+
+
+def test_ship_refuses_a_run_without_a_completed_epoch(tmp_path):
+    data = _tiny_dataset(tmp_path / "data", n=2)
+    run = tmp_path / "runs" / "alexnet"
+    run.mkdir(parents=True)
+    result = runner.invoke(app, ["ship", str(run), str(data), "--out", str(tmp_path / "models")])
+    assert result.exit_code == 2 and "no completed epoch" in result.output
+    assert not (tmp_path / "models").exists()
 
 
 def test_recalibration_replaces_stale_batchnorm_statistics():
