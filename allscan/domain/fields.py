@@ -109,14 +109,15 @@ def whole_image(rgb: np.ndarray, sizes, colour: np.ndarray | None = None, notes:
 
 def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: DomainOptions) -> FieldSet:
     """Cut ``rgb`` into fields at the training scale and colour (see the module docstring)."""
-    small, _ = analysis_copy(rgb)
+    reduced = analysis_copy(rgb)
+    small = reduced[0]
     colour = colour_stats(small)
     notes: list[str] = []
     mask = None
     if options.rbc_diameter is not None:
         diameter: float | None = options.rbc_diameter
     else:
-        estimate = estimate_diameter(rgb)
+        estimate = estimate_diameter(rgb, reduced)
         diameter, mask = estimate.diameter, estimate.mask
         if diameter is None:
             return whole_image(rgb, sizes, colour,

@@ -39,8 +39,9 @@ def describe(ensemble: Ensemble, paths: list[Path], box, batch_size: int = 32
         rgb = decode_file(path).rgb
         if box is not None:
             rgb = blank_box(rgb, box)
-        estimate = estimate_diameter(rgb)
-        colour = colour_stats(analysis_copy(rgb)[0])
+        reduced = analysis_copy(rgb)
+        estimate = estimate_diameter(rgb, reduced)
+        colour = colour_stats(reduced[0])
         diameter = np.nan if estimate.diameter is None else estimate.diameter
         return diameter, whole_image(rgb, ensemble.input_sizes, colour)
 

@@ -59,10 +59,21 @@ ILLUMINATION_SIGMA = 0.25
 any cell, so it follows vignetting and not the cells."""
 
 
+ILLUMINATION_GRID = 64
+"""The illumination is estimated on a copy reduced to about this longest side, then enlarged: it is
+smooth at that scale, and blurring the full image with so wide a kernel cost more than the rest of
+the scale estimate."""
+
+
 def flatten_background(channel: np.ndarray) -> np.ndarray:
     """Divide out uneven illumination (microscope vignetting) by a wide Gaussian blur of the channel."""
     values = channel.astype(np.float32)
-    level = ndimage.gaussian_filter(values, ILLUMINATION_SIGMA * max(channel.shape), mode="reflect")
+    height, width = channel.shape
+    step = max(1.0, max(height, width) / ILLUMINATION_GRID)
+    small = Image.fromarray(values).resize(
+        (max(1, round(width / step)), max(1, round(height / step))), Image.BOX)
+    blurred = ndimage.gaussian_filter(np.asarray(small), ILLUMINATION_SIGMA * max(small.size), mode="reflect")
+    level = np.asarray(Image.fromarray(blurred).resize((width, height), Image.BILINEAR))
     flat = values / np.maximum(level, 1.0) * float(level.mean())
     return np.clip(flat, 0, 255).astype(np.uint8)
 
@@ -118,13 +129,17 @@ MAX_ANALYSIS_SIDE = 1536
 """…but never larger than this."""
 
 
-def estimate_diameter(rgb: np.ndarray) -> ScaleEstimate:
+def estimate_diameter(rgb: np.ndarray, small: tuple[np.ndarray, float] | None = None) -> ScaleEstimate:
     """Estimate the typical red-cell diameter of a smear image, in its own pixels.
 
     A large photo of small cells is measured a second time at a finer resolution, as
     granulometry needs cells several pixels across.
+
+    Args:
+        rgb: The image.
+        small: Its :func:`analysis_copy` at :data:`ANALYSIS_SIDE`, if the caller already made it.
     """
-    estimate, factor = _estimate_at(rgb, ANALYSIS_SIDE)
+    estimate, factor = _estimate_at(rgb, ANALYSIS_SIDE, small)
     if estimate.diameter is not None and factor > 1 and estimate.diameter / factor < FINE_DIAMETER:
         side = int(min(MAX_ANALYSIS_SIDE, ANALYSIS_SIDE * FINE_TARGET * factor / estimate.diameter))
         finer, _ = _estimate_at(rgb, side)
@@ -133,8 +148,9 @@ def estimate_diameter(rgb: np.ndarray) -> ScaleEstimate:
     return estimate
 
 
-def _estimate_at(rgb: np.ndarray, side: int) -> tuple[ScaleEstimate, float]:
-    small, factor = analysis_copy(rgb, side)
+def _estimate_at(rgb: np.ndarray, side: int, reduced: tuple[np.ndarray, float] | None = None,
+                 ) -> tuple[ScaleEstimate, float]:
+    small, factor = analysis_copy(rgb, side) if reduced is None else reduced
     mask = cell_mask(small)
     foreground = float(mask.mean())
     if not MIN_FOREGROUND <= foreground <= MAX_FOREGROUND:
