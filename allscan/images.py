@@ -67,7 +67,9 @@ def find_images(
     under ``exclude_dirs`` (e.g. the heatmaps folder) are never picked up. A symlinked
     folder is followed once at most, by its real path, after the real folders, so a link
     loop ends and a folder reached twice is listed once. A symlink to a file, wherever
-    the file lies, counts as an image under the link's name.
+    the file lies, counts as an image under the link's name. A folder that cannot be listed
+    (e.g. no read permission) is listed itself: reading it gives an error row saying so, and the
+    run goes on.
 
     Raises:
         FileNotFoundError: A given path does not exist.
@@ -88,7 +90,7 @@ def find_images(
             resolved = path.resolve()
             if resolved in excluded or any(resolved.is_relative_to(d) for d in excluded_dirs):
                 continue
-            if path.is_file() and is_image_file(path):
+            if path.is_dir() or (path.is_file() and is_image_file(path)):
                 found.setdefault(path, None)
     return sorted(found)
 
@@ -102,7 +104,12 @@ def _walk(root: Path, recursive: bool, scanned: set[Path]) -> Iterator[Path]:
         if real in scanned:
             continue
         scanned.add(real)
-        for entry in sorted(folder.iterdir()):
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            yield folder  # listed as it is, so that its row says why its images were not scored
+            continue
+        for entry in entries:
             if entry.name.startswith("."):
                 continue
             if entry.is_dir():
@@ -190,11 +197,29 @@ def decode_file(path: Path, max_side: int | None = None) -> DecodedImage:
     Raises:
         ImageError: The file cannot be read or decoded.
     """
+    return decode_bytes(read_file(path), Path(path), max_side)
+
+
+def read_file(path: Path) -> bytes:
+    """An image file's bytes.
+
+    Raises:
+        ImageError: It cannot be read (also when it is a folder that could not be listed).
+    """
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
+    except IsADirectoryError:
+        raise ImageError(_unlisted_folder(Path(path))) from None
     except OSError as err:
         raise ImageError(f"cannot read file: {err.strerror or err}") from None
-    return decode_bytes(data, Path(path), max_side)
+
+
+def _unlisted_folder(path: Path) -> str:
+    try:
+        next(path.iterdir(), None)
+    except OSError as err:
+        return f"folder cannot be listed ({err.strerror or err}): none of its images were scored"
+    return "a folder, not an image file"
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:

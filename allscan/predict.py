@@ -27,7 +27,7 @@ from allscan.domain.fields import FieldMaker, FieldSet, in_original_pixels
 from allscan.domain.pipeline import DomainPipeline, as_pipeline
 from allscan.engines.local import LocalEngine
 from allscan.heatmaps import HeatmapOptions, display_copy, write_heatmaps
-from allscan.images import DECODE_MAX_SIDE, ImageError, decode_array, decode_bytes, find_images
+from allscan.images import DECODE_MAX_SIDE, ImageError, decode_array, decode_bytes, find_images, read_file
 from allscan.results import ImageResult, RunCounts
 from allscan.store import ResultStore, store_path_for
 from allscan.report import write_report
@@ -91,9 +91,9 @@ def prepare(source: Path | np.ndarray, maker: FieldMaker, known: set[str] | froz
             return Prepared(path, error=str(err))
     else:
         try:
-            data = Path(source).read_bytes()
-        except OSError as err:
-            return Prepared(path, error=f"cannot read file: {err.strerror or err}")
+            data = read_file(Path(source))
+        except ImageError as err:
+            return Prepared(path, error=str(err))
         try:
             decoded = decode_bytes(data, path, max_side=DECODE_MAX_SIDE)
         except ImageError as err:

@@ -91,6 +91,26 @@ def test_symlinked_folders_once_and_files_like_any_file(tmp_path):
     assert found == ["first/deep/d.png", "first/o.png", "lone.png", "real/r.png"]
 
 
+def test_unreadable_subfolder_is_an_error_row_and_the_run_goes_on(tmp_path, ensemble, monkeypatch):
+    slides = tmp_path / "slides"
+    write_image(slides / "a.png", seed=1)
+    write_image(slides / "locked" / "b.png", seed=2)
+    listdir = Path.iterdir
+
+    def iterdir(self):
+        if self.name == "locked":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return listdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)  # root reads any folder, so refuse this one here
+    out = tmp_path / "r.csv"
+    summary = predict([slides], out, ensemble)
+    rows = {r["file"]: r for r in _rows(out)}
+    assert set(rows) == {"a.png", "locked"} and rows["a.png"]["verdict"]
+    assert rows["locked"]["error"] == "folder cannot be listed (Permission denied): none of its images were scored"
+    assert summary.exit_code == 1
+
+
 # ---- pre-flight: before the models load, one line, exit 2 --------------------------------------------------
 
 _PROBE = (
