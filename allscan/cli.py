@@ -173,13 +173,14 @@ def _load_ensemble(models: Path | None):
 
 
 def _load_pipeline(models: Path | None, site: Path | None = None, stain_norm: bool = True,
-                   rbc_diameter: float | None = None):
+                   rbc_diameter: float | None = None, load_models: bool = True):
     from allscan.domain.fields import DomainOptions
     from allscan.domain.pipeline import DomainPipeline
     from allscan.manifest import ManifestError
 
     try:
-        return DomainPipeline.load(models or default_models_dir(), site, DomainOptions(stain_norm, rbc_diameter))
+        return DomainPipeline.load(models or default_models_dir(), site, DomainOptions(stain_norm, rbc_diameter),
+                                   load_models)
     except ManifestError as exc:
         raise _usage_error(str(exc)) from None
 
@@ -234,7 +235,8 @@ def predict(
             runner = make_engine(engine, workers, address, actors, actor_cpus)
         except EngineError as exc:
             raise _usage_error(str(exc)) from None
-        screener = Screener(_load_pipeline(models, site, stain_norm, rbc_diameter))
+        screener = Screener(_load_pipeline(models, site, stain_norm, rbc_diameter,
+                                           load_models=engine == "local"))  # Ray's actors load their own
         try:
             with LiveProgress(console, quiet) as live:
                 summary = screener.run(paths, out, recursive=recursive, batch_size=batch_size, workers=workers,

@@ -1,7 +1,8 @@
 """The four-model ensemble: loading checked models, batched compiled inference, the soft vote."""
 
+import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -9,21 +10,53 @@ import numpy as np
 from allscan._tf import keras, tf
 from allscan.calibration import weighted_mean
 from allscan.manifest import EnsembleConfig, Manifest, load_manifest
-from allscan.model_files import load_checked
+from allscan.model_files import check_file
 from allscan.preprocessing import get_preprocessor
 from allscan.results import VERDICT_ALL, VERDICT_NORMAL, Score
 
 
 @dataclass
 class Member:
-    """A loaded ensemble member, its compiled forward pass and (built on first use) its Grad-CAM."""
+    """An ensemble member: its model and compiled forward pass, loaded by :meth:`load` or on first
+    use, and (built on first use) its Grad-CAM.
+
+    Attributes:
+        name: Registry name.
+        input_size: Square input side in pixels.
+        preprocessing: Name of the function in :mod:`allscan.preprocessing`.
+        path: The model file, its sha256 already checked against the manifest.
+    """
 
     name: str
     input_size: int
     preprocessing: str
-    model: object
-    forward: Callable
+    path: Path
     gradcam: Callable | None = None
+    _loaded: tuple | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def load(self) -> None:
+        """Load the model and trace its forward pass (so the first batch runs at full speed); once."""
+        with self._lock:
+            if self._loaded is None:
+                model = keras.models.load_model(self.path, compile=False, safe_mode=True)
+                forward = _compiled_forward(model, get_preprocessor(self.preprocessing), self.input_size)
+                forward(tf.zeros((1, self.input_size, self.input_size, 3), tf.uint8))
+                self._loaded = (model, forward)
+
+    @property
+    def model(self):
+        self.load()
+        return self._loaded[0]
+
+    @property
+    def forward(self) -> Callable:
+        self.load()
+        return self._loaded[1]
 
 
 FEATURE_LAYER = "pool"
@@ -76,23 +109,23 @@ class Ensemble:
         """The :class:`~allscan.domain.reference.DomainReference` shipped with the models, if any."""
 
     @classmethod
-    def load(cls, models_dir: Path, with_domain: bool = True) -> "Ensemble":
-        """Load every model listed in ``models_dir/manifest.json``, checking each sha256, and the
-        domain reference recorded there (unless ``with_domain`` is False, as when refitting it).
+    def load(cls, models_dir: Path, with_domain: bool = True, load_models: bool = True) -> "Ensemble":
+        """Check every model listed in ``models_dir/manifest.json`` against its sha256 and load it, and
+        the domain reference recorded there (unless ``with_domain`` is False, as when refitting it).
 
-        Each model's compiled forward pass is traced here, so the first batch runs at full speed.
+        With ``load_models`` False the models stay on disk until first used: for a process that only
+        coordinates (the Ray engine's driver), which needs the manifest and not ~1.2 GB of models.
 
         Raises:
             ManifestError: No manifest, or a model file is missing or does not match.
         """
         models_dir = Path(models_dir)
         manifest = load_manifest(models_dir)
-        members = []
-        for entry in manifest.models.values():
-            model = load_checked(models_dir, entry)
-            forward = _compiled_forward(model, get_preprocessor(entry.preprocessing), entry.input_size)
-            forward(tf.zeros((1, entry.input_size, entry.input_size, 3), tf.uint8))  # trace the graph now
-            members.append(Member(entry.name, entry.input_size, entry.preprocessing, model, forward))
+        members = [Member(entry.name, entry.input_size, entry.preprocessing, check_file(models_dir, entry))
+                   for entry in manifest.models.values()]
+        if load_models:
+            for member in members:
+                member.load()
         domain = None
         if manifest.domain and with_domain:
             from allscan.domain.reference import DomainReference

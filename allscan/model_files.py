@@ -61,8 +61,8 @@ def _halve(group) -> None:
                 group[key].attrs[name] = value
 
 
-def load_checked(models_dir: Path, entry: ModelEntry):
-    """Load one manifest entry's model after verifying its sha256.
+def check_file(models_dir: Path, entry: ModelEntry) -> Path:
+    """The path of a manifest entry's model file, after verifying its sha256.
 
     Raises:
         ManifestError: The file is missing or does not match the manifest.
@@ -76,7 +76,7 @@ def load_checked(models_dir: Path, entry: ModelEntry):
             f"model file {path} does not match the manifest (sha256 {actual[:12]}…, expected {entry.sha256[:12]}…);"
             " refusing to load it"
         )
-    return keras.models.load_model(path, compile=False, safe_mode=True)
+    return path
 
 
 def copy_model(src: Path, dst: Path) -> None:

@@ -22,3 +22,28 @@ def test_review_in_band_or_on_disagreement():
     assert disagree.review  # outside the band, but a weighted model votes normal
     normal = combine({"a": 0.05, "b": 0.1, "c": 0.2, "d": 0.9}, CONFIG)
     assert normal.verdict == "normal" and not normal.review and normal.agreement == 1
+
+
+def test_models_loaded_on_first_use_score_like_eager_ones(models_dir, ensemble):
+    import numpy as np
+
+    from allscan.ensemble import Ensemble
+
+    lazy = Ensemble.load(models_dir, load_models=False)
+    assert not any(m.loaded for m in lazy.members)
+    rng = np.random.default_rng(0)
+    batches = {s: rng.integers(0, 256, (3, s, s, 3), dtype=np.uint8) for s in ensemble.input_sizes}
+    got, want = lazy.predict_models(batches), ensemble.predict_models(batches)
+    assert all(m.loaded for m in lazy.members)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-6)
+
+
+def test_a_tampered_model_is_refused_even_when_loading_is_deferred(models_copy):
+    from allscan.ensemble import Ensemble
+    from allscan.manifest import ManifestError
+
+    victim = next(models_copy.glob("*.keras"))
+    victim.write_bytes(victim.read_bytes()[:-10])
+    with pytest.raises(ManifestError, match="does not match the manifest"):
+        Ensemble.load(models_copy, load_models=False)

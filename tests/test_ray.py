@@ -74,8 +74,10 @@ def test_ray_engine_resumes_after_an_interrupted_run(ray_runtime, slides, models
     with ResultStore(store_path_for(out), DomainPipeline(ensemble).digest) as store:
         stored = [r for r in store.results() if r.score is not None]
     assert 3 <= len(stored) < 11
-    second = predict([slides], out, ensemble, batch_size=2, engine=RayEngine())
+    driver = DomainPipeline.load(models_dir, load_models=False)  # as the CLI's driver: the actors score
+    second = predict([slides], out, driver, batch_size=2, engine=RayEngine())
     assert not second.interrupted and second.counts.done == 12
+    assert not any(m.loaded for m in driver.ensemble.members)
     assert second.counts.skipped == len(stored)
     with ResultStore(store_path_for(out), DomainPipeline(ensemble).digest) as store:
         paths = [str(r.path) for r in store.results()]

@@ -47,8 +47,9 @@ class DomainPipeline:
 
     @classmethod
     def load(cls, models_dir: Path, site_dir: Path | None = None,
-             options: DomainOptions = DomainOptions()) -> "DomainPipeline":
-        """Load the models in ``models_dir`` and, if given, the site profile in ``site_dir``.
+             options: DomainOptions = DomainOptions(), load_models: bool = True) -> "DomainPipeline":
+        """Load the models in ``models_dir`` and, if given, the site profile in ``site_dir``
+        (``load_models`` False: check the models now, load them on first use; see :meth:`Ensemble.load`).
 
         Raises:
             ManifestError: Unusable models, or a site profile that is corrupt or was fitted on
@@ -57,7 +58,7 @@ class DomainPipeline:
         from allscan.domain.site import load_profile
         from allscan.ensemble import Ensemble
 
-        ensemble = Ensemble.load(Path(models_dir))
+        ensemble = Ensemble.load(Path(models_dir), load_models=load_models)
         site = load_profile(Path(site_dir)) if site_dir is not None else None
         return cls(ensemble, options, site, Path(site_dir) if site_dir is not None else None)
 
