@@ -631,6 +631,25 @@ def test_dds_header_with_unknown_pixel_format_is_an_error(tmp_path):
         decode_bytes(bytes(data), tmp_path / "x.png")
 
 
+def test_corrupt_compressed_tiffs_print_nothing_on_the_terminal(capfd, tmp_path):
+    """libtiff's own handlers printed "Using code not yet in table." etc. to stderr, across the live display."""
+    buffer = io.BytesIO()
+    Image.fromarray(smear(1, size=128)).save(buffer, format="TIFF", compression="tiff_lzw")
+    rng, outcomes = random.Random(1), set()
+    for _ in range(40):
+        data = bytearray(buffer.getvalue())
+        for _ in range(5):
+            data[rng.randrange(8, len(data))] = rng.randrange(256)
+        try:
+            decode_bytes(bytes(data), tmp_path / "x.tif")
+            outcomes.add("decoded")
+        except ImageError:
+            outcomes.add("error")
+    captured = capfd.readouterr()
+    assert "error" in outcomes
+    assert captured.err == "" and captured.out == ""
+
+
 def test_a_reader_opens_the_store_beside_a_running_writer(tmp_path):
     store = tmp_path / "r.csv.allscan.sqlite"
     with _lock_held_elsewhere(store), ResultStore(store, "d", writer=False) as reader:
