@@ -162,7 +162,18 @@ def _require_train_extra() -> None:
         raise _usage_error(f"this command needs {' and '.join(missing)}: pip install 'allscan[train]'")
 
 
+def _check_manifest(models: Path) -> None:
+    """Refuse a missing or malformed manifest in a second, before TensorFlow loads."""
+    from allscan.manifest import ManifestError, load_manifest
+
+    try:
+        load_manifest(models)
+    except ManifestError as exc:
+        raise _usage_error(str(exc)) from None
+
+
 def _load_ensemble(models: Path | None):
+    _check_manifest(models or default_models_dir())
     from allscan.ensemble import Ensemble
     from allscan.manifest import ManifestError
 
@@ -174,6 +185,7 @@ def _load_ensemble(models: Path | None):
 
 def _load_pipeline(models: Path | None, site: Path | None = None, stain_norm: bool = True,
                    rbc_diameter: float | None = None, load_models: bool = True):
+    _check_manifest(models or default_models_dir())
     from allscan.domain.fields import DomainOptions
     from allscan.domain.pipeline import DomainPipeline
     from allscan.manifest import ManifestError

@@ -376,6 +376,14 @@ def test_bad_manifest_is_refused(edit, reason, models_copy, tmp_path):
     assert result.exit_code == 2 and len(_error_lines(result.output)) == 1 and reason in result.output
 
 
+def test_bad_manifest_is_refused_before_tensorflow_loads(models_copy, tmp_path):
+    _edit_manifest(models_copy, _negative_weight)
+    code, lines, _, tensorflow = _cli_process("predict", _slides(tmp_path / "s", 1), "-o", tmp_path / "r.csv",
+                                              "--models", models_copy)
+    assert code == 2 and len(lines) == 1 and "weights must be finite" in lines[0]
+    assert not tensorflow
+
+
 def test_same_checksum_under_another_file_is_refused(models_copy):
     shutil.copy(models_copy / "alexnet.keras", models_copy / "alexnet-copy.keras")
     _edit_manifest(models_copy, lambda d: d["models"].__setitem__(
