@@ -562,7 +562,7 @@ def test_unexpected_failure_is_one_line_and_exit_4(tmp_path, models_dir, monkeyp
 
 
 def test_ctrl_c_while_models_load_exits_130(tmp_path, models_dir, monkeypatch):
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("allscan.ensemble.Ensemble.load", interrupted)
