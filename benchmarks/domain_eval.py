@@ -94,6 +94,8 @@ def foreign(ensemble: Ensemble, root: Path) -> dict:
     result = {}
     for name in sorted(p.name for p in root.iterdir() if p.is_dir()):
         paths = find_images([root / name])
+        if not paths:
+            continue  # e.g. a folder of annotations beside the image sets
         started, pixels, scores = time.monotonic(), 0, []
         for start in range(0, len(paths), 16):
             decoded = [decode_file(p) for p in paths[start:start + 16]]

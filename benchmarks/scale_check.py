@@ -1,6 +1,6 @@
 """Check the red-cell size estimator against hand-drawn red-cell boxes (BCCD's VOC annotations).
 
-    python benchmarks/scale_check.py ~/data/foreign/bccd ~/data/foreign/bccd-annotations
+    python benchmarks/scale_check.py ~/data/foreign/bccd ~/data/bccd-annotations
 
 The annotations are `BCCD/Annotations/*.xml` of github:Shenggan/BCCD_Dataset (MIT). Per image the
 reference diameter is the median over its red-cell boxes of (width + height) / 2, leaving out boxes
