@@ -353,9 +353,7 @@ def train(
         specs = [get_spec(n) for n in names]
     except KeyError as exc:
         raise _usage_error(exc.args[0]) from None
-    for sub in ("train", "val"):
-        if not (data_dir / sub).is_dir():
-            raise _usage_error(f"{data_dir / sub} not found: DATA_DIR must hold train/ and val/")
+    _require_splits(data_dir)
     box = _box(blank_box, ARIA_LABEL_BOX)
     runs = runs_dir or default_runs_dir()
     for spec in specs:
@@ -383,6 +381,12 @@ def train(
         _print_shipped(ship(spec, result, config, data_dir, out), result, out)
 
 
+def _require_splits(data_dir: Path) -> None:
+    for sub in ("train", "val"):
+        if not (data_dir / sub).is_dir():
+            raise _usage_error(f"{data_dir / sub} not found: DATA_DIR must hold train/ and val/")
+
+
 def _print_shipped(entry, result, out: Path) -> None:
     v = entry.validation
     console.print(f"[green]shipped[/] {out / entry.file}: best epoch {result.best_epoch} of {result.epochs_run} run,"
@@ -406,12 +410,13 @@ def ship_run(
 
     try:
         result, config = load_run(run_dir)
+    except FileNotFoundError as exc:
+        raise _usage_error(str(exc)) from None
+    try:
         spec = get_spec(result.name)
-    except (FileNotFoundError, KeyError) as exc:
-        raise _usage_error(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from None
-    for sub in ("train", "val"):
-        if not (data_dir / sub).is_dir():
-            raise _usage_error(f"{data_dir / sub} not found: DATA_DIR must hold train/ and val/")
+    except KeyError as exc:
+        raise _usage_error(exc.args[0]) from None
+    _require_splits(data_dir)
     _print_shipped(ship(spec, result, config, data_dir, out), result, out)
 
 

@@ -129,7 +129,7 @@ MAX_ANALYSIS_SIDE = 1536
 """…but never larger than this."""
 
 
-def estimate_diameter(rgb: np.ndarray, small: tuple[np.ndarray, float] | None = None) -> ScaleEstimate:
+def estimate_diameter(rgb: np.ndarray, reduced: tuple[np.ndarray, float] | None = None) -> ScaleEstimate:
     """Estimate the typical red-cell diameter of a smear image, in its own pixels.
 
     A large photo of small cells is measured a second time at a finer resolution, as
@@ -137,9 +137,9 @@ def estimate_diameter(rgb: np.ndarray, small: tuple[np.ndarray, float] | None = 
 
     Args:
         rgb: The image.
-        small: Its :func:`analysis_copy` at :data:`ANALYSIS_SIDE`, if the caller already made it.
+        reduced: Its :func:`analysis_copy` at :data:`ANALYSIS_SIDE`, if the caller already made it.
     """
-    estimate, factor = _estimate_at(rgb, ANALYSIS_SIDE, small)
+    estimate, factor = _estimate_at(rgb, ANALYSIS_SIDE, reduced)
     if estimate.diameter is not None and factor > 1 and estimate.diameter / factor < FINE_DIAMETER:
         side = int(min(MAX_ANALYSIS_SIDE, ANALYSIS_SIDE * FINE_TARGET * factor / estimate.diameter))
         finer, _ = _estimate_at(rgb, side)
