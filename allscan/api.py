@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from allscan.engines import Engine, make_engine
-from allscan.engines.local import iter_prepared
-from allscan.frames import read_results, results_frame
-from allscan.heatmaps import HeatmapOptions
+from allscan.run.engines import Engine, make_engine
+from allscan.run.engines.local import iter_prepared
+from allscan.results.frames import read_results, results_frame
+from allscan.scoring.heatmaps import HeatmapOptions
 from allscan.images import find_images
 from allscan.paths import default_models_dir
-from allscan.predict import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Job, Observer, PredictSummary, score_prepared
-from allscan.predict import predict as run_predict
-from allscan.results import ImageResult
-from allscan.store import ResultStore
+from allscan.run.batch import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Job, Observer, PredictSummary, score_prepared
+from allscan.run.batch import predict as run_predict
+from allscan.results.types import ImageResult
+from allscan.results.store import ResultStore
 
 __all__ = ["Screener", "load", "predict", "read_results"]
 
@@ -39,7 +39,7 @@ class Screener:
     folders or in-memory images into DataFrames."""
 
     def __init__(self, scoring):
-        from allscan.domain.pipeline import as_pipeline
+        from allscan.scoring.pipeline import as_pipeline
 
         self.pipeline = as_pipeline(scoring)
         self.ensemble = self.pipeline.ensemble
@@ -47,7 +47,7 @@ class Screener:
     def predict(self, images: ImageInput | Iterable[ImageInput], out: Path | str | None = None, *,
                 names: Sequence[str] | None = None, recursive: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
                 workers: int = DEFAULT_WORKERS, rescore: bool = False, engine: str | Engine = "local") -> pd.DataFrame:
-        """Score images and return one row per image with the columns of :data:`allscan.results.COLUMNS`.
+        """Score images and return one row per image with the columns of :data:`allscan.results.types.COLUMNS`.
 
         Without ``out`` nothing is written and rows follow the input order (a folder's
         images sorted by path); an image that cannot be scored is an error row, and a
@@ -130,7 +130,7 @@ def load(models: Path | str | None = None, site: Path | str | None = None, stain
     import os
 
     from allscan.domain.fields import DomainOptions
-    from allscan.domain.pipeline import DomainPipeline
+    from allscan.scoring.pipeline import DomainPipeline
 
     site = site if site is not None else os.environ.get("ALLSCAN_SITE") or None
     return Screener(DomainPipeline.load(models if models is not None else default_models_dir(), site,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from allscan import quiet_libtiff
+from allscan import _libtiff
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 MAX_PIXELS = 50_000_000
@@ -133,7 +133,7 @@ def decode_bytes(data: bytes, path: Path, max_side: int | None = None) -> Decode
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         raise ImageError("empty file")
-    quiet_libtiff.silence()
+    _libtiff.silence()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's notes on odd metadata: the row says what matters

@@ -71,15 +71,15 @@ def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = 
     ``engine`` is ``local`` or ``ray:ACTORS:CPUS`` (a local Ray runtime of CPUS CPUs).
     """
     started = time.monotonic()
-    from allscan.ensemble import Ensemble
-    from allscan.predict import predict
+    from allscan.models.ensemble import Ensemble
+    from allscan.run.batch import predict
 
     load_started = time.monotonic()
     ensemble = Ensemble.load(models)
     load_s = time.monotonic() - load_started
     runner = None
     if engine.startswith("ray:"):
-        from allscan.engines.ray import PREPARE_CPUS, RayEngine
+        from allscan.run.engines.ray import PREPARE_CPUS, RayEngine
 
         actors, cpus = (int(v) for v in engine.split(":")[1:])
         runner = RayEngine(actors=actors, actor_cpus=(cpus - PREPARE_CPUS) / actors, num_cpus=cpus)
@@ -129,8 +129,8 @@ def naive(paths: list[Path], models: Path) -> float:
 
     from allscan._tf import keras
     from allscan.images import decode_file, resize
-    from allscan.manifest import load_manifest
-    from allscan.preprocessing import get_preprocessor
+    from allscan.models.manifest import load_manifest
+    from allscan.models.preprocessing import get_preprocessor
 
     manifest = load_manifest(models)
     loaded = [(keras.models.load_model(models / e.file, compile=False), e.input_size,
@@ -149,7 +149,7 @@ def compute_only(paths: list[Path], models: Path, batch_size: int) -> dict:
     """Images/s of each model's compiled forward on tensors already decoded and resized in memory."""
     import numpy as np
 
-    from allscan.ensemble import Ensemble
+    from allscan.models.ensemble import Ensemble
     from allscan.images import decode_file, resize
 
     ensemble = Ensemble.load(models)

@@ -21,14 +21,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
-from allscan.dataset import blank_box, list_split  # noqa: E402
-from allscan.domain.adapt import collect, fit_heads, image_probabilities, out_of_fold  # noqa: E402
+from allscan.training.dataset import blank_box, list_split  # noqa: E402
+from allscan.training.adapt import collect, fit_heads, image_probabilities, out_of_fold  # noqa: E402
 from allscan.domain.fields import DomainOptions  # noqa: E402
-from allscan.domain.pipeline import DomainPipeline  # noqa: E402
+from allscan.scoring.pipeline import DomainPipeline  # noqa: E402
 from allscan.domain.stain import hed_shift  # noqa: E402
-from allscan.ensemble import Ensemble  # noqa: E402
+from allscan.models.ensemble import Ensemble  # noqa: E402
 from allscan.images import decode_file, find_images, resize  # noqa: E402
-from allscan.tuning import tune_threshold  # noqa: E402
+from allscan.training.tune import tune_threshold  # noqa: E402
 
 HED_SCALE, HED_SHIFT = np.array([1.35, 0.75, 1.0]), np.array([0.04, -0.03, 0.0])
 LAB_HED_SCALE, LAB_HED_SHIFT = np.array([1.8, 0.5, 1.0]), np.array([0.1, -0.08, 0.05])

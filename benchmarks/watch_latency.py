@@ -43,8 +43,8 @@ def main() -> None:
 
     from benchmarks.bench import make_images
 
-    from allscan.ensemble import Ensemble
-    from allscan.watching import WatchConfig, Watcher
+    from allscan.models.ensemble import Ensemble
+    from allscan.run.watch import WatchConfig, Watcher
 
     ensemble = Ensemble.load(args.models)
     with tempfile.TemporaryDirectory(prefix="allscan-watch-") as tmp:

@@ -17,7 +17,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ensemble(models_dir):
-    from allscan.ensemble import Ensemble
+    from allscan.models.ensemble import Ensemble
 
     return Ensemble.load(models_dir)
 
@@ -53,7 +53,7 @@ def domain_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def domain_models_dir(models_dir, domain_data, tmp_path_factory):
     """The tiny models with a domain reference fitted on :func:`domain_data`."""
-    from allscan.domain.fit import refit_domain
+    from allscan.training.fit_domain import refit_domain
 
     target = tmp_path_factory.mktemp("domain-models")
     shutil.copytree(models_dir, target, dirs_exist_ok=True)
@@ -63,6 +63,6 @@ def domain_models_dir(models_dir, domain_data, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def domain_ensemble(domain_models_dir):
-    from allscan.ensemble import Ensemble
+    from allscan.models.ensemble import Ensemble
 
     return Ensemble.load(domain_models_dir)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import allscan
-from allscan.results import COLUMNS
+from allscan.results.types import COLUMNS
 from tests.utils import smear, write_image
 
 
@@ -31,7 +31,7 @@ def screener(models_dir):
 
 def test_import_is_light_and_predict_is_the_api_function():
     code = ("import sys, allscan; assert 'tensorflow' not in sys.modules and 'pandas' not in sys.modules;"
-            "from allscan.predict import Job; import allscan.api as api;"
+            "from allscan.run.batch import Job; import allscan.api as api;"
             "assert allscan.predict is api.predict and allscan.load is api.load;"
             "assert 'tensorflow' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)

@@ -4,7 +4,7 @@ import numpy as np
 
 from allscan import architectures
 from allscan._tf import keras, tf
-from allscan.augment import (
+from allscan.training.augment import (
     HED_FROM_RGB,
     RGB_FROM_HED,
     augment_image,

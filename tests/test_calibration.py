@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from allscan.calibration import Calibration, Platt, fit_platt, logit, sigmoid
-from allscan.ensemble import combine
-from allscan.manifest import EnsembleConfig, Manifest, ModelEntry, load_manifest, save_manifest
-from allscan.operating_point import review_band, screening_threshold, wilson_interval
-from allscan.tuning import tune_ensemble
+from allscan.models.calibration import Calibration, Platt, fit_platt, logit, sigmoid
+from allscan.models.ensemble import combine
+from allscan.models.manifest import EnsembleConfig, Manifest, ModelEntry, load_manifest, save_manifest
+from allscan.training.operating_point import review_band, screening_threshold, wilson_interval
+from allscan.training.tune import tune_ensemble
 
 
 def test_wilson_interval_matches_newcombe_1998():
@@ -68,7 +68,7 @@ def test_calibration_is_stored_in_the_manifest_and_its_digest(tmp_path):
 def test_a_manifest_with_a_broken_calibration_is_refused(tmp_path):
     import json
 
-    from allscan.manifest import ManifestError
+    from allscan.models.manifest import ManifestError
 
     entry = ModelEntry("resnet50", "resnet50.keras", "0" * 64, 16, "caffe")
     save_manifest(Manifest({"resnet50": entry}, EnsembleConfig({"resnet50": 1.0}, calibration=Calibration(

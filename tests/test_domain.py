@@ -11,13 +11,13 @@ from PIL import Image
 from allscan.domain.fields import DomainOptions
 from allscan.domain.gaussian import fit_gaussian
 from allscan.domain.guard import assess
-from allscan.domain.pipeline import DomainPipeline
+from allscan.scoring.pipeline import DomainPipeline
 from allscan.domain.reference import DomainChecks
 from allscan.domain.scale import estimate_diameter
 from allscan.domain.stain import colour_stats, hed_shift, reinhard
 from allscan.domain.tiles import FIELD_SIZE, aggregate, field_boxes, starts
-from allscan.predict import predict
-from allscan.results import COLUMNS
+from allscan.run.batch import predict
+from allscan.results.types import COLUMNS
 from tests.utils import disc_smear
 
 
@@ -195,7 +195,7 @@ def test_a_profile_for_other_models_or_tampered_is_refused(domain_models_dir, mo
     from typer.testing import CliRunner
 
     from allscan.cli import app
-    from allscan.domain.fit import refit_domain
+    from allscan.training.fit_domain import refit_domain
 
     runner = CliRunner()
     profile = tmp_path / "site"
@@ -219,9 +219,9 @@ def test_a_domain_reference_fitted_for_other_model_files_is_refused(domain_model
     import json
     import shutil
 
-    from allscan.ensemble import Ensemble
-    from allscan.manifest import ManifestError, sha256_file
-    from allscan.model_files import save_half_precision
+    from allscan.models.ensemble import Ensemble
+    from allscan.models.manifest import ManifestError, sha256_file
+    from allscan.models.files import save_half_precision
     from tests.utils import TINY_SIZES, tiny_model
 
     models = tmp_path / "models"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from allscan.ensemble import combine
-from allscan.manifest import EnsembleConfig
+from allscan.models.ensemble import combine
+from allscan.models.manifest import EnsembleConfig
 
 CONFIG = EnsembleConfig({"a": 0.5, "b": 0.3, "c": 0.2, "d": 0.0}, threshold=0.6, review_band=(0.4, 0.8))
 
@@ -27,7 +27,7 @@ def test_review_in_band_or_on_disagreement():
 def test_models_loaded_on_first_use_score_like_eager_ones(models_dir, ensemble):
     import numpy as np
 
-    from allscan.ensemble import Ensemble
+    from allscan.models.ensemble import Ensemble
 
     lazy = Ensemble.load(models_dir, load_models=False)
     assert not any(m.loaded for m in lazy.members)
@@ -40,8 +40,8 @@ def test_models_loaded_on_first_use_score_like_eager_ones(models_dir, ensemble):
 
 
 def test_a_tampered_model_is_refused_even_when_loading_is_deferred(models_copy):
-    from allscan.ensemble import Ensemble
-    from allscan.manifest import ManifestError
+    from allscan.models.ensemble import Ensemble
+    from allscan.models.manifest import ManifestError
 
     victim = next(models_copy.glob("*.keras"))
     victim.write_bytes(victim.read_bytes()[:-10])

@@ -26,14 +26,14 @@ from typer.testing import CliRunner
 
 from allscan import store_schema
 from allscan.cli import app
-from allscan.domain.pipeline import DomainPipeline
+from allscan.scoring.pipeline import DomainPipeline
 from allscan.images import IMAGE_SUFFIXES, ImageError, decode_bytes, find_images
-from allscan.manifest import ManifestError, load_manifest
-from allscan.predict import predict, prepare
-from allscan.results import ImageResult
-from allscan.store import ResultStore, store_path_for
-from allscan.store_lock import StoreLock
-from allscan.store_schema import StoreError
+from allscan.models.manifest import ManifestError, load_manifest
+from allscan.run.batch import predict, prepare
+from allscan.results.types import ImageResult
+from allscan.results.store import ResultStore, store_path_for
+from allscan.results.lock import StoreLock
+from allscan.results.schema import StoreError
 from tests.utils import smear, write_image
 
 runner = CliRunner()
@@ -253,7 +253,7 @@ def _full_after_a_few_pages(monkeypatch):
         db.execute(f"PRAGMA max_page_count = {pages + 2}")
         return db, moved
 
-    monkeypatch.setattr("allscan.store.open_database", limited)
+    monkeypatch.setattr("allscan.results.store.open_database", limited)
 
 
 def test_disk_full_while_writing_the_store(tmp_path, models_dir, monkeypatch):
@@ -416,7 +416,7 @@ def test_images_under_64_px_a_side_are_error_rows(width, height, scored, tmp_pat
 def _lock_held_elsewhere(store: Path):
     """Another process holding ``store``'s writer lock while the block runs; yields that process."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from allscan.store_lock import StoreLock; "
+        [sys.executable, "-c", "import sys; from allscan.results.lock import StoreLock; "
          f"StoreLock({str(store)!r}).acquire(); print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -551,7 +551,7 @@ def test_unexpected_failure_is_one_line_and_exit_4(tmp_path, models_dir, monkeyp
     def bug(*args, **kwargs):
         raise RuntimeError("something nobody expected")
 
-    monkeypatch.setattr(sys.modules["allscan.predict"], "find_images", bug)  # "allscan.predict" is the API function
+    monkeypatch.setattr("allscan.run.batch.find_images", bug)
     args = ("predict", _slides(tmp_path / "s", 1), "-o", tmp_path / "r.csv", "--models", models_dir)
     result = _invoke(*args)
     assert result.exit_code == 4
@@ -565,7 +565,7 @@ def test_ctrl_c_while_models_load_exits_130(tmp_path, models_dir, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("allscan.ensemble.Ensemble.load", interrupted)
+    monkeypatch.setattr("allscan.models.ensemble.Ensemble.load", interrupted)
     result = _invoke("predict", _slides(tmp_path / "s", 1), "-o", tmp_path / "r.csv", "--models", models_dir)
     assert result.exit_code == 130 and _error_lines(result.output) == ["error: interrupted"]
 

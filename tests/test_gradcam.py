@@ -6,9 +6,9 @@ from typer.testing import CliRunner
 
 from allscan._tf import keras, tf
 from allscan.cli import app
-from allscan.gradcam import compiled_gradcam, ensemble_map
-from allscan.heatmaps import HeatmapOptions
-from allscan.predict import predict
+from allscan.models.gradcam import compiled_gradcam, ensemble_map
+from allscan.scoring.heatmaps import HeatmapOptions
+from allscan.run.batch import predict
 from tests.utils import write_image
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from allscan.metrics import compute_metrics, roc_auc
-from allscan.tuning import tune_ensemble, tune_review_band, tune_threshold, tune_weights
+from allscan.training.metrics import compute_metrics, roc_auc
+from allscan.training.tune import tune_ensemble, tune_review_band, tune_threshold, tune_weights
 
 
 def test_metrics_on_a_fixed_set():
@@ -63,7 +63,7 @@ def test_intervals_wilson_for_proportions_and_bootstrap_for_the_rest():
     p = np.clip(labels * 0.5 + 0.25 + rng.normal(0, 0.2, 300), 0, 1)
     m = compute_metrics(labels, p, 0.5, intervals=True, resamples=300)
     (tn, fp), (fn, tp) = m.confusion_matrix
-    from allscan.operating_point import wilson_interval
+    from allscan.training.operating_point import wilson_interval
 
     assert m.intervals["recall"] == pytest.approx(list(wilson_interval(tp, tp + fn)))
     for name in ("accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "roc_auc", "brier",
@@ -93,7 +93,7 @@ def test_review_band_catches_errors_near_threshold():
 def test_plots_are_written_as_png_with_matplotlib(tmp_path):
     from PIL import Image
 
-    from allscan.plots import write_plots
+    from allscan.training.plots import write_plots
 
     labels = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
     probs = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.2, 0.1, 0.3, 0.55, 0.05])
@@ -108,7 +108,7 @@ def test_plots_are_written_as_png_with_matplotlib(tmp_path):
 
 
 def test_competent_models_share_the_vote_equally():
-    from allscan.tuning import member_weights
+    from allscan.training.tune import member_weights
 
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 300)

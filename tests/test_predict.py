@@ -7,10 +7,10 @@ import shutil
 import pytest
 from openpyxl import load_workbook
 
-from allscan.domain.pipeline import DomainPipeline
-from allscan.predict import predict
-from allscan.results import COLUMNS
-from allscan.store import ResultStore, store_path_for
+from allscan.scoring.pipeline import DomainPipeline
+from allscan.run.batch import predict
+from allscan.results.types import COLUMNS
+from allscan.results.store import ResultStore, store_path_for
 from tests.utils import write_image
 
 

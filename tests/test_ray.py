@@ -8,12 +8,12 @@ import pytest
 from typer.testing import CliRunner
 
 import allscan
-from allscan.domain.pipeline import DomainPipeline
+from allscan.scoring.pipeline import DomainPipeline
 from allscan.cli import app
-from allscan.engines import EngineError
-from allscan.heatmaps import HeatmapOptions
-from allscan.predict import predict
-from allscan.store import ResultStore, store_path_for
+from allscan.run.engines import EngineError
+from allscan.scoring.heatmaps import HeatmapOptions
+from allscan.run.batch import predict
+from allscan.results.store import ResultStore, store_path_for
 from tests.utils import write_image
 
 runner = CliRunner()
@@ -66,7 +66,7 @@ class _CtrlCAfter:
 
 
 def test_ray_engine_resumes_after_an_interrupted_run(ray_runtime, slides, models_dir, ensemble, tmp_path):
-    from allscan.engines.ray import RayEngine
+    from allscan.run.engines.ray import RayEngine
 
     out = tmp_path / "r.csv"
     first = predict([slides], out, ensemble, batch_size=2, observer=_CtrlCAfter(3), engine=RayEngine())
@@ -88,7 +88,7 @@ def test_ray_engine_resumes_after_an_interrupted_run(ray_runtime, slides, models
 
 
 def test_a_pool_that_leaves_no_cpu_for_decoding_is_refused(ray_runtime, slides, ensemble, tmp_path):
-    from allscan.engines.ray import RayEngine
+    from allscan.run.engines.ray import RayEngine
 
     with pytest.raises(EngineError, match="lower --actors or --actor-cpus"):
         predict([slides], tmp_path / "r.csv", ensemble, engine=RayEngine(actors=2))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from allscan.predict import predict
-from allscan.report import write_report
-from allscan.results import ImageResult, RunCounts, Score
-from allscan.writers import RunInfo
+from allscan.run.batch import predict
+from allscan.results.report import write_report
+from allscan.results.types import ImageResult, RunCounts, Score
+from allscan.results.tables import RunInfo
 from tests.utils import write_image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from allscan.cli import app
-from allscan.dataset import blank_box, parse_box
-from allscan.evaluation import swap_boxes
-from allscan.manifest import load_manifest
+from allscan.training.dataset import blank_box, parse_box
+from allscan.training.evaluate import swap_boxes
+from allscan.models.manifest import load_manifest
 
 runner = CliRunner()
 BOX = (185, 203, 223, 222)
@@ -134,7 +134,7 @@ def test_ship_refuses_a_run_without_a_completed_epoch(tmp_path):
 
 def test_recalibration_replaces_stale_batchnorm_statistics():
     from allscan._tf import keras
-    from allscan.training import batchnorm_layers, recalibrate_batchnorm
+    from allscan.training.train import batchnorm_layers, recalibrate_batchnorm
 
     inputs = keras.Input((8, 8, 3))
     inner = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.BatchNormalization(momentum=0.99)])

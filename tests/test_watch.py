@@ -12,9 +12,9 @@ import time
 import pytest
 from openpyxl import load_workbook
 
-from allscan.domain.pipeline import DomainPipeline
-from allscan.store import ResultStore, store_path_for
-from allscan.watching import WatchConfig, Watcher
+from allscan.scoring.pipeline import DomainPipeline
+from allscan.results.store import ResultStore, store_path_for
+from allscan.run.watch import WatchConfig, Watcher
 from tests.utils import jpeg_bytes, write_image
 
 
@@ -188,7 +188,7 @@ def test_sigterm_stops_cleanly_with_complete_outputs(models_dir, tmp_path, suffi
 
 
 def test_watch_writes_heatmaps_and_report(ensemble, tmp_path):
-    from allscan.heatmaps import HeatmapOptions
+    from allscan.scoring.heatmaps import HeatmapOptions
 
     incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
     incoming.mkdir()

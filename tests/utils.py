@@ -7,9 +7,9 @@ import numpy as np
 from PIL import Image
 
 from allscan._tf import keras
-from allscan.manifest import EnsembleConfig, Manifest, ModelEntry, save_manifest, sha256_file
-from allscan.model_files import save_half_precision
-from allscan.registry import REGISTRY
+from allscan.models.manifest import EnsembleConfig, Manifest, ModelEntry, save_manifest, sha256_file
+from allscan.models.files import save_half_precision
+from allscan.models.registry import REGISTRY
 
 TINY_SIZES = {"resnet50": 16, "efficientnet_b3": 20, "alexnet": 24, "vgg16": 16}
 

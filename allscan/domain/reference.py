@@ -16,7 +16,7 @@ import numpy as np
 
 from allscan.domain.gaussian import Gaussian
 from allscan.fileio import atomic_write_bytes, atomic_write_text
-from allscan.manifest import ManifestError, sha256_file
+from allscan.models.manifest import ManifestError, sha256_file
 
 DOMAIN_JSON = "domain.json"
 DOMAIN_NPZ = "domain.npz"

@@ -3,7 +3,7 @@
 A profile is a folder holding ``profile.json`` (figures, settings, provenance, the arrays'
 sha256) and ``profile.npz`` (per-model head weights and the site's domain statistics; no
 pickle). It records the digest of the base models it was fitted on and is refused with any
-others. Fitting lives in :mod:`allscan.domain.adapt`.
+others. Fitting lives in :mod:`allscan.training.adapt`.
 """
 
 import io
@@ -15,7 +15,7 @@ import numpy as np
 
 from allscan.domain.reference import DomainChecks, DomainError, load_checked_pair
 from allscan.fileio import atomic_write_bytes, atomic_write_text
-from allscan.manifest import EnsembleConfig, sha256_file
+from allscan.models.manifest import EnsembleConfig, sha256_file
 
 PROFILE_JSON = "profile.json"
 PROFILE_NPZ = "profile.npz"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from allscan.calibration import weighted_mean
+from allscan.models.calibration import weighted_mean
 
 FIELD_SIZE = 224
 OVERLAP = 0.25

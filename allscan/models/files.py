@@ -1,0 +1,83 @@
+"""Saving trained models compactly and loading them only after their checksum matches."""
+
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from allscan._tf import keras
+from allscan.fileio import atomic_write
+from allscan.models.manifest import ManifestError, ModelEntry, sha256_file
+
+_WEIGHTS_MEMBER = "model.weights.h5"
+
+
+def save_half_precision(model, path: Path) -> None:
+    """Save ``model`` as a ``.keras`` file whose float32 weights are stored as float16.
+
+    Keras casts them back to each variable's float32 dtype on load, so the file is
+    half the size and loads like any other ``.keras`` file.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        full = Path(tmp) / "full.keras"
+        model.save(full)
+        with zipfile.ZipFile(full) as src:
+            src.extract(_WEIGHTS_MEMBER, tmp)
+            weights = Path(tmp) / _WEIGHTS_MEMBER
+            with h5py.File(weights, "r+") as h5:
+                _halve(h5)
+            packed = Path(tmp) / "packed.h5"
+            with h5py.File(weights, "r") as h5, h5py.File(packed, "w") as out:
+                for key in h5:
+                    h5.copy(key, out)
+                for key, value in h5.attrs.items():
+                    out.attrs[key] = value
+
+            def write(tmp_path: Path) -> None:
+                with zipfile.ZipFile(tmp_path, "w") as dst:
+                    for info in src.infolist():
+                        if info.filename == _WEIGHTS_MEMBER:
+                            dst.write(packed, _WEIGHTS_MEMBER)
+                        else:
+                            dst.writestr(info, src.read(info.filename))
+
+            atomic_write(Path(path), write)
+
+
+def _halve(group) -> None:
+    for key in list(group):
+        item = group[key]
+        if isinstance(item, h5py.Group):
+            _halve(item)
+        elif item.dtype == np.float32:
+            data = item[()]
+            attrs = dict(item.attrs)
+            del group[key]
+            group.create_dataset(key, data=data.astype(np.float16))
+            for name, value in attrs.items():
+                group[key].attrs[name] = value
+
+
+def check_file(models_dir: Path, entry: ModelEntry) -> Path:
+    """The path of a manifest entry's model file, after verifying its sha256.
+
+    Raises:
+        ManifestError: The file is missing or does not match the manifest.
+    """
+    path = Path(models_dir) / entry.file
+    if not path.is_file():
+        raise ManifestError(f"model file missing: {path}")
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        raise ManifestError(
+            f"model file {path} does not match the manifest (sha256 {actual[:12]}…, expected {entry.sha256[:12]}…);"
+            " refusing to load it"
+        )
+    return path
+
+
+def copy_model(src: Path, dst: Path) -> None:
+    atomic_write(Path(dst), lambda tmp: shutil.copyfile(src, tmp))

@@ -1,0 +1,71 @@
+"""The model registry: each network's architecture, input size and preprocessing in one place."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
+
+from allscan.models.preprocessing import get_preprocessor
+
+
+def _builder(name: str) -> Callable:
+    """``allscan.models.architectures.<name>``, imported on first call: naming the models must not load TensorFlow."""
+
+    def build(*args, **kwargs):
+        return getattr(import_module("allscan.models.architectures"), name)(*args, **kwargs)
+
+    return build
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How one ensemble member is built, fed and trained by default.
+
+    Attributes:
+        name: Registry key, also the model's column suffix in results.
+        architecture: Human-readable architecture and paper.
+        build: ``build(input_size, weights=None)`` returns an uncompiled Keras model.
+        input_size: Default square input side in pixels (chosen to train on a 2-core CPU).
+        preprocessing: Name of the function in :mod:`allscan.models.preprocessing`.
+        epochs: Default training epochs.
+        learning_rate: Default peak learning rate.
+        onednn: Whether oneDNN graph optimisations speed this network's training.
+    """
+
+    name: str
+    architecture: str
+    build: Callable
+    input_size: int
+    preprocessing: str
+    epochs: int
+    learning_rate: float
+    onednn: bool = True
+
+    @property
+    def preprocess(self) -> Callable:
+        return get_preprocessor(self.preprocessing)
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("resnet50", "ResNet-50 (He et al. 2016)", _builder("resnet50"), 112, "caffe", 9, 1e-3),
+        ModelSpec(
+            "efficientnet_b3", "EfficientNet-B3 (Tan & Le 2019)", _builder("efficientnet_b3"), 112, "raw", 9, 2e-3
+        ),
+        ModelSpec("alexnet", "AlexNet (Krizhevsky et al. 2012)", _builder("alexnet"), 128, "symmetric", 14, 1e-3),
+        ModelSpec(
+            "vgg16", "VGG16-BN: VGG16 (Simonyan & Zisserman 2015) with batch normalisation, as torchvision's vgg16_bn",
+            _builder("vgg16"), 112, "caffe", 16, 1e-3, onednn=False
+        ),
+    )
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Return the registry entry for ``name``, failing with the list of known names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}") from None

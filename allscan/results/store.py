@@ -1,0 +1,173 @@
+"""The results store: an SQLite file beside the output where each result lands as it is computed.
+
+Scores are keyed by the image's sha256 and the results digest (models, site profile, options), so an image
+is never scored twice by the same models, whatever its name; file rows are keyed by
+path. Every batch is committed before it is reported, so a killed run loses nothing
+that was reported, and a rerun picks up where it stopped.
+"""
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, UTC
+from pathlib import Path
+
+from allscan.fileio import OutputError
+from allscan.paths import store_path_for
+from allscan.results.types import DomainInfo, ImageResult, Score
+from allscan.results.lock import StoreLock
+from allscan.results.schema import open_database
+
+__all__ = ["ResultStore", "store_path_for"]
+
+_SCORE_COLUMNS = "p_all, verdict, review, agreement, per_model, scale, tiles, domain, domain_score, notes"
+
+
+def _score(row) -> Score:
+    p_all, verdict, review, agreement, per_model, scale, tiles, domain, domain_score, notes = row
+    info = DomainInfo(scale, tiles, domain, domain_score, notes) if tiles is not None else None
+    return Score(p_all, verdict, bool(review), agreement, json.loads(per_model), info)
+
+
+def latest_digest(path: Path) -> str | None:
+    """The models digest of the row recorded last in the store at ``path`` (None when it holds none)."""
+    db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT digest FROM files ORDER BY recorded_at DESC, seq DESC LIMIT 1").fetchone()
+    finally:
+        db.close()
+    return row[0] if row else None
+
+
+class ResultStore:
+    """Durable results for one models digest.
+
+    Opening a store brings its schema up to date (:mod:`allscan.results.schema`). A writer (the
+    default) first takes the store's writer lock (:mod:`allscan.results.lock`), and a corrupt
+    file is moved aside, its new path kept in ``moved_aside``. With ``writer=False`` the store
+    is opened to read beside a run that may be writing it: no lock, and a corrupt file is
+    reported, not moved.
+
+    Raises:
+        StoreBusy: A writer, and another process is writing this store.
+        StoreError: The store was written by a newer allscan, or is corrupt and opened to read.
+        OutputError: The store cannot be opened or written (permissions, disk full).
+    """
+
+    def __init__(self, path: Path, digest: str, writer: bool = True):
+        self.path = Path(path)
+        self.digest = digest
+        self._lock = StoreLock(self.path) if writer else None
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            with self._io():
+                self._db, self.moved_aside = open_database(self.path, move_corrupt=writer)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    def close(self) -> None:
+        try:
+            self._db.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _io(self) -> Iterator[None]:
+        """Turn SQLite and OS failures into an :class:`OutputError` naming the store."""
+        try:
+            yield
+        except sqlite3.Error as err:
+            raise OutputError(self.path, str(err)) from err
+        except OSError as err:
+            if isinstance(err, OutputError):
+                raise
+            raise OutputError(self.path, err.strerror or str(err)) from err
+
+    def score_for(self, sha256: str) -> Score | None:
+        """The stored score of an image's content under these models, if any."""
+        with self._io():
+            row = self._db.execute(
+                f"SELECT {_SCORE_COLUMNS} FROM scores WHERE digest=? AND sha256=?", (self.digest, sha256)
+            ).fetchone()
+        return None if row is None else _score(row)
+
+    def scored_hashes(self) -> frozenset[str]:
+        """Every image content already scored by these models."""
+        with self._io():
+            rows = self._db.execute("SELECT sha256 FROM scores WHERE digest=?", (self.digest,)).fetchall()
+        return frozenset(r[0] for r in rows)
+
+    def first_path_for(self, sha256: str) -> str | None:
+        """The first path stored with this content (to mark later copies as duplicates)."""
+        with self._io():
+            row = self._db.execute(
+                "SELECT path FROM files WHERE digest=? AND sha256=? AND error='' ORDER BY seq LIMIT 1",
+                (self.digest, sha256),
+            ).fetchone()
+        return row[0] if row else None
+
+    def add(self, results: Iterable[ImageResult]) -> None:
+        """Store a batch of results in one transaction (durable on return)."""
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        with self._io(), self._db:
+            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM files").fetchone()[0]
+            for result in results:
+                seq += 1
+                if result.score is not None:
+                    s = result.score
+                    d = s.domain
+                    domain = (d.scale, d.tiles, d.domain, d.domain_score, d.notes) if d else (None, None, "", None, "")
+                    self._db.execute(
+                        f"INSERT OR REPLACE INTO scores (digest, sha256, {_SCORE_COLUMNS})"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (self.digest, result.sha256, s.p_all, s.verdict, int(s.review), s.agreement,
+                         json.dumps(s.per_model), *domain),
+                    )
+                self._db.execute(
+                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest, path) DO UPDATE SET"
+                    " sha256=excluded.sha256, width=excluded.width, height=excluded.height, error=excluded.error,"
+                    " first_path=excluded.first_path, heatmap=excluded.heatmap, recorded_at=excluded.recorded_at",
+                    (self.digest, str(result.path), result.sha256, result.width, result.height, result.error,
+                     result.duplicate_of, result.heatmap, seq, now),
+                )
+
+    def results(self, paths: Iterable[Path] | None = None) -> Iterator[ImageResult]:
+        """Stored results, in path order; only ``paths`` when given."""
+        with self._io():
+            yield from self._results(paths)
+
+    def _results(self, paths: Iterable[Path] | None) -> Iterator[ImageResult]:
+        wanted = None if paths is None else {str(p) for p in paths}
+        score_columns = ", ".join(f"s.{c}" for c in _SCORE_COLUMNS.split(", "))
+        rows = self._db.execute(
+            f"SELECT f.path, f.sha256, f.width, f.height, f.error, f.first_path, f.heatmap, {score_columns}"
+            " FROM files f LEFT JOIN scores s ON s.digest=f.digest AND s.sha256=f.sha256 AND f.error=''"
+            " WHERE f.digest=? ORDER BY f.path",
+            (self.digest,),
+        )
+        for path, sha, width, height, error, first, heatmap, *score_row in rows:
+            if wanted is not None and path not in wanted:
+                continue
+            score = _score(score_row) if not error and score_row[0] is not None else None
+            yield ImageResult(Path(path), sha, width, height, score, error, first, heatmap)
+
+    def has_path(self, path: Path, sha256: str | None = None) -> bool:
+        """Whether ``path`` already has a row under these models (for this content, when given)."""
+        query = "SELECT 1 FROM files WHERE digest=? AND path=?"
+        args: tuple = (self.digest, str(path))
+        if sha256 is not None:
+            query += " AND sha256=?"
+            args += (sha256,)
+        with self._io():
+            return self._db.execute(query, args).fetchone() is not None

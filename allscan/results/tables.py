@@ -1,0 +1,198 @@
+"""Writing results to CSV (plus a run sidecar) or to an Excel workbook, atomically."""
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.styles import Font, PatternFill
+from openpyxl.utils import get_column_letter
+
+from allscan.fileio import atomic_write
+from allscan.paths import OUTPUT_SUFFIXES, check_output_suffix, sidecar_path
+from allscan.results.types import COLUMNS, ImageResult, RunCounts
+
+__all__ = ["OUTPUT_SUFFIXES", "RunInfo", "check_output_suffix", "csv_line", "neutralise", "sidecar_path",
+           "write_csv", "write_results", "write_xlsx"]
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PROB_COLUMNS = {c for c in COLUMNS if c.startswith("p_all")}
+_ALL_FILL = PatternFill("solid", fgColor="F8CBAD")
+_REVIEW_FILL = PatternFill("solid", fgColor="FFE699")
+_ERROR_FILL = PatternFill("solid", fgColor="D9D9D9")
+_WIDTHS = {"path": 40, "file": 24, "sha256": 18, "error": 40}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Run metadata written to the Excel ``Run`` sheet and the CSV sidecar."""
+
+    allscan_version: str
+    started: str
+    finished: str
+    host: str
+    command: str
+    models_digest: str
+    models: list[dict]
+    threshold: float
+    review_band: tuple[float, float]
+    counts: dict[str, int] = field(default_factory=dict)
+    results_digest: str = ""
+    domain: dict = field(default_factory=dict)
+    """Domain options, the reference's red-cell size and the site profile (if any)."""
+
+
+def neutralise(value: object) -> object:
+    """Prefix text that a spreadsheet would run as a formula with an apostrophe."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def restore(text: str) -> str:
+    """Undo :func:`neutralise` on text read back from a results file."""
+    if text.startswith("'") and text[1:].startswith(_FORMULA_STARTS):
+        return text[1:]
+    return text
+
+
+def write_results(
+    out: Path, results: Callable[[], Iterable[ImageResult]], info: RunInfo, counts: RunCounts
+) -> None:
+    """Write the results file chosen by ``out``'s suffix; ``results`` is called for each pass needed."""
+    check_output_suffix(out)
+    if Path(out).suffix.lower() == ".csv":
+        write_csv(out, results(), info)
+    else:
+        write_xlsx(out, results, info, counts)
+
+
+def _csv_value(column: str, value: object) -> object:
+    if value is None:
+        return ""
+    if column in _PROB_COLUMNS:
+        return f"{value:.4f}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return neutralise(value)
+
+
+def csv_line(result: ImageResult) -> str:
+    """One result as a CSV line (with its line ending), in :data:`COLUMNS` order."""
+    buffer = io.StringIO()
+    row = result.row()
+    csv.writer(buffer).writerow([_csv_value(c, row[c]) for c in COLUMNS])
+    return buffer.getvalue()
+
+
+def write_csv(out: Path, results: Iterable[ImageResult], info: RunInfo) -> None:
+    """UTF-8 CSV with a header row; run metadata in ``<out>.run.json``."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerow(COLUMNS)
+            for result in results:
+                handle.write(csv_line(result))
+
+    atomic_write(Path(out), write)
+    payload = asdict(info) | {"review_band": list(info.review_band), "columns": list(COLUMNS)}
+    atomic_write(sidecar_path(out), lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
+
+
+def write_xlsx(out: Path, results: Callable[[], Iterable[ImageResult]], info: RunInfo, counts: RunCounts) -> None:
+    """Excel workbook with ``Results``, ``Run`` and ``Summary`` sheets, streamed row by row."""
+    widths = {c: max(len(c) + 2, _WIDTHS.get(c, 10)) for c in COLUMNS}
+    for result in results():
+        for column in ("path", "file", "error"):
+            widths[column] = min(80, max(widths[column], len(str(result.row()[column])) + 2))
+
+    def write(tmp: Path) -> None:
+        book = Workbook(write_only=True)
+        sheet = book.create_sheet("Results")
+        sheet.freeze_panes = "A2"
+        for i, column in enumerate(COLUMNS, start=1):
+            sheet.column_dimensions[get_column_letter(i)].width = widths[column]
+        header = []
+        for column in COLUMNS:
+            cell = WriteOnlyCell(sheet, value=column)
+            cell.font = Font(bold=True)
+            header.append(cell)
+        sheet.append(header)
+        n = 0
+        for result in results():
+            sheet.append(_xlsx_row(sheet, result))
+            n += 1
+        sheet.auto_filter.ref = f"A1:{get_column_letter(len(COLUMNS))}{n + 1}"
+        _key_value_sheet(book, "Run", _run_rows(info))
+        _key_value_sheet(book, "Summary", _summary_rows(counts))
+        book.save(tmp)
+
+    atomic_write(Path(out), write)
+
+
+def _xlsx_row(sheet, result: ImageResult) -> list:
+    row = result.row()
+    fill = None
+    if result.score is None:
+        fill = _ERROR_FILL
+    elif result.score.review:
+        fill = _REVIEW_FILL
+    elif result.score.verdict == "ALL":
+        fill = _ALL_FILL
+    cells = []
+    for column in COLUMNS:
+        cell = WriteOnlyCell(sheet, value=neutralise(row[column]))
+        if column in _PROB_COLUMNS:
+            cell.number_format = "0.000"
+        if fill is not None:
+            cell.fill = fill
+        if column == "verdict" and row[column] == "ALL":
+            cell.font = Font(bold=True, color="C00000")
+        cells.append(cell)
+    return cells
+
+
+def _key_value_sheet(book: Workbook, title: str, rows: list[tuple]) -> None:
+    sheet = book.create_sheet(title)
+    sheet.column_dimensions["A"].width = 28
+    sheet.column_dimensions["B"].width = 70
+    for row in rows:
+        sheet.append([neutralise(v) for v in row])
+
+
+def _run_rows(info: RunInfo) -> list[tuple]:
+    rows: list[tuple] = [
+        ("allscan version", info.allscan_version),
+        ("started", info.started),
+        ("finished", info.finished),
+        ("host", info.host),
+        ("command", info.command),
+        ("models digest", info.models_digest),
+        ("threshold", info.threshold),
+        ("review band", f"{info.review_band[0]:.3f} – {info.review_band[1]:.3f}"),
+    ]
+    rows += [(f"model {m['name']}", f"{m['file']} sha256 {m['sha256']} weight {m['weight']:.3f}") for m in info.models]
+    rows += [(f"count {k}", v) for k, v in info.counts.items()]
+    rows.append(("results digest", info.results_digest))
+    rows += [(f"domain {k}", json.dumps(v) if isinstance(v, dict) else str(v)) for k, v in info.domain.items()]
+    return rows
+
+
+def _summary_rows(counts: RunCounts) -> list[tuple]:
+    rows: list[tuple] = [
+        ("verdict", "images"),
+        ("ALL", counts.all_),
+        ("normal", counts.normal),
+        ("error", counts.errors),
+        ("flagged for review", counts.review),
+        ("out of domain (also flagged)", counts.out_of_domain),
+        ("total", counts.done),
+        (),
+        ("folder", "ALL", "normal", "review", "out of domain", "error"),
+    ]
+    for folder, c in sorted(counts.per_folder.items()):
+        rows.append((folder, c["ALL"], c["normal"], c["review"], c["out of domain"], c["error"]))
+    return rows

@@ -1,0 +1,162 @@
+"""Typed results: one per image, and the run's summary."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from allscan.models.registry import MODEL_NAMES
+
+VERDICT_ALL = "ALL"
+VERDICT_NORMAL = "normal"
+VERDICT_ERROR = "error"
+
+COLUMNS: tuple[str, ...] = (
+    "path",
+    "file",
+    "sha256",
+    "width",
+    "height",
+    "verdict",
+    "p_all",
+    "review",
+    "agreement",
+    *(f"p_all_{name}" for name in MODEL_NAMES),
+    "error",
+    "heatmap",
+    "duplicate_of",
+    "scale",
+    "tiles",
+    "domain",
+    "domain_score",
+    "notes",
+)
+"""The results schema, in order, shared by CSV and the Excel ``Results`` sheet."""
+
+
+DOMAIN_IN, DOMAIN_OUT = "in", "out"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """How an image was brought to the training domain, and whether it lies inside it.
+
+    Attributes:
+        scale: Rescale factor applied to reach the training red-cell size; None when no size
+            could be estimated and the whole image was scored as one field.
+        tiles: Number of fields scored.
+        domain: ``in`` or ``out`` (out of the validated domain); empty when the models came
+            without a domain reference.
+        domain_score: The guard's score: above 1 means out of domain.
+        notes: Why it is out of domain, and other remarks (no size estimate, colour normalised).
+    """
+
+    scale: float | None
+    tiles: int
+    domain: str = ""
+    domain_score: float | None = None
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Score:
+    """What the ensemble says about one image's content.
+
+    Attributes:
+        p_all: Ensemble (weighted soft vote) probability of ALL.
+        verdict: ``ALL`` or ``normal`` from the manifest's threshold.
+        review: True when ``p_all`` falls in the review band or the models disagree.
+        agreement: How many models vote ALL on their own.
+        per_model: Each model's probability of ALL, by registry name.
+        domain: Scale, fields and the out-of-domain guard's answer (an out-of-domain image is
+            always flagged for review).
+    """
+
+    p_all: float
+    verdict: str
+    review: bool
+    agreement: int
+    per_model: dict[str, float]
+    domain: DomainInfo | None = None
+
+    @property
+    def out_of_domain(self) -> bool:
+        return self.domain is not None and self.domain.domain == DOMAIN_OUT
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One results row: an image file and its score, or the reason it could not be scored."""
+
+    path: Path
+    sha256: str = ""
+    width: int | None = None
+    height: int | None = None
+    score: Score | None = None
+    error: str = ""
+    duplicate_of: str = ""
+    heatmap: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return self.score.verdict if self.score else VERDICT_ERROR
+
+    def row(self) -> dict[str, object]:
+        """The row in :data:`COLUMNS` order; probabilities are floats, missing values None."""
+        score = self.score
+        values: dict[str, object] = {
+            "path": str(self.path),
+            "file": self.path.name,
+            "sha256": self.sha256,
+            "width": self.width,
+            "height": self.height,
+            "verdict": self.verdict,
+            "p_all": score.p_all if score else None,
+            "review": score.review if score else None,
+            "agreement": score.agreement if score else None,
+        }
+        for name in MODEL_NAMES:
+            values[f"p_all_{name}"] = score.per_model.get(name) if score else None
+        values["error"] = self.error
+        values["heatmap"] = self.heatmap
+        values["duplicate_of"] = self.duplicate_of
+        domain = score.domain if score else None
+        values["scale"] = domain.scale if domain else None
+        values["tiles"] = domain.tiles if domain else None
+        values["domain"] = domain.domain if domain else ""
+        values["domain_score"] = domain.domain_score if domain else None
+        values["notes"] = domain.notes if domain else ""
+        return values
+
+
+@dataclass
+class RunCounts:
+    """Running tally shown live and in the summary."""
+
+    total: int = 0
+    done: int = 0
+    all_: int = 0
+    normal: int = 0
+    review: int = 0
+    errors: int = 0
+    skipped: int = 0
+    out_of_domain: int = 0
+    per_folder: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, result: ImageResult, skipped: bool = False) -> None:
+        self.done += 1
+        self.skipped += int(skipped)
+        folder = self.per_folder.setdefault(str(result.path.parent),
+                                            {"ALL": 0, "normal": 0, "error": 0, "review": 0, "out of domain": 0})
+        folder[result.verdict] += 1
+        if result.score is None:
+            self.errors += 1
+            return
+        if result.score.verdict == VERDICT_ALL:
+            self.all_ += 1
+        else:
+            self.normal += 1
+        if result.score.review:
+            self.review += 1
+            folder["review"] += 1
+        if result.score.out_of_domain:
+            self.out_of_domain += 1
+            folder["out of domain"] += 1

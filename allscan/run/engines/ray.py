@@ -1,0 +1,184 @@
+"""The Ray engine (``allscan[ray]``): Ray Data reads and decodes in CPU tasks, an actor pool scores.
+
+The driver lists the images and leaves out those the results store already holds
+with a score; Ray Data prepares the rest in CPU tasks, and a fixed pool of actors,
+each loading the ensemble once, runs the job's scoring step on batches. Results
+stream back to the driver, which commits each batch to the same store as the local
+engine before reporting it, so resuming and exactly-once storage work the same.
+
+Prepared images and results travel between processes as pickles: the engine never
+looks inside them, so it does not depend on how an image becomes model inputs.
+"""
+
+import logging
+import math
+import os
+import pickle
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from allscan.run.engines import EngineError
+
+if TYPE_CHECKING:
+    from allscan.run.batch import Job, Scorer
+
+PREPARE_CPUS = 0.25
+"""CPUs reserved by each prepare task: decoding a field takes a few ms against tens of ms to score it."""
+
+MISSING_EXTRA = 'the ray engine needs Ray: pip install "allscan[ray]"'
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise EngineError(MISSING_EXTRA) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayEngine:
+    """Runs a job on Ray: an existing cluster at ``address``, or a local runtime started and shut down here.
+
+    Attributes:
+        address: ``auto``, ``ray://HOST:PORT`` or a GCS address; None starts a local runtime (or uses the
+            one this process already started, e.g. in a notebook, and leaves it running).
+        actors: Scoring actors, each holding the ensemble in memory.
+        actor_cpus: CPUs each actor reserves; its TensorFlow uses as many threads.
+        num_cpus: CPUs of a local runtime [default: this machine's].
+    """
+
+    address: str | None = None
+    actors: int = 1
+    actor_cpus: float = 1.0
+    num_cpus: int | None = None
+
+    def __post_init__(self):
+        _import_ray()
+        if self.actors < 1 or self.actor_cpus <= 0:
+            raise EngineError("--actors must be at least 1 and --actor-cpus above 0")
+
+    def run(self, images: Sequence[Path], job: "Job", scorer: "Scorer") -> None:
+        todo = list(images)
+        if not job.rescore:
+            stored = {str(r.path): r for r in scorer.store.results(images) if r.score is not None}
+            for result in stored.values():
+                scorer.already_stored(result)
+            todo = [p for p in images if str(p) not in stored]
+        if not todo:
+            return
+        ray = _import_ray()
+        with _runtime(ray, self.address, self.num_cpus), _driver_logs_muted():
+            self._check_resources(ray)
+            for results in self._stream(ray, todo, job.for_workers()):
+                scorer.commit(results)
+
+    def _stream(self, ray, images: list[Path], job: "Job") -> Iterator[list]:
+        items = [{"source": str(Path(p).resolve()), "name": str(p)} for p in images]
+        dataset = ray.data.from_items(items).map_batches(
+            _prepare_batch, fn_kwargs={"job": job}, batch_size=job.batch_size, batch_format="numpy",
+            num_cpus=PREPARE_CPUS,
+        ).map_batches(
+            _ScoreBatch, fn_constructor_kwargs={"job": job, "threads": math.ceil(self.actor_cpus)},
+            batch_size=job.batch_size, batch_format="numpy", num_cpus=self.actor_cpus,
+            compute=ray.data.ActorPoolStrategy(size=self.actors),
+        )
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                yield [pickle.loads(blob) for blob in batch["result"]]
+        except ray.exceptions.RayError as err:
+            raise EngineError(f"the Ray job failed: {_first_line(err)}") from None
+
+    def _check_resources(self, ray) -> None:
+        """Refuse a pool that leaves no CPU for decoding (Ray Data would wait for ever), unless a cluster may grow."""
+        if self.address is not None:
+            return
+        cpus = ray.cluster_resources().get("CPU", 0)
+        needed = self.actors * self.actor_cpus + PREPARE_CPUS
+        if needed > cpus:
+            raise EngineError(
+                f"{self.actors} actor(s) x {self.actor_cpus:g} CPU plus {PREPARE_CPUS:g} CPU for decoding need"
+                f" {needed:g} CPUs; the Ray runtime has {cpus:g}: lower --actors or --actor-cpus"
+            )
+
+
+def _prepare_batch(batch: dict[str, np.ndarray], job: "Job") -> dict[str, np.ndarray]:
+    """Ray CPU task: the job's prepare step on each file of a batch."""
+    prepared = [job.prepare(Path(source), name=name) for source, name in zip(batch["source"], batch["name"])]
+    return {"prepared": _pickles(prepared)}
+
+
+class _ScoreBatch:
+    """Ray actor: loads the ensemble once, then runs the job's scoring step on each batch."""
+
+    def __init__(self, job: "Job", threads: int):
+        from allscan._tf import tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        self.score = job.scoring()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.score([pickle.loads(blob) for blob in batch["prepared"]])
+        return {"result": _pickles(results)}
+
+
+def _pickles(items: list) -> np.ndarray:
+    blobs = np.empty(len(items), dtype=object)
+    blobs[:] = [pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL) for item in items]
+    return blobs
+
+
+@contextmanager
+def _runtime(ray, address: str | None, num_cpus: int | None):
+    """Connect to ``address`` or start a local runtime, quietly; shut down only what was started here."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
+                 include_dashboard=False if address is None else None, log_to_driver=False,
+                 logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise EngineError(f"cannot start or reach Ray at {address or 'a local runtime'}: {_first_line(err)}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def _driver_logs_muted():
+    """Point this process's stderr at /dev/null while Ray runs.
+
+    Ray's C++ core in the driver prints an error-level notice for every actor Ray Data
+    starts (ray-project/ray#53727); real failures reach us as exceptions, and the
+    workers' logs stay in Ray's session folder.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

@@ -1,0 +1,108 @@
+"""Checks that run before the models load, so a run that cannot finish stops in well under a second.
+
+Every output must be a file (not a folder) in a folder that can be written, and an existing
+output must be writable, since allscan replaces it; folders allscan writes into must be
+folders it can write. The results store is then claimed (its writer lock taken) and opened:
+migrated in place, or, if corrupt, moved aside for a fresh one. Only light modules are
+imported here: no TensorFlow.
+"""
+
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from allscan.fileio import describe
+from allscan.paths import check_output_suffix, sidecar_path, store_path_for
+from allscan.results.lock import StoreBusy, StoreLock
+from allscan.results.schema import StoreError, prepare_store
+
+
+class PreflightError(Exception):
+    """A run that cannot succeed, found before any work was done; the message says why."""
+
+
+def check_inputs(paths: Iterable[Path]) -> None:
+    """Every input path exists."""
+    for path in paths:
+        if not Path(path).exists():
+            raise PreflightError(f"no such file or folder: {path}")
+
+
+def check_watched_folder(folder: Path) -> None:
+    """``folder`` is a folder that can be read, made if it is missing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PreflightError(f"{folder} is a file; watch needs a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PreflightError(f"cannot make the watched folder {folder}: {describe(err)}") from None
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise PreflightError(f"cannot read the watched folder {folder}: permission denied")
+
+
+def check_outputs(out: Path, report: Path | None = None, folders: Iterable[tuple[str, Path | None]] = ()) -> None:
+    """The results file, its sidecar and store, the report and ``(what, folder)`` pairs can all be written."""
+    try:
+        check_output_suffix(out)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+    check_writable_file(out, "output")
+    if Path(out).suffix.lower() == ".csv":
+        check_writable_file(sidecar_path(out), "run metadata file")
+    check_writable_file(store_path_for(out), "results store")
+    if report is not None:
+        check_writable_file(report, "report")
+    for what, folder in folders:
+        if folder is not None:
+            check_writable_folder(folder, what)
+
+
+def check_writable_file(path: Path, what: str) -> None:
+    """``path`` can be created, or replaced when it exists."""
+    path = Path(path)
+    if path.is_dir():
+        raise PreflightError(f"{what} {path} is a folder; give a file name")
+    check_writable_folder(path.parent, f"folder of the {what}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PreflightError(f"cannot replace the {what} {path}: it is read-only or immutable")
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    """``folder`` exists or can be made, and a file can be created in it."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PreflightError(f"{what} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".allscan-probe-", suffix=".allscan-tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PreflightError(f"cannot write in the {what} {folder}: {describe(err)}") from None
+
+
+def claim_store(out: Path) -> tuple[StoreLock, Path | None]:
+    """Take the writer lock of ``out``'s results store and, if it exists, open it once (migrate, or replace if corrupt).
+
+    Returns:
+        The held lock (release it when the run ends) and where a corrupt store was moved, if it was.
+    """
+    store = store_path_for(out)
+    lock = StoreLock(store)
+    try:
+        lock.acquire()
+    except StoreBusy as exc:
+        raise PreflightError(str(exc)) from None
+    except OSError as err:
+        raise PreflightError(f"cannot lock the results store {store}: {describe(err)}") from None
+    try:
+        return lock, prepare_store(store) if store.exists() else None
+    except StoreError as exc:
+        lock.release()
+        raise PreflightError(str(exc)) from None
+    except (sqlite3.Error, OSError) as err:
+        lock.release()
+        raise PreflightError(f"cannot open the results store {store}: {err}") from None

@@ -1,0 +1,300 @@
+"""``allscan watch``: score images as they land in a folder, exactly once, through restarts.
+
+A file is scored only once its size and mtime have not changed for ``settle``
+seconds; a decode that fails on a file that may still be growing is retried
+before it becomes an error row. Results go through the same store as predict,
+so a restart's catch-up pass scores only what has no row yet.
+"""
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer as InotifyObserver
+from watchdog.observers.polling import PollingObserver
+
+from allscan.scoring.pipeline import DomainPipeline, as_pipeline
+from allscan.models.ensemble import Ensemble
+from allscan.fileio import OutputError, describe
+from allscan.scoring.heatmaps import HeatmapOptions
+from allscan.images import find_images, is_image_file
+from allscan.run.batch import Observer, Prepared, Scorer, prepare, write_outputs
+from allscan.results.types import ImageResult
+from allscan.results.store import ResultStore, store_path_for
+from allscan.results.tables import check_output_suffix, csv_line, sidecar_path
+
+DEFAULT_SETTLE = 1.0
+DEFAULT_MAX_DELAY = 1.0
+DEFAULT_XLSX_EVERY = 30.0
+DECODE_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """How ``allscan watch`` behaves.
+
+    Attributes:
+        folder: The incoming folder.
+        out: Results file (.csv appended row by row, or .xlsx rewritten periodically).
+        recursive: Watch sub-folders too.
+        poll: Poll the folder instead of relying on filesystem events (network shares).
+        settle: Seconds a file's size and mtime must stay unchanged before it is scored.
+        max_delay: Longest a ready image waits for others to fill a batch.
+        batch_size: Largest batch.
+        xlsx_every: Seconds between rewrites of an .xlsx output.
+        move_to: Where scored images go (into ``<verdict>/`` or ``review/``), or None.
+        poll_interval: Seconds between checks of pending files.
+        heatmaps: Grad-CAM figures to write, or None.
+        report: HTML report rewritten with the outputs, or None.
+    """
+
+    folder: Path
+    out: Path
+    recursive: bool = True
+    poll: bool = False
+    settle: float = DEFAULT_SETTLE
+    max_delay: float = DEFAULT_MAX_DELAY
+    batch_size: int = 16
+    xlsx_every: float = DEFAULT_XLSX_EVERY
+    move_to: Path | None = None
+    poll_interval: float = 0.1
+    heatmaps: HeatmapOptions | None = None
+    report: Path | None = None
+
+
+@dataclass
+class _Pending:
+    size: int
+    mtime: float
+    stable_since: float
+    attempts: int = 0
+    not_before: float = 0.0
+
+
+@dataclass
+class WatchStats:
+    """Live figures for the display."""
+
+    queued: int = 0
+    scored: int = 0
+    started: float = field(default_factory=time.monotonic)
+    recent: list[ImageResult] = field(default_factory=list)
+
+
+class _Handler(FileSystemEventHandler):
+    # Opening a file to read it raises events too: only writes, creations and moves matter.
+    _EVENTS = frozenset({"created", "modified", "moved", "closed"})
+
+    def __init__(self, notify: Callable[[Path], None]):
+        self.notify = notify
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type not in self._EVENTS:
+            return
+        for attr in ("dest_path", "src_path"):
+            path = getattr(event, attr, "")
+            if path:
+                self.notify(Path(os.fsdecode(path)))
+
+
+class Watcher:
+    """Watches a folder and scores each complete new image once.
+
+    ``on_ready`` is called once the folder is watched and its catch-up pass is queued, with
+    the number of images queued for it.
+    """
+
+    def __init__(self, config: WatchConfig, scoring: Ensemble | DomainPipeline, observer: Observer | None = None,
+                 on_ready: Callable[[int], None] | None = None):
+        check_output_suffix(config.out)
+        self.config = config
+        self.pipeline = as_pipeline(scoring)
+        self.observer = observer
+        self.on_ready = on_ready
+        self.stats = WatchStats()
+        self._pending: dict[Path, _Pending] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._excluded = {p.resolve() for p in (config.out, store_path_for(config.out), sidecar_path(config.out))}
+        self._excluded_dirs = [d for d in (config.move_to, config.heatmaps and config.heatmaps.folder) if d]
+        self._csv = None
+        self._last_rewrite = 0.0
+        self._dirty = False
+        self._started = datetime.now().astimezone()
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in flight, write outputs and return."""
+        self._stop.set()
+
+    def notify(self, path: Path) -> None:
+        """Note that ``path`` appeared or changed (called from the filesystem observer thread)."""
+        if any(_inside(path, d) for d in self._excluded_dirs):
+            return
+        if not is_image_file(path) or path.resolve() in self._excluded:
+            return
+        if not self.config.recursive and path.parent.resolve() != self.config.folder.resolve():
+            return
+        with self._lock:
+            if path not in self._pending:
+                self._pending[path] = _Pending(-1, -1.0, time.monotonic())
+
+    def run(self) -> None:
+        """Catch up on the folder, then score arrivals until :meth:`stop`."""
+        folder = self.config.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        observer = PollingObserver(timeout=0.5) if self.config.poll else InotifyObserver()
+        observer.schedule(_Handler(self.notify), str(folder), recursive=self.config.recursive)
+        observer.start()
+        try:
+            with ResultStore(store_path_for(self.config.out), self.pipeline.digest) as store:
+                self._write_all(store)  # repairs a CSV line cut by a crash; a CSV is then appended to
+                found = find_images([folder], self.config.recursive, self._excluded, self._excluded_dirs)
+                missing = [path for path in found if not store.has_path(path)]
+                for path in missing:
+                    self.notify(path)
+                if self.on_ready is not None:
+                    self.on_ready(len(missing))
+                scorer = Scorer(self.pipeline, store, self.config.batch_size, _Relay(self), self.config.heatmaps)
+                self._loop(scorer)
+                self._write_all(store)
+        finally:
+            observer.stop()
+            observer.join(timeout=5)
+            if self._csv is not None:
+                self._csv.close()
+
+    def _loop(self, scorer: Scorer) -> None:
+        oldest_ready: float | None = None
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for item in self._ready(now, scorer.store):
+                scorer.add(item)
+                if scorer.pending and oldest_ready is None:
+                    oldest_ready = now
+            if not scorer.pending:
+                oldest_ready = None
+            elif not self._pending or now - (oldest_ready or now) >= self.config.max_delay:
+                scorer.flush()
+                oldest_ready = None
+            self.stats.queued = len(self._pending) + len(scorer.pending)
+            self._maybe_rewrite(scorer.store)
+            self._stop.wait(self.config.poll_interval)
+        scorer.flush()
+
+    def _ready(self, now: float, store: ResultStore) -> list[Prepared]:
+        """Files whose size and mtime have settled, prepared; vanished or already scored files are dropped."""
+        with self._lock:
+            candidates = list(self._pending.items())
+        ready = []
+        for path, state in candidates:
+            if now < state.not_before:
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                self._forget(path)
+                continue
+            if (st.st_size, st.st_mtime) != (state.size, state.mtime):
+                state.size, state.mtime, state.stable_since = st.st_size, st.st_mtime, now
+                continue
+            if now - state.stable_since < self.config.settle:
+                continue
+            item = prepare(path, self.pipeline.maker, frozenset(), self.config.heatmaps is not None)
+            if item.error and state.attempts < DECODE_RETRIES and path.exists():
+                state.attempts += 1
+                state.not_before = now + self.config.settle
+                state.size = -1
+                continue
+            if item.error and not path.exists():
+                self._forget(path)
+                continue
+            self._forget(path)
+            if not item.error and store.has_path(path, item.sha256):
+                continue
+            if not item.error and store.score_for(item.sha256) is not None:
+                item = replace(item, fields=None, known=True)
+            ready.append(item)
+        return ready
+
+    def _forget(self, path: Path) -> None:
+        with self._lock:
+            self._pending.pop(path, None)
+
+    def stored(self, result: ImageResult) -> None:
+        """Called once a result is durable: append it, move the image, report it."""
+        self.stats.scored += 1
+        self.stats.recent = [result, *self.stats.recent[:9]]
+        self._dirty = True
+        if self._csv is not None:
+            try:
+                self._csv.write(csv_line(result))
+                self._csv.flush()
+                os.fsync(self._csv.fileno())
+            except OSError as err:
+                raise OutputError(self.config.out, describe(err)) from err
+        if self.config.move_to is not None:
+            self._move(result)
+
+    def _move(self, result: ImageResult) -> None:
+        bucket = "review" if result.score is not None and result.score.review else result.verdict
+        target_dir = self.config.move_to / bucket
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / result.path.name
+        n = 1
+        while target.exists():
+            target = target_dir / f"{result.path.stem}-{n}{result.path.suffix}"
+            n += 1
+        try:
+            shutil.move(str(result.path), target)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise OutputError(target, describe(err)) from err
+
+    def _write_all(self, store: ResultStore) -> None:
+        """Rewrite the whole output atomically from the store (every row stored for these models)."""
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+        paths = [r.path for r in store.results()]
+        write_outputs(self.config.out, store, paths, self.pipeline, self._started, report=self.config.report)
+        if self._csv is None and self.config.out.suffix.lower() == ".csv" and not self._stop.is_set():
+            try:
+                self._csv = open(self.config.out, "a", encoding="utf-8", newline="")
+            except OSError as err:
+                raise OutputError(self.config.out, describe(err)) from err
+        self._last_rewrite = time.monotonic()
+        self._dirty = False
+
+    def _maybe_rewrite(self, store: ResultStore) -> None:
+        """Rewrite an .xlsx output and the report every ``xlsx_every`` seconds while results arrive."""
+        periodic = self.config.out.suffix.lower() == ".xlsx" or self.config.report is not None
+        if not periodic or not self._dirty:
+            return
+        if time.monotonic() - self._last_rewrite >= self.config.xlsx_every:
+            self._write_all(store)
+
+
+class _Relay:
+    """Passes each stored result to the watcher (append, move) and then to the user's observer."""
+
+    def __init__(self, watcher: Watcher):
+        self.watcher = watcher
+
+    def start(self, total: int) -> None:
+        pass
+
+    def result(self, result: ImageResult, skipped: bool) -> None:
+        self.watcher.stored(result)
+        if self.watcher.observer is not None:
+            self.watcher.observer.result(result, skipped)
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    return folder is not None and Path(path).resolve().is_relative_to(Path(folder).resolve())

@@ -1,0 +1,95 @@
+"""Writing Grad-CAM figures for scored images (``--heatmaps DIR``).
+
+Grad-CAM needs TensorFlow, so it is imported when figures are drawn, not with the options.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from allscan.results.types import VERDICT_ALL, Score
+
+if TYPE_CHECKING:
+    from allscan.domain.fields import FieldSet
+    from allscan.scoring.pipeline import DomainPipeline
+
+DISPLAY_MAX_SIDE = 448
+"""Figures show the image at most this many pixels wide or high."""
+
+
+@dataclass(frozen=True)
+class HeatmapOptions:
+    """Where figures go and for which images: ALL or review only, or every image with ``every``."""
+
+    folder: Path
+    every: bool = False
+
+    def wanted(self, score: Score) -> bool:
+        return self.every or score.verdict == VERDICT_ALL or score.review
+
+
+def display_copy(rgb: np.ndarray) -> np.ndarray:
+    """The image scaled down to :data:`DISPLAY_MAX_SIDE` for figures and thumbnails."""
+    from PIL import Image
+
+    height, width = rgb.shape[:2]
+    scale = DISPLAY_MAX_SIDE / max(height, width)
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+
+
+def figure_path(folder: Path, image_path: Path, sha256: str) -> Path:
+    return Path(folder) / f"{Path(image_path).stem}-{sha256[:10]}.png"
+
+
+STITCH_STEP = 4
+"""Stitched maps are kept at a quarter of the rescaled image's resolution (maps are coarse anyway)."""
+
+
+def stitched_maps(pipeline: "DomainPipeline", fields: "FieldSet") -> dict[str, np.ndarray]:
+    """Each model's Grad-CAM over the whole image: its fields' maps placed where the fields lie,
+    overlaps averaged, cropped to the image's own pixels and scaled to [0, 1], at
+    1/:data:`STITCH_STEP` of the rescaled image's resolution."""
+    from allscan.domain.tiles import FIELD_SIZE
+    from allscan.models.gradcam import resize_map
+
+    maps = pipeline.ensemble.gradcams(fields.inputs)
+    height, width = (max(1, n // STITCH_STEP) for n in fields.shape)
+    side = FIELD_SIZE // STITCH_STEP
+    stitched = {}
+    for name, cams in maps.items():
+        total = np.zeros((height + side, width + side), np.float32)
+        cover = np.zeros_like(total)
+        for cam, box in zip(cams, fields.boxes):
+            y, x = box.y // STITCH_STEP, box.x // STITCH_STEP
+            total[y:y + side, x:x + side] += resize_map(cam, side, side)
+            cover[y:y + side, x:x + side] += 1
+        y0, x0, y1, x1 = (v // STITCH_STEP for v in fields.content)
+        combined = np.divide(total, cover, out=np.zeros_like(total), where=cover > 0)[y0:max(y1, y0 + 1),
+                                                                                       x0:max(x1, x0 + 1)]
+        peak = combined.max()
+        stitched[name] = combined / peak if peak > 0 else combined
+    return stitched
+
+
+def write_heatmaps(pipeline: "DomainPipeline", fieldsets: Sequence["FieldSet"], displays: Sequence[np.ndarray],
+                   paths: Sequence[Path], hashes: Sequence[str], scores: Sequence[Score], folder: Path) -> list[str]:
+    """Compute each image's stitched Grad-CAM and save one figure per image; returns the figure paths."""
+    from allscan.models.gradcam import ensemble_map
+    from allscan.results.figures import heatmap_figure, save_png
+
+    weights = pipeline.ensemble.manifest.ensemble.weights
+    written = []
+    for fields, display, path, sha, score in zip(fieldsets, displays, paths, hashes, scores):
+        per_model = stitched_maps(pipeline, fields)
+        height, width = display.shape[:2]
+        combined = ensemble_map(per_model, weights, width, height)
+        target = figure_path(folder, path, sha)
+        save_png(heatmap_figure(display, combined, per_model, score.per_model, score.p_all), target)
+        written.append(str(target))
+    return written

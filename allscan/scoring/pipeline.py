@@ -1,0 +1,136 @@
+"""Images in, scores out: fields for every image, the models over all fields, the aggregation rule,
+an optional site profile's heads, the vote and the out-of-domain guard.
+
+This is the one path from pixels to a :class:`~allscan.results.types.Score`, used by predict, watch,
+explain, evaluate and adapt.
+"""
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from allscan.domain.fields import DomainOptions, FieldMaker, FieldSet
+from allscan.domain.guard import assess
+from allscan.domain.reference import DomainReference
+from allscan.domain.site import SiteProfile
+from allscan.domain.tiles import aggregate
+from allscan.results.types import DomainInfo, Score
+
+if TYPE_CHECKING:
+    from allscan.models.ensemble import Ensemble
+
+class DomainPipeline:
+    """An ensemble with its domain reference, the run's options and, optionally, a site profile
+    (loaded from ``site_dir``)."""
+
+    def __init__(self, ensemble: "Ensemble", options: DomainOptions = DomainOptions(), site: SiteProfile | None = None,
+                 site_dir: Path | None = None):
+        self.ensemble = ensemble
+        self.reference: DomainReference | None = ensemble.domain
+        self.options = options
+        self.site = site
+        self.site_dir = site_dir
+        self.maker = FieldMaker(self.reference, ensemble.input_sizes, options)
+        if site is not None:
+            site.check_models(ensemble.manifest.digest)
+
+    @property
+    def digest(self) -> str:
+        """Identifies models, site profile and options together: results are stored under it."""
+        key = {"models": self.ensemble.manifest.digest, "site": self.site.digest if self.site else None,
+               "options": self.options.key()}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def load(cls, models_dir: Path, site_dir: Path | None = None,
+             options: DomainOptions = DomainOptions(), load_models: bool = True) -> "DomainPipeline":
+        """Load the models in ``models_dir`` and, if given, the site profile in ``site_dir``
+        (``load_models`` False: check the models now, load them on first use; see :meth:`Ensemble.load`).
+
+        Raises:
+            ManifestError: Unusable models, or a site profile that is corrupt or was fitted on
+                other models (a DomainError).
+        """
+        from allscan.domain.site import load_profile
+        from allscan.models.ensemble import Ensemble
+
+        ensemble = Ensemble.load(Path(models_dir), load_models=load_models)
+        site = load_profile(Path(site_dir)) if site_dir is not None else None
+        return cls(ensemble, options, site, Path(site_dir) if site_dir is not None else None)
+
+    def describe(self) -> dict:
+        """Run metadata: options, the reference red-cell size, and the site profile if any."""
+        info: dict = {"options": self.options.key()}
+        if self.reference is not None:
+            info["reference_rbc_diameter_px"] = round(self.reference.checks.rbc_diameter, 2)
+            info["reference"] = self.ensemble.manifest.domain
+        if self.site is not None:
+            info["site"] = {"digest": self.site.digest, "source": self.site.meta.get("source", ""),
+                            "cross_validated": self.site.meta.get("cross_validated", {})}
+        return info
+
+    @property
+    def input_sizes(self) -> tuple[int, ...]:
+        return self.ensemble.input_sizes
+
+    def fields(self, rgb: np.ndarray) -> FieldSet:
+        """The image's fields (thread-safe: runs on the decode threads)."""
+        return self.maker(rgb)
+
+    def field_outputs(self, fieldsets: list[FieldSet], batch_size: int
+                      ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """Per image: each model's field probabilities ``(n,)`` and pooled features ``(n, d)``.
+
+        With a site profile the probabilities are the site heads' answers.
+        """
+        counts = [fs.tiles for fs in fieldsets]
+        stacked = {s: np.concatenate([fs.inputs[s] for fs in fieldsets]) for s in self.input_sizes}
+        total = sum(counts)
+        probs: dict[str, list[np.ndarray]] = {}
+        feats: dict[str, list[np.ndarray]] = {}
+        for start in range(0, total, batch_size):
+            chunk = {s: x[start:start + batch_size] for s, x in stacked.items()}
+            p, f = self.ensemble.predict_with_features(chunk)
+            for name in p:
+                probs.setdefault(name, []).append(p[name])
+                feats.setdefault(name, []).append(f[name])
+        all_p = {n: np.concatenate(v) for n, v in probs.items()}
+        all_f = {n: np.concatenate(v) for n, v in feats.items()}
+        if self.site is not None:
+            all_p = self.site.probabilities(all_f)
+        bounds = np.cumsum([0, *counts])
+        return [({n: v[a:b] for n, v in all_p.items()}, {n: v[a:b] for n, v in all_f.items()})
+                for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def score(self, fieldsets: list[FieldSet], batch_size: int = 16) -> list[Score]:
+        """Scores for a list of images' field sets, the models run over all their fields in batches."""
+        from allscan.models.ensemble import combine
+
+        config = self.site.ensemble if self.site is not None else self.ensemble.manifest.ensemble
+        scores = []
+        for fs, (probs, feats) in zip(fieldsets, self.field_outputs(fieldsets, batch_size)):
+            score = combine(aggregate(probs, config.weights), config)
+            scores.append(self._judge(score, fs, feats))
+        return scores
+
+    def _judge(self, score: Score, fs: FieldSet, feats: dict[str, np.ndarray]) -> Score:
+        notes = list(fs.notes)
+        if self.reference is None:
+            return replace(score, domain=DomainInfo(fs.scale, fs.tiles, "", None, "; ".join(notes)))
+        checks = self.site.checks if self.site is not None else self.reference.checks
+        features = np.concatenate([feats[n] for n in self.reference.feature_models], axis=1)
+        verdict = assess(checks, fs.diameter, fs.colour, features, fs.background_only, fs.long_side)
+        if verdict.reasons:
+            notes = [f"out of domain: {'; '.join(verdict.reasons)}", *notes]
+        info = DomainInfo(None if fs.scale is None else round(fs.scale, 4), fs.tiles, verdict.domain,
+                          verdict.score, "; ".join(notes))
+        return replace(score, review=score.review or verdict.domain == "out", domain=info)
+
+
+def as_pipeline(scoring: "Ensemble | DomainPipeline") -> DomainPipeline:
+    """A bare ensemble becomes a pipeline with default options and no site profile."""
+    return scoring if isinstance(scoring, DomainPipeline) else DomainPipeline(scoring)

@@ -1,0 +1,102 @@
+"""Turning a finished training run into a shipped model: file, checksum, manifest entry, refitted statistics.
+
+Shipping is three steps: save the model (float16) and its manifest entry; refit the domain
+reference (red-cell size, stain reference, out-of-domain guard); then :func:`refit` every
+statistic the shipped ensemble derives from data, so that a new model never ships beside
+statistics fitted to the models it replaced.
+"""
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from allscan._tf import keras
+from allscan.training.augment import RECIPE as AUGMENTATION_RECIPE
+from allscan.training.dataset import list_split, load_images
+from allscan.training.fit_domain import refit_domain
+from allscan.models.ensemble import Ensemble
+from allscan.training.evaluate import load_labelled, predict_images
+from allscan.models.manifest import ModelEntry, equal_weights, load_or_empty, save_manifest, sha256_file
+from allscan.training.metrics import compute_metrics
+from allscan.models.files import save_half_precision
+from allscan.models.registry import ModelSpec
+from allscan.training.train import TrainConfig, TrainResult
+from allscan.training.tune import Tuning, tune_ensemble
+
+DATASET = (
+    "Aria M, Ghaderzadeh M, Bashash D, Abolghasemi H, Asadi F, Hosseini A. Acute Lymphoblastic Leukemia (ALL)"
+    " image dataset. Kaggle, 2021. doi:10.34740/KAGGLE/DSV/2175623"
+)
+
+
+def validation_figures(model, spec: ModelSpec, data_dir: Path, config: TrainConfig) -> dict:
+    """Metrics of ``model`` on ``data_dir/val`` at threshold 0.5."""
+    paths, labels = list_split(Path(data_dir) / "val")
+    images = load_images(paths, config.input_size, config.blank_box)
+    x = spec.preprocess(images.astype("float32"))
+    p = model.predict(x, batch_size=64, verbose=0).reshape(-1)
+    return compute_metrics(labels, p, 0.5).to_dict()
+
+
+def ship(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_dir: Path, models_dir: Path) -> ModelEntry:
+    """Save the best checkpoint in ``models_dir`` (float16 weights), record it in the manifest, refit the
+    domain reference for the new set of models (:func:`allscan.training.fit_domain.refit_domain`), then :func:`refit`."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    model = keras.models.load_model(result.best_path, compile=False)
+    target = models_dir / f"{spec.name}.keras"
+    save_half_precision(model, target)
+    shipped = keras.models.load_model(target, compile=False, safe_mode=True)
+    entry = ModelEntry(
+        name=spec.name,
+        file=target.name,
+        sha256=sha256_file(target),
+        input_size=config.input_size,
+        preprocessing=spec.preprocessing,
+        architecture=spec.architecture,
+        training={
+            "data": str(data_dir),
+            "epochs": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "best_val_loss": round(result.best_val_loss, 5),
+            "seconds": round(result.seconds, 1),
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "recipe": "AdamW, warm-up + cosine decay, balanced class weights, dropout before the classifier,"
+                      " batch-norm statistics re-estimated on clean training batches, best epoch by validation loss",
+            "augmentation": AUGMENTATION_RECIPE,
+        },
+        validation=validation_figures(shipped, spec, data_dir, config),
+    )
+    manifest = load_or_empty(models_dir).with_model(entry)
+    manifest = replace(
+        manifest,
+        blank_box=config.blank_box,
+        dataset=manifest.dataset or DATASET,
+        ensemble=replace(manifest.ensemble, weights=equal_weights(manifest.models), tuned_on=""),
+    )
+    save_manifest(manifest, models_dir)
+    refit_domain(models_dir, data_dir)
+    refit(Ensemble.load(models_dir), data_dir)
+    return entry
+
+
+def _predict_split(ensemble: Ensemble, split_dir: Path):
+    _, images, labels = load_labelled(split_dir, ensemble.manifest.blank_box, "blank")
+    return predict_images(ensemble, images), labels
+
+
+def refit(ensemble: Ensemble, data_dir: Path, pool_train: bool = False) -> Tuning:
+    """Refit, on ``data_dir/val``, every statistic the shipped ``ensemble`` derives from data; update its manifest.
+
+    Today that is the calibration, the vote weights, the screening threshold and the review band
+    (:func:`allscan.training.tune.tune_ensemble`). Any further shipped statistic gets its own step here.
+    ``pool_train`` adds the training split's predictions to the calibration and the threshold's
+    second check: sound only for models that do not fit their training split better than validation
+    (compare the two before using it).
+    """
+    probs, labels = _predict_split(ensemble, Path(data_dir) / "val")
+    pool = _predict_split(ensemble, Path(data_dir) / "train") if pool_train else None
+    tuned_on = f"val split of {data_dir} ({len(labels)} images)" + (
+        f", calibration and threshold check pooled with its train split ({len(pool[1])} images)" if pool else "")
+    tuning = tune_ensemble(probs, labels, tuned_on, pool)
+    save_manifest(replace(ensemble.manifest, ensemble=tuning.config), ensemble.models_dir)
+    return tuning
