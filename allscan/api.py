@@ -10,23 +10,24 @@
 The ``allscan predict`` command runs :meth:`Screener.run`, the same path as ``out=``.
 """
 
+import os
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from allscan.run.engines import Engine, make_engine
-from allscan.run.engines.local import iter_prepared
-from allscan.results.frames import read_results, results_frame
-from allscan.scoring.heatmaps import HeatmapOptions
+from allscan.domain.fields import DomainOptions
 from allscan.images import find_images
 from allscan.paths import default_models_dir
-from allscan.run.batch import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Job, Observer, PredictSummary, score_prepared
-from allscan.run.batch import predict as run_predict
-from allscan.results.types import ImageResult
+from allscan.results.frames import read_results, results_frame
 from allscan.results.store import ResultStore
+from allscan.run.batch import RunSummary, run_batch
+from allscan.run.committer import Committer, MemoryResults, Observer
+from allscan.run.engines import Engine, LocalEngine, make_engine
+from allscan.run.job import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Job, Source
+from allscan.scoring.heatmaps import HeatmapOptions
+from allscan.scoring.pipeline import Pipeline, as_pipeline
 
 __all__ = ["Screener", "load", "predict", "read_results"]
 
@@ -39,8 +40,6 @@ class Screener:
     folders or in-memory images into DataFrames."""
 
     def __init__(self, scoring):
-        from allscan.scoring.pipeline import as_pipeline
-
         self.pipeline = as_pipeline(scoring)
         self.ensemble = self.pipeline.ensemble
 
@@ -93,23 +92,16 @@ class Screener:
     def run(self, images: Sequence[Path], out: Path, *, recursive: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
             workers: int = DEFAULT_WORKERS, rescore: bool = False, engine: Engine | None = None,
             observer: Observer | None = None, heatmaps: HeatmapOptions | None = None, report: Path | None = None,
-            command: str | None = None) -> PredictSummary:
+            command: str | None = None) -> RunSummary:
         """Run ``allscan predict``: score ``images`` (files and folders) through the store and write ``out``."""
-        return run_predict(images, out, self.pipeline, recursive, batch_size, workers, rescore, observer, command,
-                           heatmaps, report, engine)
+        return run_batch(images, out, self.pipeline, recursive, batch_size, workers, rescore, observer, command,
+                         heatmaps, report, engine)
 
-    def _score_in_memory(self, sources: list[tuple[Path | np.ndarray, str]], batch_size: int,
-                         workers: int) -> list[ImageResult]:
-        job = Job.of(self.pipeline, batch_size)
-        results: list[ImageResult] = []
-        batch = []
-        for item in iter_prepared(sources, lambda s: job.prepare(s[0], name=s[1]), workers, window=2 * batch_size):
-            batch.append(item)
-            if len(batch) >= batch_size:
-                results += score_prepared(self.pipeline, batch, batch_size=batch_size)
-                batch = []
-        results += score_prepared(self.pipeline, batch, batch_size=batch_size)
-        return _mark_duplicates(results)
+    def _score_in_memory(self, sources: list[Source], batch_size: int, workers: int) -> list:
+        """The same engine and committer as a run, into memory: rows in the order of ``sources``."""
+        sink = MemoryResults()
+        LocalEngine(workers).run(sources, Job.of(self.pipeline, batch_size), Committer(self.pipeline, sink, batch_size))
+        return list(sink.results([source.name for source in sources]))
 
 
 def load(models: Path | str | None = None, site: Path | str | None = None, stain_norm: bool = True,
@@ -127,13 +119,8 @@ def load(models: Path | str | None = None, site: Path | str | None = None, stain
         ManifestError: No models there, a model file that fails its checksum, or a site profile
             that is corrupt or was fitted on other models (a DomainError).
     """
-    import os
-
-    from allscan.domain.fields import DomainOptions
-    from allscan.scoring.pipeline import DomainPipeline
-
     site = site if site is not None else os.environ.get("ALLSCAN_SITE") or None
-    return Screener(DomainPipeline.load(models if models is not None else default_models_dir(), site,
+    return Screener(Pipeline.load(models if models is not None else default_models_dir(), site,
                                         DomainOptions(stain_norm, rbc_diameter)))
 
 
@@ -144,25 +131,16 @@ def predict(images: ImageInput | Iterable[ImageInput], models: Path | str | None
     return load(models, site).predict(images, out, **options)
 
 
-def _sources(items: list[ImageInput], names: Sequence[str] | None, recursive: bool) -> list[tuple[Path | np.ndarray, str]]:
+def _sources(items: list[ImageInput], names: Sequence[str] | None, recursive: bool) -> list[Source]:
     """Each image with the path its row shows: folders expanded in place, arrays named."""
     arrays = [i for i, item in enumerate(items) if isinstance(item, np.ndarray)]
     if names is not None and len(names) != len(arrays):
         raise ValueError(f"{len(names)} names for {len(arrays)} arrays")
     array_names = dict(zip(arrays, names if names is not None else (f"array-{i}" for i in arrays)))
-    sources: list[tuple[Path | np.ndarray, str]] = []
+    sources: list[Source] = []
     for i, item in enumerate(items):
         if isinstance(item, np.ndarray):
-            sources.append((item, array_names[i]))
+            sources.append(Source(item, array_names[i]))
         else:
-            sources += [(path, str(path)) for path in find_images([Path(item)], recursive)]
+            sources += [Source.file(path) for path in find_images([Path(item)], recursive)]
     return sources
-
-
-def _mark_duplicates(results: list[ImageResult]) -> list[ImageResult]:
-    firsts: dict[str, str] = {}
-    marked = []
-    for result in results:
-        first = firsts.setdefault(result.sha256, str(result.path)) if result.score is not None else str(result.path)
-        marked.append(result if first == str(result.path) else replace(result, duplicate_of=first))
-    return marked

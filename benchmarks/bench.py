@@ -72,7 +72,7 @@ def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = 
     """
     started = time.monotonic()
     from allscan.models.ensemble import Ensemble
-    from allscan.run.batch import predict
+    from allscan.run.batch import run_batch
 
     load_started = time.monotonic()
     ensemble = Ensemble.load(models)
@@ -102,7 +102,7 @@ def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = 
 
     observer = Timing()
     run_started = time.monotonic()
-    summary = predict([images], out, ensemble, batch_size=batch_size, observer=observer, engine=runner)
+    summary = run_batch([images], out, ensemble, batch_size=batch_size, observer=observer, engine=runner)
     run_s = time.monotonic() - run_started
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     flowing = (observer.count - 1) / (observer.last - observer.first) if observer.count > 1 else None

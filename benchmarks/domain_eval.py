@@ -24,7 +24,8 @@ from PIL import Image, ImageFilter  # noqa: E402
 from allscan.training.dataset import blank_box, list_split  # noqa: E402
 from allscan.training.adapt import collect, fit_heads, image_probabilities, out_of_fold  # noqa: E402
 from allscan.domain.fields import DomainOptions  # noqa: E402
-from allscan.scoring.pipeline import DomainPipeline  # noqa: E402
+from allscan.scoring.pipeline import Pipeline  # noqa: E402
+from allscan.scoring.vote import combine  # noqa: E402
 from allscan.domain.stain import hed_shift  # noqa: E402
 from allscan.models.ensemble import Ensemble  # noqa: E402
 from allscan.images import decode_file, find_images, resize  # noqa: E402
@@ -46,7 +47,7 @@ def metrics(labels: np.ndarray, p: np.ndarray, threshold: float) -> dict:
             "confusion": [[tn, fp], [fn, tp]]}
 
 
-def score_rgbs(pipeline: DomainPipeline, rgbs: list[np.ndarray], batch: int = 32) -> list:
+def score_rgbs(pipeline: Pipeline, rgbs: list[np.ndarray], batch: int = 32) -> list:
     scores = []
     for start in range(0, len(rgbs), batch):
         scores += pipeline.score([pipeline.fields(rgb) for rgb in rgbs[start:start + batch]])
@@ -68,10 +69,11 @@ def aria(ensemble: Ensemble, data: Path) -> dict:
     before = []
     for start in range(0, len(rgbs), 32):
         chunk = rgbs[start:start + 32]
-        before += [s.p_all for s in ensemble.score({z: np.stack([resize(r, z) for r in chunk])
-                                                    for z in ensemble.input_sizes})]
+        probs, _ = ensemble.outputs({z: np.stack([resize(r, z) for r in chunk]) for z in ensemble.input_sizes})
+        before += [combine({n: float(p[i]) for n, p in probs.items()}, ensemble.manifest.ensemble).p_all
+                   for i in range(len(chunk))]
     result = {"before (whole field, no domain handling)": metrics(labels, np.array(before), threshold)}
-    default = DomainPipeline(ensemble)
+    default = Pipeline(ensemble)
     scores = score_rgbs(default, rgbs)
     result["after (domain handling on)"] = summary(scores, labels, threshold)
     result["after: scale factors applied"] = sorted({s.domain.scale for s in scores if s.domain.scale is not None})
@@ -85,12 +87,12 @@ def aria(ensemble: Ensemble, data: Path) -> dict:
     shifted = [hed_shift(r, HED_SCALE, HED_SHIFT) for r in rgbs]
     result["HED shift, stain norm on"] = summary(score_rgbs(default, shifted), labels, threshold)
     result["HED shift, --no-stain-norm"] = summary(
-        score_rgbs(DomainPipeline(ensemble, DomainOptions(stain_norm=False)), shifted), labels, threshold)
+        score_rgbs(Pipeline(ensemble, DomainOptions(stain_norm=False)), shifted), labels, threshold)
     return result
 
 
 def foreign(ensemble: Ensemble, root: Path) -> dict:
-    pipeline = DomainPipeline(ensemble)
+    pipeline = Pipeline(ensemble)
     result = {}
     for name in sorted(p.name for p in root.iterdir() if p.is_dir()):
         paths = find_images([root / name])
@@ -139,7 +141,7 @@ def simulated_lab(ensemble: Ensemble, data: Path, work: Path, repeats: int = 5) 
     lab = work / "simlab-strong"
     if not lab.is_dir():
         build_lab(data, lab, {"normal": 18, "ALL": 40})
-    pipeline = DomainPipeline(ensemble)
+    pipeline = Pipeline(ensemble)
     images, _ = collect(pipeline, lab)
     labels = np.array([im.label for im in images])
     scores = pipeline.score([im.fields for im in images])

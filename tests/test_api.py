@@ -31,7 +31,7 @@ def screener(models_dir):
 
 def test_import_is_light_and_predict_is_the_api_function():
     code = ("import sys, allscan; assert 'tensorflow' not in sys.modules and 'pandas' not in sys.modules;"
-            "from allscan.run.batch import Job; import allscan.api as api;"
+            "from allscan.run.job import Job; import allscan.api as api;"
             "assert allscan.predict is api.predict and allscan.load is api.load;"
             "assert 'tensorflow' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from allscan import architectures
+from allscan.models import architectures
 from allscan._tf import keras, tf
 from allscan.training.augment import (
     HED_FROM_RGB,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from allscan.models.calibration import Calibration, Platt, fit_platt, logit, sigmoid
-from allscan.models.ensemble import combine
+from allscan.scoring.vote import combine
 from allscan.models.manifest import EnsembleConfig, Manifest, ModelEntry, load_manifest, save_manifest
 from allscan.training.operating_point import review_band, screening_threshold, wilson_interval
 from allscan.training.tune import tune_ensemble

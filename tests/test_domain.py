@@ -11,12 +11,13 @@ from PIL import Image
 from allscan.domain.fields import DomainOptions
 from allscan.domain.gaussian import fit_gaussian
 from allscan.domain.guard import assess
-from allscan.scoring.pipeline import DomainPipeline
+from allscan.scoring.pipeline import Pipeline
+from allscan.scoring.vote import aggregate
 from allscan.domain.reference import DomainChecks
 from allscan.domain.scale import estimate_diameter
 from allscan.domain.stain import colour_stats, hed_shift, reinhard
-from allscan.domain.tiles import FIELD_SIZE, aggregate, field_boxes, starts
-from allscan.run.batch import predict
+from allscan.domain.tiles import FIELD_SIZE, field_boxes, starts
+from allscan.run.batch import run_batch
 from allscan.results.types import COLUMNS
 from tests.utils import disc_smear
 
@@ -93,7 +94,7 @@ def test_training_style_field_is_one_unscaled_field_in_domain_and_a_foreign_phot
     _write(tmp_path / "in" / "camera.png",
            disc_smear(64, (900, 1400), seed=7, cell_rgb=(230, 150, 150), background=(215, 225, 200)))
     out = tmp_path / "r.csv"
-    predict([tmp_path / "in"], out, domain_ensemble)
+    run_batch([tmp_path / "in"], out, domain_ensemble)
     rows = {r["file"]: r for r in csv.DictReader(out.open())}
     assert list(rows["camera.png"]) == list(COLUMNS)
     mine, theirs = rows["aria-like.png"], rows["camera.png"]
@@ -105,13 +106,13 @@ def test_training_style_field_is_one_unscaled_field_in_domain_and_a_foreign_phot
 
 
 def test_rbc_diameter_override_sets_the_scale(domain_ensemble):
-    pipeline = DomainPipeline(domain_ensemble, DomainOptions(rbc_diameter=32.0))
+    pipeline = Pipeline(domain_ensemble, DomainOptions(rbc_diameter=32.0))
     fields = pipeline.fields(disc_smear(16, (640, 640), seed=2))
     assert fields.scale == pytest.approx(pipeline.reference.checks.rbc_diameter / 32.0)
 
 
 def test_no_scale_estimate_scores_the_whole_image_and_says_so(domain_ensemble):
-    pipeline = DomainPipeline(domain_ensemble)
+    pipeline = Pipeline(domain_ensemble)
     score = pipeline.score([pipeline.fields(np.full((300, 400, 3), 235, np.uint8))])[0]
     assert score.domain.scale is None and score.domain.tiles == 1
     assert "no red-cell size estimate" in score.domain.notes
@@ -126,7 +127,7 @@ def test_large_image_streams_through_reduced_decoding(domain_ensemble, tmp_path)
     assert (decoded.width, decoded.height) == (4500, 3000)
     assert max(decoded.rgb.shape) < 4500 and max(decoded.rgb.shape) >= DECODE_MAX_SIDE
     out = tmp_path / "r.csv"
-    predict([path], out, domain_ensemble)
+    run_batch([path], out, domain_ensemble)
     row = next(csv.DictReader(out.open()))
     assert row["verdict"] in ("ALL", "normal") and int(row["tiles"]) > 1
     assert float(row["scale"]) == pytest.approx(16 / 48, rel=0.1)  # in the file's own pixels
@@ -219,9 +220,8 @@ def test_a_domain_reference_fitted_for_other_model_files_is_refused(domain_model
     import json
     import shutil
 
-    from allscan.models.ensemble import Ensemble
-    from allscan.models.manifest import ManifestError, sha256_file
     from allscan.models.files import save_half_precision
+    from allscan.models.manifest import ManifestError, sha256_file
     from tests.utils import TINY_SIZES, tiny_model
 
     models = tmp_path / "models"
@@ -231,7 +231,7 @@ def test_a_domain_reference_fitted_for_other_model_files_is_refused(domain_model
     manifest["models"]["alexnet"]["sha256"] = sha256_file(models / "alexnet.keras")
     (models / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match="fit-domain"):
-        Ensemble.load(models)
+        Pipeline.load(models)
 
 
 def test_scale_tolerance_is_the_reference_spread_for_single_fields_and_1_3_for_larger_images():

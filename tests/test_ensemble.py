@@ -2,7 +2,7 @@
 
 import pytest
 
-from allscan.models.ensemble import combine
+from allscan.scoring.vote import combine
 from allscan.models.manifest import EnsembleConfig
 
 CONFIG = EnsembleConfig({"a": 0.5, "b": 0.3, "c": 0.2, "d": 0.0}, threshold=0.6, review_band=(0.4, 0.8))
@@ -33,7 +33,7 @@ def test_models_loaded_on_first_use_score_like_eager_ones(models_dir, ensemble):
     assert not any(m.loaded for m in lazy.members)
     rng = np.random.default_rng(0)
     batches = {s: rng.integers(0, 256, (3, s, s, 3), dtype=np.uint8) for s in ensemble.input_sizes}
-    got, want = lazy.predict_models(batches), ensemble.predict_models(batches)
+    got, want = lazy.outputs(batches)[0], ensemble.outputs(batches)[0]
     assert all(m.loaded for m in lazy.members)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], atol=1e-6)

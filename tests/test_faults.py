@@ -24,12 +24,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from allscan import store_schema
+from allscan.results import schema as store_schema
 from allscan.cli import app
-from allscan.scoring.pipeline import DomainPipeline
+from allscan.scoring.pipeline import Pipeline
 from allscan.images import IMAGE_SUFFIXES, ImageError, decode_bytes, find_images
 from allscan.models.manifest import ManifestError, load_manifest
-from allscan.run.batch import predict, prepare
+from allscan.run.batch import run_batch
+from allscan.run.job import prepare
 from allscan.results.types import ImageResult
 from allscan.results.store import ResultStore, store_path_for
 from allscan.results.lock import StoreLock
@@ -71,7 +72,7 @@ def test_symlink_loop_is_followed_once(tmp_path, ensemble):
     (slides / "sub" / "up").symlink_to("..")
     (slides / "sub" / "self").symlink_to(".")
     assert [p.relative_to(slides).as_posix() for p in find_images([slides])] == ["a.png", "sub/b.png"]
-    predict([slides], tmp_path / "r.csv", ensemble)
+    run_batch([slides], tmp_path / "r.csv", ensemble)
     assert len(_rows(tmp_path / "r.csv")) == 2
 
 
@@ -104,7 +105,7 @@ def test_unreadable_subfolder_is_an_error_row_and_the_run_goes_on(tmp_path, ense
 
     monkeypatch.setattr(Path, "iterdir", iterdir)  # root reads any folder, so refuse this one here
     out = tmp_path / "r.csv"
-    summary = predict([slides], out, ensemble)
+    summary = run_batch([slides], out, ensemble)
     rows = {r["file"]: r for r in _rows(out)}
     assert set(rows) == {"a.png", "locked"} and rows["a.png"]["verdict"]
     assert rows["locked"]["error"] == "folder cannot be listed (Permission denied): none of its images were scored"
@@ -400,7 +401,7 @@ def test_same_checksum_under_another_file_is_refused(models_copy):
 def test_images_under_64_px_a_side_are_error_rows(width, height, scored, tmp_path, ensemble):
     image = Image.fromarray(smear(1, size=300)[:height, :width])
     image.save(tmp_path / "in.png")
-    predict([tmp_path / "in.png"], tmp_path / "r.csv", ensemble)
+    run_batch([tmp_path / "in.png"], tmp_path / "r.csv", ensemble)
     (row,) = _rows(tmp_path / "r.csv")
     if scored:
         assert row["verdict"] in ("ALL", "normal") and row["error"] == ""
@@ -617,12 +618,12 @@ def test_fuzzed_images_each_become_a_result_or_an_error_row(tmp_path, ensemble):
         path = folder / f"m{i:03d}-{kind}{suffixes[i % len(suffixes)]}"
         path.write_bytes(data)
         try:
-            prepare(path, DomainPipeline(ensemble).maker, frozenset())
+            prepare(path, Pipeline(ensemble).maker, frozenset())
         except Exception as exc:  # noqa: BLE001 - counting what escapes is the point
             escapes.append(f"{path.name}: {type(exc).__name__}: {exc}")
     assert escapes == []
     out = tmp_path / "fuzz.csv"
-    summary = predict([folder], out, ensemble)
+    summary = run_batch([folder], out, ensemble)
     rows = _rows(out)
     scored = [r for r in rows if r["verdict"] in ("ALL", "normal") and r["p_all"] and not r["error"]]
     errors = [r for r in rows if r["verdict"] == "error" and r["error"] and not r["p_all"]]

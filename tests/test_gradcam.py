@@ -8,7 +8,7 @@ from allscan._tf import keras, tf
 from allscan.cli import app
 from allscan.models.gradcam import compiled_gradcam, ensemble_map
 from allscan.scoring.heatmaps import HeatmapOptions
-from allscan.run.batch import predict
+from allscan.run.batch import run_batch
 from tests.utils import write_image
 
 
@@ -67,7 +67,7 @@ def test_predict_writes_heatmaps_and_fills_the_column(ensemble, tmp_path):
         write_image(tmp_path / "in" / f"{i}.png", seed=i, size=64)
     folder = tmp_path / "in" / "heatmaps"  # inside the input folder: must not be scored as input
     out = tmp_path / "r.csv"
-    summary = predict([tmp_path / "in"], out, ensemble, heatmaps=HeatmapOptions(folder, every=True))
+    summary = run_batch([tmp_path / "in"], out, ensemble, heatmaps=HeatmapOptions(folder, every=True))
     assert summary.counts.done == 3
     import csv
 
@@ -76,7 +76,7 @@ def test_predict_writes_heatmaps_and_fills_the_column(ensemble, tmp_path):
     figure = Image.open(rows[0]["heatmap"])
     # image + ensemble overlay + four models, side by side
     assert figure.width > 6 * 64 and figure.height > 64
-    predict([tmp_path / "in"], out, ensemble, heatmaps=HeatmapOptions(folder, every=True), rescore=True)
+    run_batch([tmp_path / "in"], out, ensemble, heatmaps=HeatmapOptions(folder, every=True), rescore=True)
     assert len(list(csv.DictReader(open(out, encoding="utf-8")))) == 3
 
 

@@ -7,8 +7,8 @@ import shutil
 import pytest
 from openpyxl import load_workbook
 
-from allscan.scoring.pipeline import DomainPipeline
-from allscan.run.batch import predict
+from allscan.scoring.pipeline import Pipeline
+from allscan.run.batch import run_batch
 from allscan.results.types import COLUMNS
 from allscan.results.store import ResultStore, store_path_for
 from tests.utils import write_image
@@ -31,7 +31,7 @@ def _csv_rows(path):
 
 def test_csv_has_one_row_per_image_in_schema_order(slides, ensemble, tmp_path):
     out = tmp_path / "results.csv"
-    summary = predict([slides], out, ensemble)
+    summary = run_batch([slides], out, ensemble)
     assert summary.exit_code == 0
     with open(out, encoding="utf-8") as handle:
         assert next(csv.reader(handle)) == list(COLUMNS)
@@ -52,20 +52,20 @@ def test_csv_has_one_row_per_image_in_schema_order(slides, ensemble, tmp_path):
 
 
 def test_batching_does_not_change_scores(slides, ensemble, tmp_path):
-    predict([slides], tmp_path / "a.csv", ensemble, batch_size=1)
-    predict([slides], tmp_path / "b.csv", ensemble, batch_size=7, workers=3)
+    run_batch([slides], tmp_path / "a.csv", ensemble, batch_size=1)
+    run_batch([slides], tmp_path / "b.csv", ensemble, batch_size=7, workers=3)
     a, b = _csv_rows(tmp_path / "a.csv"), _csv_rows(tmp_path / "b.csv")
     assert [r["p_all"] for r in a] == [r["p_all"] for r in b]
 
 
 def test_no_recursive_stays_flat(slides, ensemble, tmp_path):
-    predict([slides], tmp_path / "r.csv", ensemble, recursive=False)
+    run_batch([slides], tmp_path / "r.csv", ensemble, recursive=False)
     assert len(_csv_rows(tmp_path / "r.csv")) == 5
 
 
 def test_excel_has_three_formatted_sheets(slides, ensemble, tmp_path):
     out = tmp_path / "results.xlsx"
-    predict([slides], out, ensemble)
+    run_batch([slides], out, ensemble)
     book = load_workbook(out)
     assert book.sheetnames == ["Results", "Run", "Summary"]
     sheet = book["Results"]
@@ -89,7 +89,7 @@ def test_bad_images_become_error_rows_and_run_goes_on(slides, ensemble, tmp_path
     good = (slides / "field0.png").read_bytes()
     (slides / "truncated.png").write_bytes(good[: len(good) // 3])
     out = tmp_path / "results.csv"
-    summary = predict([slides], out, ensemble)
+    summary = run_batch([slides], out, ensemble)
     assert summary.exit_code == 1
     rows = {r["file"]: r for r in _csv_rows(out)}
     assert len(rows) == 11
@@ -102,26 +102,26 @@ def test_bad_images_become_error_rows_and_run_goes_on(slides, ensemble, tmp_path
 
 def test_rerun_skips_scored_images_and_rescore_forces(slides, ensemble, tmp_path):
     out = tmp_path / "results.csv"
-    first = predict([slides], out, ensemble)
+    first = run_batch([slides], out, ensemble)
     assert first.counts.skipped == 0
     write_image(slides / "new.png", seed=99)
-    second = predict([slides], out, ensemble)
+    second = run_batch([slides], out, ensemble)
     assert second.counts.skipped == 8 and second.counts.done == 9
     assert len(_csv_rows(out)) == 9
-    third = predict([slides], out, ensemble, rescore=True)
+    third = run_batch([slides], out, ensemble, rescore=True)
     assert third.counts.skipped == 0
 
 
 def test_copy_under_new_name_reuses_score(slides, ensemble, tmp_path):
     shutil.copy(slides / "field1.png", slides / "copy-of-field1.png")
     out = tmp_path / "results.csv"
-    predict([slides], out, ensemble)
+    run_batch([slides], out, ensemble)
     rows = {r["file"]: r for r in _csv_rows(out)}
     assert rows["copy-of-field1.png"]["p_all"] == rows["field1.png"]["p_all"]
     # Sorted order meets the copy first, so the original is marked as its duplicate.
     assert rows["field1.png"]["duplicate_of"] == str(slides / "copy-of-field1.png")
     assert rows["copy-of-field1.png"]["duplicate_of"] == rows["field0.png"]["duplicate_of"] == ""
-    predict([slides], out, ensemble, batch_size=1, rescore=True)
+    run_batch([slides], out, ensemble, batch_size=1, rescore=True)
     assert _csv_rows(out) == list(rows.values())
 
 
@@ -143,11 +143,11 @@ class _CrashAfter:
 def test_crash_midway_then_rerun_loses_and_duplicates_nothing(slides, ensemble, tmp_path):
     out = tmp_path / "results.csv"
     with pytest.raises(SystemExit):
-        predict([slides], out, ensemble, batch_size=2, observer=_CrashAfter(3))
+        run_batch([slides], out, ensemble, batch_size=2, observer=_CrashAfter(3))
     # Every reported result was durable before it was reported.
-    with ResultStore(store_path_for(out), DomainPipeline(ensemble).digest) as store:
+    with ResultStore(store_path_for(out), Pipeline(ensemble).digest) as store:
         assert len(list(store.results())) >= 3
-    summary = predict([slides], out, ensemble, batch_size=2)
+    summary = run_batch([slides], out, ensemble, batch_size=2)
     rows = _csv_rows(out)
     assert sorted(r["file"] for r in rows) == sorted(p.name for p in slides.rglob("*.*g"))
     assert len({r["path"] for r in rows}) == len(rows) == 8
@@ -156,8 +156,8 @@ def test_crash_midway_then_rerun_loses_and_duplicates_nothing(slides, ensemble, 
 
 def test_outputs_are_never_read_as_inputs(slides, ensemble):
     out = slides / "results.csv"
-    predict([slides], out, ensemble)
-    predict([slides], out, ensemble)
+    run_batch([slides], out, ensemble)
+    run_batch([slides], out, ensemble)
     assert len(_csv_rows(out)) == 8
 
 
@@ -165,18 +165,18 @@ def test_formula_like_file_names_are_neutralised(tmp_path, ensemble):
     folder = tmp_path / "in"
     write_image(folder / "=HYPERLINK(1).png")
     out = tmp_path / "results.xlsx"
-    predict([folder], out, ensemble)
+    run_batch([folder], out, ensemble)
     cell = load_workbook(out)["Results"].cell(2, COLUMNS.index("file") + 1)
     assert cell.data_type == "s" and cell.value == "'=HYPERLINK(1).png"
-    predict([folder], tmp_path / "results.csv", ensemble)
+    run_batch([folder], tmp_path / "results.csv", ensemble)
     assert _csv_rows(tmp_path / "results.csv")[0]["file"] == "'=HYPERLINK(1).png"
 
 
 def test_unknown_suffix_and_missing_input_are_refused(slides, ensemble, tmp_path):
     with pytest.raises(ValueError, match="unknown output suffix"):
-        predict([slides], tmp_path / "results.txt", ensemble)
+        run_batch([slides], tmp_path / "results.txt", ensemble)
     with pytest.raises(FileNotFoundError):
-        predict([tmp_path / "nope"], tmp_path / "r.csv", ensemble)
+        run_batch([tmp_path / "nope"], tmp_path / "r.csv", ensemble)
 
 
 class _CtrlCAfter(_CrashAfter):
@@ -188,11 +188,11 @@ class _CtrlCAfter(_CrashAfter):
 
 def test_ctrl_c_writes_what_was_scored_and_says_so(slides, ensemble, tmp_path):
     out = tmp_path / "results.xlsx"
-    summary = predict([slides], out, ensemble, batch_size=2, observer=_CtrlCAfter(4))
+    summary = run_batch([slides], out, ensemble, batch_size=2, observer=_CtrlCAfter(4))
     assert summary.interrupted and summary.exit_code == 130
     rows = load_workbook(out)["Results"].max_row - 1
     assert 4 <= rows < 8
-    assert predict([slides], out, ensemble).counts.skipped == rows
+    assert run_batch([slides], out, ensemble).counts.skipped == rows
 
 
 def test_kill_9_midway_then_rerun_finishes_the_job(models_dir, tmp_path):

@@ -8,11 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 import allscan
-from allscan.scoring.pipeline import DomainPipeline
+from allscan.scoring.pipeline import Pipeline
 from allscan.cli import app
 from allscan.run.engines import EngineError
 from allscan.scoring.heatmaps import HeatmapOptions
-from allscan.run.batch import predict
+from allscan.run.batch import run_batch
 from allscan.results.store import ResultStore, store_path_for
 from tests.utils import write_image
 
@@ -38,7 +38,7 @@ def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 def test_ray_engine_gives_the_rows_of_the_local_engine(ray_runtime, slides, ensemble, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative heatmap folders: Ray workers run elsewhere
-    predict([slides], Path("local.csv"), ensemble, heatmaps=HeatmapOptions(Path("heat-local"), every=True))
+    run_batch([slides], Path("local.csv"), ensemble, heatmaps=HeatmapOptions(Path("heat-local"), every=True))
     result = runner.invoke(app, ["predict", str(slides), "-o", "ray.csv", "--models", str(ensemble.models_dir),
                                  "--engine", "ray", "--batch-size", "3", "--quiet", "--heatmaps", "heat-ray",
                                  "--heatmaps-all"])
@@ -69,17 +69,17 @@ def test_ray_engine_resumes_after_an_interrupted_run(ray_runtime, slides, models
     from allscan.run.engines.ray import RayEngine
 
     out = tmp_path / "r.csv"
-    first = predict([slides], out, ensemble, batch_size=2, observer=_CtrlCAfter(3), engine=RayEngine())
+    first = run_batch([slides], out, ensemble, batch_size=2, observer=_CtrlCAfter(3), engine=RayEngine())
     assert first.interrupted
-    with ResultStore(store_path_for(out), DomainPipeline(ensemble).digest) as store:
+    with ResultStore(store_path_for(out), Pipeline(ensemble).digest) as store:
         stored = [r for r in store.results() if r.score is not None]
     assert 3 <= len(stored) < 11
-    driver = DomainPipeline.load(models_dir, load_models=False)  # as the CLI's driver: the actors score
-    second = predict([slides], out, driver, batch_size=2, engine=RayEngine())
+    driver = Pipeline.load(models_dir, load_models=False)  # as the CLI's driver: the actors score
+    second = run_batch([slides], out, driver, batch_size=2, engine=RayEngine())
     assert not second.interrupted and second.counts.done == 12
     assert not any(m.loaded for m in driver.ensemble.members)
     assert second.counts.skipped == len(stored)
-    with ResultStore(store_path_for(out), DomainPipeline(ensemble).digest) as store:
+    with ResultStore(store_path_for(out), Pipeline(ensemble).digest) as store:
         paths = [str(r.path) for r in store.results()]
     assert len(paths) == len(set(paths)) == 12
     local = allscan.predict([slides], models=models_dir, out=tmp_path / "local.csv")
@@ -91,7 +91,7 @@ def test_a_pool_that_leaves_no_cpu_for_decoding_is_refused(ray_runtime, slides, 
     from allscan.run.engines.ray import RayEngine
 
     with pytest.raises(EngineError, match="lower --actors or --actor-cpus"):
-        predict([slides], tmp_path / "r.csv", ensemble, engine=RayEngine(actors=2))
+        run_batch([slides], tmp_path / "r.csv", ensemble, engine=RayEngine(actors=2))
 
 
 def test_missing_ray_extra_is_one_clear_line(monkeypatch, slides, models_dir, tmp_path):

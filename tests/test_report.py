@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from allscan.run.batch import predict
+from allscan.run.batch import run_batch
 from allscan.results.report import write_report
 from allscan.results.types import ImageResult, RunCounts, Score
 from allscan.results.tables import RunInfo
@@ -92,7 +92,7 @@ def test_predict_report_has_one_card_per_image(ensemble, tmp_path):
         write_image(tmp_path / "in" / f"{i}.png", seed=i)
     (tmp_path / "in" / "bad.png").write_bytes(b"broken")
     report = tmp_path / "out" / "report.html"
-    predict([tmp_path / "in"], tmp_path / "r.csv", ensemble, report=report)
+    run_batch([tmp_path / "in"], tmp_path / "r.csv", ensemble, report=report)
     assert len(_check(report.read_text(encoding="utf-8")).cards) == 5
 
 

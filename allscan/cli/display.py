@@ -1,4 +1,8 @@
-"""The live Rich display of a predict run and its closing summary table."""
+"""What the command line shows: the live views of predict and watch, and the tables and lines that
+report results, models, training and figures."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -9,10 +13,15 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.markup import escape
 from rich.table import Table
 
-from allscan.run.batch import PredictSummary
+from allscan.cli.app import console, err
 from allscan.results.types import ImageResult, RunCounts
+
+if TYPE_CHECKING:
+    from allscan.results.types import Score
+    from allscan.run.batch import RunSummary
 
 
 class _RateColumn(TextColumn):
@@ -71,7 +80,7 @@ class LiveProgress:
         self.progress.update(self.task, advance=1, tally=self._tally())
 
 
-def summary_table(summary: PredictSummary) -> Table:
+def summary_table(summary: "RunSummary") -> Table:
     c = summary.counts
     table = Table(title="allscan predict", show_header=True)
     table.add_column("verdict")
@@ -148,3 +157,152 @@ class WatchDisplay:
                           "yes" if r.score and r.score.review else "",
                           r.score.domain.domain if r.score and r.score.domain else "")
         return Group(head, table)
+
+
+def print_run_summary(summary: "RunSummary", report: Path | None) -> None:
+    """The closing lines of a predict run: counts, where the outputs are, what was skipped."""
+    console.print(summary_table(summary))
+    console.print(f"results: [bold]{summary.out}[/]  (store: {summary.store})")
+    if report:
+        console.print(f"report: [bold]{report}[/]")
+    if summary.counts.skipped:
+        console.print(f"{summary.counts.skipped} images were already scored with these models and were skipped"
+                      " (--rescore to score them again)")
+    if summary.interrupted:
+        err.print("[yellow]interrupted: results so far were written; rerun the same command to finish[/]")
+
+
+def watch_ready_line(folder: Path, out: Path, members: list[str], site: Path | None, catch_up: int) -> None:
+    """The one line ``watch`` prints once it watches, also with ``--quiet``."""
+    site_note = f", site profile {site}" if site else ""
+    console.print(escape(f"ready: watching {folder} → {out} with {len(members)} models ({', '.join(members)}"
+                         f"{site_note}); {catch_up} images to catch up; Ctrl-C to stop"),
+                  soft_wrap=True, highlight=False)
+
+
+def print_explanation(image: Path, score: "Score", with_site: bool) -> None:
+    """Each model's and the ensemble's probability, the verdict, scale, fields and domain of one image."""
+    table = Table(title=str(image))
+    table.add_column("model")
+    table.add_column("p(ALL)", justify="right")
+    for name, p in score.per_model.items():
+        table.add_row(name, f"{p:.4f}")
+    table.add_row("[bold]ensemble[/]" + (" (site profile)" if with_site else ""), f"[bold]{score.p_all:.4f}[/]")
+    console.print(table)
+    console.print(f"verdict [bold]{score.verdict}[/]; agreement {score.agreement}/{len(score.per_model)}"
+                  + ("; [yellow]flagged for review[/]" if score.review else ""))
+    info = score.domain
+    scale = "whole image (no scale estimate)" if info.scale is None else f"rescaled ×{info.scale:.3f}"
+    console.print(f"{scale}; {info.tiles} field(s) scored; domain [bold]{info.domain or '-'}[/]"
+                  + (f" (score {info.domain_score:.2f})" if info.domain_score is not None else ""))
+    if info.notes:
+        console.print(f"notes: {info.notes}")
+
+
+def models_table(folder: Path, manifest, registry: dict) -> None:
+    """The models in a folder: architecture, input size, weight, validation figures, checksums."""
+    table = Table(title=f"models in {folder}")
+    for column in ("name", "architecture", "input", "weight", "val acc", "val bal. acc", "val AUC"):
+        table.add_column(column, no_wrap=column == "name")
+    for entry in manifest.models.values():
+        v = entry.validation
+        arch = entry.architecture or (registry[entry.name].architecture if entry.name in registry else "")
+        table.add_row(
+            entry.name, arch, f"{entry.input_size}px", f"{manifest.ensemble.weights.get(entry.name, 0):.2f}",
+            *(f"{v[k]:.3f}" if k in v else "–" for k in ("accuracy", "balanced_accuracy", "roc_auc")),
+        )
+    console.print(table)
+    for entry in manifest.models.values():
+        console.print(f"{entry.name}: {entry.file}  sha256 {entry.sha256}", soft_wrap=True)
+    e = manifest.ensemble
+    console.print(f"threshold {e.threshold:.3f}, review band {e.review_band[0]:.3f}–{e.review_band[1]:.3f},"
+                  f" blank box {manifest.blank_box or 'none'}, digest {manifest.digest}")
+
+
+class TrainingProgress:
+    """A bar of epochs for one model, with a line per finished epoch."""
+
+    def __init__(self, name: str, epochs: int):
+        self.progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                                 TimeElapsedColumn(), console=console)
+        self.task = self.progress.add_task(name, total=epochs)
+
+    def __enter__(self) -> "TrainingProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def started(self, done: int, total: int) -> None:
+        self.progress.update(self.task, completed=done, total=total)
+
+    def epoch(self, e) -> None:
+        self.progress.update(self.task, completed=e.epoch)
+        self.progress.console.print(
+            f"epoch {e.epoch:>3}  loss {e.loss:.4f}  val_loss {e.val_loss:.4f}  val_acc {e.val_accuracy:.4f}"
+            f"  val_auc {e.val_auc:.4f}  ({e.seconds:.0f}s)"
+        )
+
+
+def print_shipped(entry, result, out: Path) -> None:
+    v = entry.validation
+    console.print(f"[green]shipped[/] {out / entry.file}: best epoch {result.best_epoch} of {result.epochs_run} run,"
+                  f" val accuracy {v['accuracy']:.4f}, balanced {v['balanced_accuracy']:.4f}, AUC {v['roc_auc']:.4f}")
+
+
+def _figure(d: dict, key: str) -> str:
+    interval = d["intervals"].get(key)
+    return f"{d[key]:.4f}" + (f"\n{interval[0]:.3f}-{interval[1]:.3f}" if interval else "")
+
+
+def metrics_table(title: str, rows: dict, review_rows: tuple[str, ...] = ("ensemble",)) -> Table:
+    """Figures per model (or per run) with their 95% intervals, confusion counts and review counts."""
+    table = Table(title=f"{title}; 95% intervals: Wilson for proportions, bootstrap over images otherwise")
+    headers = {"n": "n", "accuracy": "acc", "precision": "prec", "recall": "recall", "specificity": "spec",
+               "f1": "F1", "balanced_accuracy": "bal acc", "roc_auc": "AUC", "brier": "Brier", "ece": "ECE"}
+    table.add_column("model")
+    for header in headers.values():
+        table.add_column(header, justify="right")
+    table.add_column("tn/fp/fn/tp", justify="right")
+    table.add_column("review", justify="right")
+    for name, m in rows.items():
+        d = m.to_dict()
+        (tn, fp), (fn, tp) = d["confusion_matrix"]
+        table.add_row(name, str(d["n"]), *(_figure(d, c) for c in list(headers)[1:]), f"{tn}/{fp}/{fn}/{tp}",
+                      str(d["review"]) if name in review_rows else "")
+    return table
+
+
+def print_evaluation(split: str, box: str, result) -> None:
+    console.print(metrics_table(f"{split} split, label box {box}", {**result.models, "ensemble": result.ensemble}))
+
+
+def print_shortcut_check(check) -> None:
+    """The ensemble with the label box raw and swapped, the flips, and where Grad-CAM's heat lies."""
+    n, flips, heat = check.raw.ensemble.n, check.flips_raw_to_swap, check.heatmaps
+    console.print(metrics_table("ensemble with the label box raw / swapped",
+                                {"raw": check.raw.ensemble, "swapped": check.swapped.ensemble}, ("raw", "swapped")))
+    console.print(f"verdicts flipped by swapping label boxes between classes: {flips} of {n}"
+                  f" ({100 * flips / max(n, 1):.2f}%)")
+    console.print(f"raw ALL verdicts whose hottest 5% of Grad-CAM lies mostly in the label box: {heat.in_box}"
+                  f" of {heat.images}; mean share in the box {heat.mean_fraction:.3f} (box is"
+                  f" {heat.box_area_fraction:.3f} of the image)")
+
+
+def print_adapted(out: Path, result) -> None:
+    """What ``adapt`` left out, its cross-validated figures with intervals, and its warnings."""
+    for path, reason in result.skipped:
+        err.print(f"[yellow]left out[/] {escape(str(path))}: {escape(reason)}")
+    f = result.figures
+    table = Table(title=f"site profile {out}: cross-validated on {f['n_ALL']} ALL + {f['n_normal']} normal images")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("95% interval", justify="right")
+    for name in ("roc_auc", "sensitivity", "specificity"):
+        low, high = f[f"{name}_95ci"]
+        table.add_row(name.replace("_", " "), f"{f[name]:.3f}", f"{low:.3f} – {high:.3f}")
+    console.print(table)
+    console.print(f"threshold {f['threshold']:.2f}; {f['method']}; {result.seconds:.0f} s")
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")

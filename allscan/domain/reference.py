@@ -16,7 +16,7 @@ import numpy as np
 
 from allscan.domain.gaussian import Gaussian
 from allscan.fileio import atomic_write_bytes, atomic_write_text
-from allscan.models.manifest import ManifestError, sha256_file
+from allscan.models.manifest import Manifest, ManifestError, sha256_file
 
 DOMAIN_JSON = "domain.json"
 DOMAIN_NPZ = "domain.npz"
@@ -142,6 +142,22 @@ class DomainReference:
                        tuple(meta["feature_models"]), meta.get("fitted_on", ""), dict(meta["model_files"]))
         except (KeyError, TypeError, ValueError) as err:
             raise DomainError(f"malformed domain reference {path}: {err}") from None
+
+
+    @classmethod
+    def for_models(cls, models_dir: Path, manifest: Manifest) -> "DomainReference | None":
+        """The reference the manifest records beside its models, checked against its digest and
+        against the model files it was fitted for; None when the manifest records none.
+
+        Raises:
+            DomainError: Missing, tampered or malformed files, or a reference fitted for other models.
+        """
+        if not manifest.domain:
+            return None
+        path = Path(models_dir) / manifest.domain["file"]
+        reference = cls.load(path, manifest.domain["sha256"])
+        reference.check_models({name: entry.sha256 for name, entry in sorted(manifest.models.items())}, path)
+        return reference
 
 
 def load_checked_pair(meta_path: Path, sha256: str | None) -> tuple[dict, dict[str, np.ndarray]]:

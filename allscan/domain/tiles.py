@@ -1,4 +1,4 @@
-"""Cutting a rescaled image into model fields, skipping background, and the aggregation rule.
+"""Cutting a rescaled image into model fields and skipping background ones.
 
 A field is :data:`FIELD_SIZE` pixels square, the training images' size, once the
 image is at the training scale. Fields overlap by a quarter so a cell cut by one
@@ -11,14 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from allscan.models.calibration import weighted_mean
-
 FIELD_SIZE = 224
 OVERLAP = 0.25
 MIN_CELL_FRACTION = 0.05
 """A field whose cell mask covers less than this is background and is not scored."""
-TOP_K = 3
-"""An image's probabilities are the mean over its ``TOP_K`` fields with the highest ensemble p(ALL)."""
 
 
 @dataclass(frozen=True)
@@ -74,20 +70,3 @@ def cell_fractions(mask: np.ndarray, boxes: list[Box], shape: tuple[int, int], f
         y1, x1 = max(y0 + 1, int((box.y + field) * fy)), max(x0 + 1, int((box.x + field) * fx))
         fractions.append(float(mask[y0:y1, x0:x1].mean()))
     return np.asarray(fractions)
-
-
-def top_fields(ensemble_p: np.ndarray, k: int = TOP_K) -> np.ndarray:
-    """Indices of the ``k`` fields with the highest ensemble p(ALL), highest first."""
-    return np.argsort(-np.asarray(ensemble_p), kind="stable")[: max(1, k)]
-
-
-def aggregate(per_model: dict[str, np.ndarray], weights: dict[str, float], k: int = TOP_K) -> dict[str, float]:
-    """An image's per-model probabilities from its fields' (``{model: (n_fields,)}``).
-
-    The rule: rank fields by the weighted ensemble p(ALL) and average each model's
-    probability over the top ``k``. ALL is present when blasts are present in some
-    fields, so the most suspicious fields speak for the image; averaging a few of them
-    keeps one odd field from deciding alone.
-    """
-    chosen = top_fields(weighted_mean(per_model, weights), k)
-    return {n: float(np.mean(p[chosen])) for n, p in per_model.items()}

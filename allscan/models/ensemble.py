@@ -1,4 +1,4 @@
-"""The four-model ensemble: loading checked models, batched compiled inference, the soft vote."""
+"""The four-model ensemble: loading checked models and running their compiled forward passes and Grad-CAM."""
 
 import threading
 from collections.abc import Callable, Mapping
@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from allscan._tf import keras, tf
-from allscan.models.calibration import weighted_mean
-from allscan.models.manifest import EnsembleConfig, Manifest, load_manifest
+from allscan.models.manifest import Manifest, load_manifest
 from allscan.models.files import check_file
+from allscan.models.gradcam import compiled_gradcam
 from allscan.models.preprocessing import get_preprocessor
-from allscan.results.types import VERDICT_ALL, VERDICT_NORMAL, Score
 
 
 @dataclass
@@ -77,41 +76,17 @@ def _compiled_forward(model, preprocess: Callable, input_size: int) -> Callable:
     return forward
 
 
-def combine(per_model: Mapping[str, float], config: EnsembleConfig) -> Score:
-    """Calibrate, take the weighted soft vote, calibrate it; verdict by threshold, review when uncertain.
-
-    Each member's output goes through its Platt scaling, the weighted mean of those
-    calibrated probabilities through the ensemble's; the per-model probabilities
-    reported are the calibrated ones. ``agreement`` counts every model's vote;
-    disagreement (for review) is among the models that carry weight, so a member tuned
-    out of the vote cannot flag images on its own.
-    """
-    calibrated = {name: float(config.calibration.member(name, p)) for name, p in per_model.items()}
-    p_all = float(config.calibration.ensemble.apply(weighted_mean(calibrated, config.weights)))
-    votes = [p >= config.threshold for p in calibrated.values()]
-    agreement = int(sum(votes))
-    low, high = config.review_band
-    weighted_votes = [v for name, v in zip(calibrated, votes) if config.weights.get(name, 0.0) > 0] or votes
-    disagree = 0 < sum(weighted_votes) < len(weighted_votes)
-    review = bool(low <= p_all < high or disagree)
-    verdict = VERDICT_ALL if p_all >= config.threshold else VERDICT_NORMAL
-    return Score(p_all, verdict, review, agreement, calibrated)
-
-
 class Ensemble:
     """The ensemble described by a models folder's manifest, loaded once and reused."""
 
-    def __init__(self, manifest: Manifest, members: list[Member], models_dir: Path, domain=None):
+    def __init__(self, manifest: Manifest, members: list[Member], models_dir: Path):
         self.manifest = manifest
         self.members = members
         self.models_dir = models_dir
-        self.domain = domain
-        """The :class:`~allscan.domain.reference.DomainReference` shipped with the models, if any."""
 
     @classmethod
-    def load(cls, models_dir: Path, with_domain: bool = True, load_models: bool = True) -> "Ensemble":
-        """Check every model listed in ``models_dir/manifest.json`` against its sha256 and load it, and
-        the domain reference recorded there (unless ``with_domain`` is False, as when refitting it).
+    def load(cls, models_dir: Path, load_models: bool = True) -> "Ensemble":
+        """Check every model listed in ``models_dir/manifest.json`` against its sha256 and load it.
 
         With ``load_models`` False the models stay on disk until first used: for a process that only
         coordinates (the Ray engine's driver), which needs the manifest and not ~1.2 GB of models.
@@ -126,26 +101,15 @@ class Ensemble:
         if load_models:
             for member in members:
                 member.load()
-        domain = None
-        if manifest.domain and with_domain:
-            from allscan.domain.reference import DomainReference
-
-            path = models_dir / manifest.domain["file"]
-            domain = DomainReference.load(path, manifest.domain["sha256"])
-            domain.check_models({name: entry.sha256 for name, entry in sorted(manifest.models.items())}, path)
-        return cls(manifest, members, models_dir, domain)
+        return cls(manifest, members, models_dir)
 
     @property
     def input_sizes(self) -> tuple[int, ...]:
         return tuple(sorted({m.input_size for m in self.members}))
 
-    def predict_models(self, batches: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
-        """Each model's probabilities of ALL for a batch given at every input size."""
-        return self.predict_with_features(batches)[0]
-
-    def predict_with_features(self, batches: Mapping[int, np.ndarray]
-                              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Each model's probabilities of ALL ``(n,)`` and pooled features ``(n, d)`` for a batch."""
+    def outputs(self, batches: Mapping[int, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Each model's probabilities of ALL ``(n,)`` and pooled features ``(n, d)`` for a batch given at
+        every input size (``{input_size: (n, s, s, 3) uint8}``)."""
         probabilities, features = {}, {}
         for m in self.members:
             p, f = m.forward(tf.constant(batches[m.input_size]))
@@ -154,18 +118,9 @@ class Ensemble:
 
     def gradcams(self, batches: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
         """Each model's Grad-CAM maps ``(n, h, w)`` for the ALL logit, in [0, 1]."""
-        from allscan.models.gradcam import compiled_gradcam
-
         maps = {}
         for m in self.members:
             if m.gradcam is None:
                 m.gradcam = compiled_gradcam(m.model, m.preprocessing, m.input_size)
             maps[m.name] = m.gradcam(tf.constant(batches[m.input_size])).numpy()
         return maps
-
-    def score(self, batches: Mapping[int, np.ndarray]) -> list[Score]:
-        """Ensemble scores for one batch (``{input_size: (n, s, s, 3) uint8}``)."""
-        per_model = self.predict_models(batches)
-        n = len(next(iter(per_model.values())))
-        config = self.manifest.ensemble
-        return [combine({name: float(p[i]) for name, p in per_model.items()}, config) for i in range(n)]

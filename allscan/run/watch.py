@@ -8,26 +8,33 @@ so a restart's catch-up pass scores only what has no row yet.
 
 import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer as InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
-from allscan.scoring.pipeline import DomainPipeline, as_pipeline
-from allscan.models.ensemble import Ensemble
 from allscan.fileio import OutputError, describe
-from allscan.scoring.heatmaps import HeatmapOptions
 from allscan.images import find_images, is_image_file
-from allscan.run.batch import Observer, Prepared, Scorer, prepare, write_outputs
+from allscan.paths import check_output_suffix, sidecar_path, store_path_for
+from allscan.results.store import ResultStore
+from allscan.results.tables import csv_line
 from allscan.results.types import ImageResult
-from allscan.results.store import ResultStore, store_path_for
-from allscan.results.tables import check_output_suffix, csv_line, sidecar_path
+from allscan.run.committer import Committer, Observer
+from allscan.run.job import Prepared, prepare
+from allscan.run.outputs import write_outputs
+from allscan.scoring.heatmaps import HeatmapOptions
+from allscan.scoring.pipeline import Pipeline, as_pipeline
+
+if TYPE_CHECKING:
+    from allscan.models.ensemble import Ensemble
 
 DEFAULT_SETTLE = 1.0
 DEFAULT_MAX_DELAY = 1.0
@@ -110,7 +117,7 @@ class Watcher:
     the number of images queued for it.
     """
 
-    def __init__(self, config: WatchConfig, scoring: Ensemble | DomainPipeline, observer: Observer | None = None,
+    def __init__(self, config: WatchConfig, scoring: "Ensemble | Pipeline", observer: Observer | None = None,
                  on_ready: Callable[[int], None] | None = None):
         check_output_suffix(config.out)
         self.config = config
@@ -144,6 +151,33 @@ class Watcher:
             if path not in self._pending:
                 self._pending[path] = _Pending(-1, -1.0, time.monotonic())
 
+    def serve(self, tick: Callable[[], None] = lambda: None, interval: float = 0.25) -> None:
+        """Run on a worker thread until Ctrl-C, SIGTERM or :meth:`stop`, calling ``tick`` (a live
+        view's refresh) every ``interval`` seconds; a failure of the loop is raised here. Call it from
+        the main thread (signal handlers live there)."""
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.run()
+            except BaseException as exc:  # raised on the calling thread below
+                failure.append(exc)
+
+        previous = signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        runner = threading.Thread(target=run, name="allscan-watch")
+        runner.start()
+        try:
+            while runner.is_alive():
+                runner.join(interval)
+                tick()
+        except KeyboardInterrupt:
+            self.stop()
+            runner.join()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if failure:
+            raise failure[0]
+
     def run(self) -> None:
         """Catch up on the folder, then score arrivals until :meth:`stop`."""
         folder = self.config.folder
@@ -160,8 +194,9 @@ class Watcher:
                     self.notify(path)
                 if self.on_ready is not None:
                     self.on_ready(len(missing))
-                scorer = Scorer(self.pipeline, store, self.config.batch_size, _Relay(self), self.config.heatmaps)
-                self._loop(scorer)
+                committer = Committer(self.pipeline, store, self.config.batch_size, _Relay(self),
+                                      self.config.heatmaps)
+                self._loop(committer, store)
                 self._write_all(store)
         finally:
             observer.stop()
@@ -169,23 +204,23 @@ class Watcher:
             if self._csv is not None:
                 self._csv.close()
 
-    def _loop(self, scorer: Scorer) -> None:
+    def _loop(self, committer: Committer, store: ResultStore) -> None:
         oldest_ready: float | None = None
         while not self._stop.is_set():
             now = time.monotonic()
-            for item in self._ready(now, scorer.store):
-                scorer.add(item)
-                if scorer.pending and oldest_ready is None:
+            for item in self._ready(now, store):
+                committer.add(item)
+                if committer.pending and oldest_ready is None:
                     oldest_ready = now
-            if not scorer.pending:
+            if not committer.pending:
                 oldest_ready = None
             elif not self._pending or now - (oldest_ready or now) >= self.config.max_delay:
-                scorer.flush()
+                committer.flush()
                 oldest_ready = None
-            self.stats.queued = len(self._pending) + len(scorer.pending)
-            self._maybe_rewrite(scorer.store)
+            self.stats.queued = len(self._pending) + len(committer.pending)
+            self._maybe_rewrite(store)
             self._stop.wait(self.config.poll_interval)
-        scorer.flush()
+        committer.flush()
 
     def _ready(self, now: float, store: ResultStore) -> list[Prepared]:
         """Files whose size and mtime have settled, prepared; vanished or already scored files are dropped."""

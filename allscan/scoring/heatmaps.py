@@ -14,7 +14,7 @@ from allscan.results.types import VERDICT_ALL, Score
 
 if TYPE_CHECKING:
     from allscan.domain.fields import FieldSet
-    from allscan.scoring.pipeline import DomainPipeline
+    from allscan.scoring.pipeline import Pipeline
 
 DISPLAY_MAX_SIDE = 448
 """Figures show the image at most this many pixels wide or high."""
@@ -51,7 +51,7 @@ STITCH_STEP = 4
 """Stitched maps are kept at a quarter of the rescaled image's resolution (maps are coarse anyway)."""
 
 
-def stitched_maps(pipeline: "DomainPipeline", fields: "FieldSet") -> dict[str, np.ndarray]:
+def stitched_maps(pipeline: "Pipeline", fields: "FieldSet") -> dict[str, np.ndarray]:
     """Each model's Grad-CAM over the whole image: its fields' maps placed where the fields lie,
     overlaps averaged, cropped to the image's own pixels and scaled to [0, 1], at
     1/:data:`STITCH_STEP` of the rescaled image's resolution."""
@@ -77,7 +77,7 @@ def stitched_maps(pipeline: "DomainPipeline", fields: "FieldSet") -> dict[str, n
     return stitched
 
 
-def write_heatmaps(pipeline: "DomainPipeline", fieldsets: Sequence["FieldSet"], displays: Sequence[np.ndarray],
+def write_heatmaps(pipeline: "Pipeline", fieldsets: Sequence["FieldSet"], displays: Sequence[np.ndarray],
                    paths: Sequence[Path], hashes: Sequence[str], scores: Sequence[Score], folder: Path) -> list[str]:
     """Compute each image's stitched Grad-CAM and save one figure per image; returns the figure paths."""
     from allscan.models.gradcam import ensemble_map

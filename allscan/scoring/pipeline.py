@@ -2,7 +2,7 @@
 an optional site profile's heads, the vote and the out-of-domain guard.
 
 This is the one path from pixels to a :class:`~allscan.results.types.Score`, used by predict, watch,
-explain, evaluate and adapt.
+explain, the API, the Ray actors, evaluate, tune and adapt.
 """
 
 import hashlib
@@ -16,21 +16,27 @@ import numpy as np
 from allscan.domain.fields import DomainOptions, FieldMaker, FieldSet
 from allscan.domain.guard import assess
 from allscan.domain.reference import DomainReference
-from allscan.domain.site import SiteProfile
-from allscan.domain.tiles import aggregate
+from allscan.domain.site import SiteProfile, load_profile
 from allscan.results.types import DomainInfo, Score
+from allscan.scoring.vote import aggregate, combine
 
 if TYPE_CHECKING:
     from allscan.models.ensemble import Ensemble
 
-class DomainPipeline:
-    """An ensemble with its domain reference, the run's options and, optionally, a site profile
-    (loaded from ``site_dir``)."""
+
+class Pipeline:
+    """An ensemble with the domain reference shipped beside it, the run's options and, optionally, a
+    site profile (loaded from ``site_dir``).
+
+    Raises:
+        ManifestError: The domain reference is tampered or was fitted for other models, or the site
+            profile was fitted on other models (DomainError).
+    """
 
     def __init__(self, ensemble: "Ensemble", options: DomainOptions = DomainOptions(), site: SiteProfile | None = None,
                  site_dir: Path | None = None):
         self.ensemble = ensemble
-        self.reference: DomainReference | None = ensemble.domain
+        self.reference: DomainReference | None = DomainReference.for_models(ensemble.models_dir, ensemble.manifest)
         self.options = options
         self.site = site
         self.site_dir = site_dir
@@ -47,7 +53,7 @@ class DomainPipeline:
 
     @classmethod
     def load(cls, models_dir: Path, site_dir: Path | None = None,
-             options: DomainOptions = DomainOptions(), load_models: bool = True) -> "DomainPipeline":
+             options: DomainOptions = DomainOptions(), load_models: bool = True) -> "Pipeline":
         """Load the models in ``models_dir`` and, if given, the site profile in ``site_dir``
         (``load_models`` False: check the models now, load them on first use; see :meth:`Ensemble.load`).
 
@@ -55,8 +61,7 @@ class DomainPipeline:
             ManifestError: Unusable models, or a site profile that is corrupt or was fitted on
                 other models (a DomainError).
         """
-        from allscan.domain.site import load_profile
-        from allscan.models.ensemble import Ensemble
+        from allscan.models.ensemble import Ensemble  # TensorFlow loads with the models, not with this module
 
         ensemble = Ensemble.load(Path(models_dir), load_models=load_models)
         site = load_profile(Path(site_dir)) if site_dir is not None else None
@@ -81,6 +86,11 @@ class DomainPipeline:
         """The image's fields (thread-safe: runs on the decode threads)."""
         return self.maker(rgb)
 
+    @property
+    def config(self):
+        """The :class:`~allscan.models.manifest.EnsembleConfig` in force: the site profile's, else the models'."""
+        return self.site.ensemble if self.site is not None else self.ensemble.manifest.ensemble
+
     def field_outputs(self, fieldsets: list[FieldSet], batch_size: int
                       ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
         """Per image: each model's field probabilities ``(n,)`` and pooled features ``(n, d)``.
@@ -94,7 +104,7 @@ class DomainPipeline:
         feats: dict[str, list[np.ndarray]] = {}
         for start in range(0, total, batch_size):
             chunk = {s: x[start:start + batch_size] for s, x in stacked.items()}
-            p, f = self.ensemble.predict_with_features(chunk)
+            p, f = self.ensemble.outputs(chunk)
             for name in p:
                 probs.setdefault(name, []).append(p[name])
                 feats.setdefault(name, []).append(f[name])
@@ -106,11 +116,16 @@ class DomainPipeline:
         return [({n: v[a:b] for n, v in all_p.items()}, {n: v[a:b] for n, v in all_f.items()})
                 for a, b in zip(bounds[:-1], bounds[1:])]
 
+    def member_probabilities(self, fieldsets: list[FieldSet], batch_size: int = 16) -> dict[str, np.ndarray]:
+        """Each model's uncalibrated p(ALL) per image ``{model: (n_images,)}``, its fields aggregated by
+        the vote's rule: what calibration and the operating point are fitted on."""
+        config = self.config
+        per_image = [aggregate(probs, config.weights) for probs, _ in self.field_outputs(fieldsets, batch_size)]
+        return {name: np.array([p[name] for p in per_image]) for name in (per_image[0] if per_image else {})}
+
     def score(self, fieldsets: list[FieldSet], batch_size: int = 16) -> list[Score]:
         """Scores for a list of images' field sets, the models run over all their fields in batches."""
-        from allscan.models.ensemble import combine
-
-        config = self.site.ensemble if self.site is not None else self.ensemble.manifest.ensemble
+        config = self.config
         scores = []
         for fs, (probs, feats) in zip(fieldsets, self.field_outputs(fieldsets, batch_size)):
             score = combine(aggregate(probs, config.weights), config)
@@ -131,6 +146,6 @@ class DomainPipeline:
         return replace(score, review=score.review or verdict.domain == "out", domain=info)
 
 
-def as_pipeline(scoring: "Ensemble | DomainPipeline") -> DomainPipeline:
+def as_pipeline(scoring: "Ensemble | Pipeline") -> Pipeline:
     """A bare ensemble becomes a pipeline with default options and no site profile."""
-    return scoring if isinstance(scoring, DomainPipeline) else DomainPipeline(scoring)
+    return scoring if isinstance(scoring, Pipeline) else Pipeline(scoring)

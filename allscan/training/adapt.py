@@ -23,10 +23,10 @@ from allscan.models.calibration import weighted_mean
 from allscan.training.dataset import list_split
 from allscan.domain.fields import FieldSet
 from allscan.domain.gaussian import fit_gaussian
-from allscan.scoring.pipeline import DomainPipeline
+from allscan.scoring.pipeline import Pipeline
 from allscan.domain.reference import DomainChecks, DomainError, scale_tolerance
 from allscan.domain.site import Head, SiteProfile
-from allscan.domain.tiles import aggregate
+from allscan.scoring.vote import aggregate
 from allscan.images import ImageError, decode_file
 from allscan.models.manifest import EnsembleConfig
 from allscan.training.operating_point import wilson_interval
@@ -68,7 +68,7 @@ class AdaptResult:
     seconds: float = 0.0
 
 
-def collect(pipeline: DomainPipeline, folder: Path, batch_size: int = 16
+def collect(pipeline: Pipeline, folder: Path, batch_size: int = 16
             ) -> tuple[list[LabelledImage], list[tuple[Path, str]]]:
     """Fields and pooled features of every readable image under ``folder/ALL`` and ``folder/normal``."""
     paths, labels = list_split(folder)
@@ -171,7 +171,7 @@ def site_checks(images: list[LabelledImage], feature_models: tuple[str, ...]) ->
     )
 
 
-def adapt(pipeline: DomainPipeline, folder: Path, source: str = "") -> AdaptResult:
+def adapt(pipeline: Pipeline, folder: Path, source: str = "") -> AdaptResult:
     """Fit a site profile on ``folder/ALL`` and ``folder/normal`` (see the module docstring).
 
     Raises:

@@ -1,14 +1,18 @@
-"""Scoring a labelled split with the ensemble: per-model and ensemble figures, and the shortcut check."""
+"""Scoring a labelled split with the ensemble: per-model and ensemble figures, and the shortcut check.
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+Images go through the scoring pipeline (:class:`~allscan.scoring.pipeline.Pipeline`), the same
+path as ``allscan predict``: fields, models, vote and guard.
+"""
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from allscan.training.dataset import blank_box, list_split, scale_box
-from allscan.models.ensemble import Ensemble, combine
 from allscan.images import decode_file, resize
+from allscan.scoring.pipeline import Pipeline
+from allscan.training.dataset import blank_box, list_split, scale_box
 from allscan.training.metrics import Metrics, compute_metrics
 
 BOX_MODES = ("blank", "raw", "swap")
@@ -76,49 +80,48 @@ def load_labelled(split_dir: Path, box: tuple[int, int, int, int] | None, mode: 
     return paths, images, labels
 
 
-def predict_images(ensemble: Ensemble, images: Sequence[np.ndarray], batch_size: int = 32,
-                   progress: Callable[[int], None] = lambda n: None) -> dict[str, np.ndarray]:
-    """Each model's probabilities of ALL for decoded images."""
-    outputs: dict[str, list[np.ndarray]] = {m.name: [] for m in ensemble.members}
+def split_probabilities(pipeline: Pipeline, split_dir: Path, box: tuple[int, int, int, int] | None,
+                        batch_size: int = 32) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each model's uncalibrated p(ALL) per image of a split (label box blanked), and the labels:
+    what calibration and the operating point are fitted on."""
+    _, images, labels = load_labelled(split_dir, box, "blank")
+    parts = [pipeline.member_probabilities([pipeline.fields(im) for im in images[start:start + batch_size]],
+                                           batch_size)
+             for start in range(0, len(images), batch_size)]
+    names = parts[0].keys() if parts else ()
+    return {n: np.concatenate([part[n] for part in parts]) for n in names}, labels
+
+
+def predictions(pipeline: Pipeline, paths, images: Sequence[np.ndarray], labels, batch_size: int = 32) -> Predictions:
+    """Score decoded images through the pipeline; ``per_model`` holds the calibrated probabilities."""
+    scores = []
     for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        batches = {s: np.stack([resize(im, s) for im in chunk]) for s in ensemble.input_sizes}
-        for name, p in ensemble.predict_models(batches).items():
-            outputs[name].append(p)
-        progress(len(chunk))
-    return {name: np.concatenate(parts) for name, parts in outputs.items()}
-
-
-def ensemble_predictions(ensemble: Ensemble, paths, labels, per_model: dict[str, np.ndarray]) -> Predictions:
-    """The ensemble's verdicts for raw member outputs; ``per_model`` of the result holds the calibrated ones."""
-    config = ensemble.manifest.ensemble
-    scores = [combine({n: float(p[i]) for n, p in per_model.items()}, config) for i in range(len(labels))]
+        scores += pipeline.score([pipeline.fields(im) for im in images[start:start + batch_size]], batch_size)
+    names = list(scores[0].per_model) if scores else []
     return Predictions(
         tuple(paths),
         np.asarray(labels),
-        {n: np.array([s.per_model[n] for s in scores]) for n in per_model},
+        {n: np.array([s.per_model[n] for s in scores]) for n in names},
         np.array([s.p_all for s in scores]),
         np.array([s.review for s in scores]),
         np.array([s.verdict for s in scores]),
     )
 
 
-def evaluate_predictions(ensemble: Ensemble, predictions: Predictions, intervals: bool = True) -> Evaluation:
+def evaluate_predictions(pipeline: Pipeline, predictions: Predictions, intervals: bool = True) -> Evaluation:
     """Figures per model (at 0.5) and for the ensemble (at its threshold), with 95% intervals unless told not."""
     labels = predictions.labels
     models = {n: compute_metrics(labels, p, 0.5, intervals=intervals) for n, p in predictions.per_model.items()}
-    combined = compute_metrics(labels, predictions.ensemble, ensemble.manifest.ensemble.threshold,
-                               predictions.review, intervals=intervals)
+    combined = compute_metrics(labels, predictions.ensemble, pipeline.config.threshold, predictions.review,
+                               intervals=intervals)
     return Evaluation(models, combined, predictions)
 
 
-def evaluate(ensemble: Ensemble, split_dir: Path, box: tuple[int, int, int, int] | None, mode: str = "blank",
-             batch_size: int = 32, progress: Callable[[int], None] = lambda n: None,
-             intervals: bool = True) -> Evaluation:
+def evaluate(pipeline: Pipeline, split_dir: Path, box: tuple[int, int, int, int] | None, mode: str = "blank",
+             batch_size: int = 32, intervals: bool = True) -> Evaluation:
     """Per-model and ensemble figures on one split folder (``normal/`` and ``ALL/``)."""
     paths, images, labels = load_labelled(split_dir, box, mode)
-    per_model = predict_images(ensemble, images, batch_size, progress)
-    return evaluate_predictions(ensemble, ensemble_predictions(ensemble, paths, labels, per_model), intervals)
+    return evaluate_predictions(pipeline, predictions(pipeline, paths, images, labels, batch_size), intervals)
 
 
 def count_flips(a: Predictions, b: Predictions) -> int:
@@ -143,13 +146,14 @@ class HeatmapBoxCheck:
     box_area_fraction: float
 
 
-def heatmap_box_check(ensemble: Ensemble, images: Sequence[np.ndarray], predictions: Predictions,
+def heatmap_box_check(pipeline: Pipeline, images: Sequence[np.ndarray], predictions: Predictions,
                       box: tuple[int, int, int, int], batch_size: int = 32) -> HeatmapBoxCheck:
     """Grad-CAM the ALL-verdict images and measure how much of their hottest 5% sits in ``box``."""
     from allscan.models.gradcam import ensemble_map
 
+    ensemble = pipeline.ensemble
     chosen = [i for i, v in enumerate(predictions.verdicts) if v == "ALL"]
-    weights = ensemble.manifest.ensemble.weights
+    weights = pipeline.config.weights
     fractions = []
     area = 0.0
     for start in range(0, len(chosen), batch_size):
@@ -168,3 +172,38 @@ def heatmap_box_check(ensemble: Ensemble, images: Sequence[np.ndarray], predicti
     fractions_arr = np.asarray(fractions)
     return HeatmapBoxCheck(len(chosen), int((fractions_arr > 0.5).sum()),
                            float(fractions_arr.mean()) if len(fractions) else 0.0, float(area))
+
+
+@dataclass(frozen=True)
+class ShortcutCheck:
+    """Whether the ensemble reads the dataset's label box: verdicts with the box raw and swapped between
+    classes, the flips between them, and where Grad-CAM puts its heat."""
+
+    raw: Evaluation
+    swapped: Evaluation
+    flips_raw_to_swap: int
+    flips_blank_to_raw: int
+    heatmaps: HeatmapBoxCheck
+
+    def to_dict(self) -> dict:
+        n = self.raw.ensemble.n
+        return {
+            "raw": self.raw.to_dict()["ensemble"],
+            "swap": self.swapped.to_dict()["ensemble"],
+            "flips_raw_to_swap": self.flips_raw_to_swap,
+            "flips_blank_to_raw": self.flips_blank_to_raw,
+            "flip_share": self.flips_raw_to_swap / n if n else 0.0,
+            "heatmap_in_label_box": asdict(self.heatmaps),
+        }
+
+
+def shortcut_check(pipeline: Pipeline, split_dir: Path, box: tuple[int, int, int, int],
+                   blanked: Evaluation) -> ShortcutCheck:
+    """Score the split with the label box raw and swapped, count flips against each other and against
+    ``blanked`` (the split's evaluation with the box blanked), and Grad-CAM the raw ALL verdicts."""
+    raw = evaluate(pipeline, split_dir, box, "raw")
+    swapped = evaluate(pipeline, split_dir, box, "swap")
+    _, raw_images, _ = load_labelled(split_dir, box, "raw")
+    return ShortcutCheck(raw, swapped, count_flips(raw.predictions, swapped.predictions),
+                         count_flips(blanked.predictions, raw.predictions),
+                         heatmap_box_check(pipeline, raw_images, raw.predictions, box))

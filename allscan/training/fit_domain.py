@@ -51,7 +51,7 @@ def describe(ensemble: Ensemble, paths: list[Path], box, batch_size: int = 32
     for start in range(0, len(described), batch_size):
         chunk = described[start:start + batch_size]
         batches = {s: np.concatenate([fs.inputs[s] for _, fs in chunk]) for s in ensemble.input_sizes}
-        _, feats = ensemble.predict_with_features(batches)
+        _, feats = ensemble.outputs(batches)
         features.append(np.concatenate([feats[n] for n in names], axis=1))
         diameters += [d for d, _ in chunk]
         colours += [fs.colour for _, fs in chunk]
@@ -79,7 +79,7 @@ def refit_domain(models_dir: Path, data_dir: Path) -> DomainReference:
     """Fit the domain reference for the models in ``models_dir`` and record it in their manifest."""
     models_dir = Path(models_dir)
     manifest = load_manifest(models_dir)
-    ensemble = Ensemble.load(models_dir, with_domain=False)
+    ensemble = Ensemble.load(models_dir)
     reference = fit_reference(ensemble, data_dir, manifest.blank_box)
     sha = reference.save(models_dir)
     save_manifest(replace(manifest, domain={"file": DOMAIN_JSON, "sha256": sha}), models_dir)

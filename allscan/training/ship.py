@@ -14,7 +14,8 @@ from allscan.training.augment import RECIPE as AUGMENTATION_RECIPE
 from allscan.training.dataset import list_split, load_images
 from allscan.training.fit_domain import refit_domain
 from allscan.models.ensemble import Ensemble
-from allscan.training.evaluate import load_labelled, predict_images
+from allscan.scoring.pipeline import Pipeline
+from allscan.training.evaluate import split_probabilities
 from allscan.models.manifest import ModelEntry, equal_weights, load_or_empty, save_manifest, sha256_file
 from allscan.training.metrics import compute_metrics
 from allscan.models.files import save_half_precision
@@ -79,11 +80,6 @@ def ship(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_dir: Pa
     return entry
 
 
-def _predict_split(ensemble: Ensemble, split_dir: Path):
-    _, images, labels = load_labelled(split_dir, ensemble.manifest.blank_box, "blank")
-    return predict_images(ensemble, images), labels
-
-
 def refit(ensemble: Ensemble, data_dir: Path, pool_train: bool = False) -> Tuning:
     """Refit, on ``data_dir/val``, every statistic the shipped ``ensemble`` derives from data; update its manifest.
 
@@ -93,8 +89,10 @@ def refit(ensemble: Ensemble, data_dir: Path, pool_train: bool = False) -> Tunin
     second check: sound only for models that do not fit their training split better than validation
     (compare the two before using it).
     """
-    probs, labels = _predict_split(ensemble, Path(data_dir) / "val")
-    pool = _predict_split(ensemble, Path(data_dir) / "train") if pool_train else None
+    pipeline = Pipeline(ensemble)
+    box = ensemble.manifest.blank_box
+    probs, labels = split_probabilities(pipeline, Path(data_dir) / "val", box)
+    pool = split_probabilities(pipeline, Path(data_dir) / "train", box) if pool_train else None
     tuned_on = f"val split of {data_dir} ({len(labels)} images)" + (
         f", calibration and threshold check pooled with its train split ({len(pool[1])} images)" if pool else "")
     tuning = tune_ensemble(probs, labels, tuned_on, pool)

@@ -1,27 +1,17 @@
 """Engines run the per-image steps of a predict job: in this process (``local``) or on a Ray cluster (``ray``).
 
-An engine knows nothing of model inputs: it calls the job's ``prepare`` and scoring
-steps (:class:`allscan.run.batch.Job`) and hands every result to the driver's
-:class:`allscan.run.batch.Scorer`, which commits it to the results store.
+An engine knows nothing of model inputs nor of the results store: it calls the job's
+``prepare`` and worker steps (:class:`allscan.run.job.Job`) and hands every item or result
+to the driver's :class:`allscan.run.committer.Committer`, which commits it.
 """
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from allscan.run.engines.base import Engine, EngineError
+from allscan.run.engines.local import LocalEngine
+from allscan.run.engines.ray import RayEngine
 
-if TYPE_CHECKING:
-    from allscan.run.batch import Job, Scorer
+__all__ = ["ENGINES", "Engine", "EngineError", "LocalEngine", "RayEngine", "make_engine"]
 
 ENGINES = ("local", "ray")
-
-
-class EngineError(Exception):
-    """An engine that cannot run here: its extra is not installed or its cluster cannot be reached."""
-
-
-class Engine(Protocol):
-    def run(self, images: Sequence[Path], job: "Job", scorer: "Scorer") -> None:
-        """Prepare and score ``images``, handing each result to ``scorer`` (which stores it)."""
 
 
 def make_engine(name: str, workers: int = 2, address: str | None = None, actors: int = 1,
@@ -32,11 +22,7 @@ def make_engine(name: str, workers: int = 2, address: str | None = None, actors:
         EngineError: An unknown name, or ``ray`` without the ``allscan[ray]`` extra.
     """
     if name == "local":
-        from allscan.run.engines.local import LocalEngine
-
         return LocalEngine(workers)
     if name == "ray":
-        from allscan.run.engines.ray import RayEngine
-
         return RayEngine(address, actors, actor_cpus)
     raise EngineError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")

@@ -19,14 +19,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from allscan.run.engines import EngineError
-
-if TYPE_CHECKING:
-    from allscan.run.batch import Job, Scorer
+from allscan.run.committer import Committer
+from allscan.run.engines.base import EngineError
+from allscan.run.job import Job, Source
 
 PREPARE_CPUS = 0.25
 """CPUs reserved by each prepare task: decoding a field takes a few ms against tens of ms to score it."""
@@ -65,12 +63,12 @@ class RayEngine:
         if self.actors < 1 or self.actor_cpus <= 0:
             raise EngineError("--actors must be at least 1 and --actor-cpus above 0")
 
-    def run(self, images: Sequence[Path], job: "Job", scorer: "Scorer") -> None:
+    def run(self, images: Sequence[Path], job: Job, committer: Committer) -> None:
         todo = list(images)
         if not job.rescore:
-            stored = {str(r.path): r for r in scorer.store.results(images) if r.score is not None}
+            stored = {str(r.path): r for r in committer.stored(images)}
             for result in stored.values():
-                scorer.already_stored(result)
+                committer.already_stored(result)
             todo = [p for p in images if str(p) not in stored]
         if not todo:
             return
@@ -78,9 +76,9 @@ class RayEngine:
         with _runtime(ray, self.address, self.num_cpus), _driver_logs_muted():
             self._check_resources(ray)
             for results in self._stream(ray, todo, job.for_workers()):
-                scorer.commit(results)
+                committer.commit(results)
 
-    def _stream(self, ray, images: list[Path], job: "Job") -> Iterator[list]:
+    def _stream(self, ray, images: list[Path], job: Job) -> Iterator[list]:
         items = [{"source": str(Path(p).resolve()), "name": str(p)} for p in images]
         dataset = ray.data.from_items(items).map_batches(
             _prepare_batch, fn_kwargs={"job": job}, batch_size=job.batch_size, batch_format="numpy",
@@ -109,21 +107,21 @@ class RayEngine:
             )
 
 
-def _prepare_batch(batch: dict[str, np.ndarray], job: "Job") -> dict[str, np.ndarray]:
+def _prepare_batch(batch: dict[str, np.ndarray], job: Job) -> dict[str, np.ndarray]:
     """Ray CPU task: the job's prepare step on each file of a batch."""
-    prepared = [job.prepare(Path(source), name=name) for source, name in zip(batch["source"], batch["name"])]
+    prepared = [job.prepare(Source(Path(source), name)) for source, name in zip(batch["source"], batch["name"])]
     return {"prepared": _pickles(prepared)}
 
 
 class _ScoreBatch:
-    """Ray actor: loads the ensemble once, then runs the job's scoring step on each batch."""
+    """Ray actor: loads the ensemble once, then runs the job's worker step on each batch."""
 
-    def __init__(self, job: "Job", threads: int):
+    def __init__(self, job: Job, threads: int):
         from allscan._tf import tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-        self.score = job.scoring()
+        self.score = job.worker()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.score([pickle.loads(blob) for blob in batch["prepared"]])

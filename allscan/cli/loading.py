@@ -1,0 +1,104 @@
+"""What commands check and load before they work: outputs and inputs first (no TensorFlow yet), then
+the manifest, then the models; each refusal is a usage error (exit 2)."""
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.markup import escape
+
+from allscan.cli.app import err, usage_error
+from allscan.paths import default_models_dir, store_path_for
+
+
+@contextmanager
+def refusing(*errors: type[Exception], message: Callable[[Exception], str] = str):
+    """Turn the given library errors into a usage error (exit 2) naming the cause."""
+    try:
+        yield
+    except errors as exc:
+        raise usage_error(message(exc)) from None
+
+
+def preflight(out: Path, report: Path | None = None, inputs: list[Path] = (),
+              folders: list[tuple[str, Path | None]] = (), watched: Path | None = None):
+    """Check inputs and outputs and claim the results store before anything heavy loads; the held lock."""
+    from allscan.run.preflight import PreflightError, check_inputs, check_outputs, check_watched_folder, claim_store
+
+    with refusing(PreflightError):
+        check_outputs(out, report, folders)
+        check_inputs(inputs)
+        if watched is not None:
+            check_watched_folder(watched)
+        lock, moved = claim_store(out)
+    if moved is not None:
+        err.print(escape(f"warning: the results store {store_path_for(out)} was corrupt; moved it to {moved} and"
+                         " started a fresh one (its images are scored again)"), soft_wrap=True, highlight=False)
+    return lock
+
+
+def check_heatmap_flags(folder: Path | None, every: bool) -> None:
+    if every and folder is None:
+        raise usage_error("--heatmaps-all needs --heatmaps DIR")
+
+
+def heatmap_options(folder: Path | None, every: bool):
+    from allscan.scoring.heatmaps import HeatmapOptions
+
+    return HeatmapOptions(folder, every) if folder else None
+
+
+def require_train_extra() -> None:
+    """Training, tuning and evaluation need scikit-learn and matplotlib, which the runtime install leaves out."""
+    import importlib.util
+
+    missing = [m for m in ("sklearn", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise usage_error(f"this command needs {' and '.join(missing)}: pip install 'allscan[train]'")
+
+
+def require_splits(data_dir: Path, splits: tuple[str, ...] = ("train", "val")) -> None:
+    for sub in splits:
+        if not (data_dir / sub).is_dir():
+            raise usage_error(f"{data_dir / sub} not found: DATA_DIR must hold {' and '.join(s + '/' for s in splits)}")
+
+
+def manifest(models: Path | None):
+    """The models folder's manifest, refused in a second, before TensorFlow loads, if missing or malformed."""
+    from allscan.models.manifest import ManifestError, load_manifest
+
+    with refusing(ManifestError):
+        return load_manifest(models or default_models_dir())
+
+
+def ensemble(models: Path | None):
+    manifest(models)
+    from allscan.models.ensemble import Ensemble
+    from allscan.models.manifest import ManifestError
+
+    with refusing(ManifestError):
+        return Ensemble.load(models or default_models_dir())
+
+
+def pipeline(models: Path | None, site: Path | None = None, stain_norm: bool = True,
+             rbc_diameter: float | None = None, load_models: bool = True):
+    """The scoring pipeline: models (checked, and loaded unless ``load_models`` is False), domain options
+    and the site profile."""
+    manifest(models)
+    from allscan.domain.fields import DomainOptions
+    from allscan.models.manifest import ManifestError
+    from allscan.scoring.pipeline import Pipeline
+
+    with refusing(ManifestError):
+        return Pipeline.load(models or default_models_dir(), site, DomainOptions(stain_norm, rbc_diameter),
+                             load_models)
+
+
+def label_box(text: str | None, default):
+    """A ``--blank-box`` value, or ``default`` when not given."""
+    from allscan.training.dataset import parse_box
+
+    if text is None:
+        return default
+    with refusing(ValueError):
+        return parse_box(text)

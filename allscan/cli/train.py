@@ -1,0 +1,137 @@
+"""Model commands: list the shipped ``models``; ``train``, ``ship``, ``tune``, ``evaluate`` and
+``fit-domain`` (the ``train`` extra)."""
+
+import json
+from pathlib import Path
+
+from allscan.cli import loading, options as o
+from allscan.cli.app import app, console, usage_error
+from allscan.cli.display import (
+    TrainingProgress,
+    models_table,
+    print_evaluation,
+    print_shipped,
+    print_shortcut_check,
+)
+from allscan.paths import default_models_dir
+
+
+@app.command("models")
+def list_models(models: o.Models = None) -> None:
+    """List the models in the models folder with their checksums and validation figures."""
+    from allscan.models.registry import REGISTRY
+
+    models_table(models or default_models_dir(), loading.manifest(models), REGISTRY)
+
+
+@app.command()
+def train(data_dir: o.TrainData, model: o.ModelName = "all", out: o.ShipInto = Path("models"),
+          runs_dir: o.RunsDir = None, epochs: o.Epochs = None, batch_size: o.StepBatch = 16,
+          input_size: o.InputSize = None, lr: o.LearningRate = None, seed: o.Seed = 1, weights: o.Weights = None,
+          resume: o.Resume = False, blank_box: o.TrainBlankBox = None) -> None:
+    """Train one or all four models, checkpointing every epoch, and ship the best epoch into --out."""
+    loading.require_train_extra()
+    from allscan.models.registry import MODEL_NAMES, get_spec
+    from allscan.paths import default_runs_dir
+    from allscan.training.dataset import ARIA_LABEL_BOX
+    from allscan.training.ship import ship
+    from allscan.training.train import TrainConfig, train as train_model
+
+    with loading.refusing(KeyError, message=lambda exc: exc.args[0]):
+        specs = [get_spec(n) for n in (MODEL_NAMES if model == "all" else (model,))]
+    loading.require_splits(data_dir)
+    box = loading.label_box(blank_box, ARIA_LABEL_BOX)
+    runs = runs_dir or default_runs_dir()
+    for spec in specs:
+        config = TrainConfig(
+            epochs=epochs or spec.epochs, batch_size=batch_size, input_size=input_size or spec.input_size,
+            learning_rate=lr or spec.learning_rate, seed=seed, blank_box=box, weights=weights,
+        )
+        console.print(f"[bold]{spec.name}[/]: {config.input_size}px, {config.epochs} epochs, batch"
+                      f" {config.batch_size}, lr {config.learning_rate:g}; checkpoints in {runs / spec.name}")
+        with TrainingProgress(spec.name, config.epochs) as progress:
+            result = train_model(spec, data_dir, runs / spec.name, config, resume, progress.epoch, progress.started)
+        print_shipped(ship(spec, result, config, data_dir, out), result, out)
+
+
+@app.command("ship")
+def ship_run(run_dir: o.RunDir, data_dir: o.RunData, out: o.ShipInto = Path("models")) -> None:
+    """Ship the best epoch so far of a training run, finished or cut, with the same refits as `train`."""
+    loading.require_train_extra()
+    from allscan.models.registry import get_spec
+    from allscan.training.ship import ship
+    from allscan.training.train import load_run
+
+    with loading.refusing(FileNotFoundError):
+        result, config = load_run(run_dir)
+    with loading.refusing(KeyError, message=lambda exc: exc.args[0]):
+        spec = get_spec(result.name)
+    loading.require_splits(data_dir)
+    print_shipped(ship(spec, result, config, data_dir, out), result, out)
+
+
+@app.command()
+def tune(data_dir: o.ValData, models: o.Models = None, pool_train: o.PoolTrain = False) -> None:
+    """Refit the calibration, weights, screening threshold and review band on the validation split."""
+    loading.require_train_extra()
+    from allscan.training.ship import refit
+
+    for sub in ("val", "train") if pool_train else ("val",):
+        if not (data_dir / sub).is_dir():
+            raise usage_error(f"{data_dir / sub} not found")
+    tuning = refit(loading.ensemble(models), data_dir, pool_train)
+    config, point = tuning.config, tuning.operating_point
+    console.print(f"weights {config.weights}; threshold {config.threshold:.4f} (recall {point.recall:.4f},"
+                  f" lower 95% bound {point.recall_lower:.4f}{'' if point.target_met else ', below the target'});"
+                  f" review band {config.review_band[0]:.3f}–{config.review_band[1]:.3f}"
+                  f" ({100 * tuning.flagged:.1f}% of val)")
+
+
+@app.command()
+def evaluate(data_dir: o.SplitData, split: o.Split = "test", out: o.FiguresOut = None, models: o.Models = None,
+             box: o.Box = "blank", blank_box: o.BlankBox = None, shortcut_check: o.ShortcutCheck = False,
+             plots: o.Plots = None) -> None:
+    """Accuracy, precision, recall, specificity, F1, balanced accuracy, ROC AUC, Brier score and expected
+    calibration error per model and for the ensemble, each with its 95% interval."""
+    loading.require_train_extra()
+    from allscan.fileio import atomic_write_text
+    from allscan.training.evaluate import BOX_MODES, evaluate as evaluate_split, shortcut_check as check_shortcut
+
+    if box not in BOX_MODES:
+        raise usage_error(f"--box must be one of {', '.join(BOX_MODES)}")
+    split_dir = data_dir / split
+    if not split_dir.is_dir():
+        raise usage_error(f"{split_dir} not found")
+    pipeline = loading.pipeline(models)
+    label_box = loading.label_box(blank_box, pipeline.ensemble.manifest.blank_box)
+    if shortcut_check and label_box is None:
+        raise usage_error("--shortcut-check needs a label box (--blank-box or the manifest's)")
+    result = evaluate_split(pipeline, split_dir, label_box, box)
+    print_evaluation(split, box, result)
+    payload = result.to_dict() | {"split": split, "box": box, "models_digest": pipeline.ensemble.manifest.digest}
+    if plots is not None:
+        from allscan.training.plots import write_plots
+
+        pred = result.predictions
+        write_plots(plots, pred.labels, {**pred.per_model, "ensemble": pred.ensemble},
+                    {**result.models, "ensemble": result.ensemble})
+        console.print(f"plots written to {plots}")
+    if shortcut_check:
+        check = check_shortcut(pipeline, split_dir, label_box, result)
+        payload["shortcut_check"] = check.to_dict()
+        print_shortcut_check(check)
+    if out is not None:
+        atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
+        console.print(f"figures written to {out}")
+
+
+@app.command("fit-domain")
+def fit_domain(data_dir: o.DomainData, models: o.Models = None) -> None:
+    """Refit the domain reference (red-cell size, stain reference, out-of-domain guard) for the models
+    on the training split, thresholds on val; the training command's shipping step runs it too."""
+    from allscan.models.manifest import ManifestError
+    from allscan.training.fit_domain import refit_domain
+
+    with loading.refusing(ManifestError, FileNotFoundError):
+        reference = refit_domain(models or default_models_dir(), data_dir)
+    console.print(f"domain reference: red cells {reference.checks.rbc_diameter:.1f} px; {reference.fitted_on}")

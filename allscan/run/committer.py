@@ -1,0 +1,152 @@
+"""Committing results: each batch is scored, marked for duplicate contents, written to a sink (the
+results store, or memory for the API's in-memory calls) and only then reported.
+
+One committer serves ``allscan predict``, ``watch``, the API and every engine: engines hand it
+prepared images (:meth:`Committer.add`) or finished results (:meth:`Committer.commit`) and ask it
+what is already stored; they never see the sink.
+"""
+
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
+
+from allscan.results.types import ImageResult, RunCounts, Score
+from allscan.run.job import Prepared, to_results
+from allscan.scoring.heatmaps import HeatmapOptions
+from allscan.scoring.pipeline import Pipeline
+
+
+class Observer(Protocol):
+    """Receives progress: the live display implements it; tests may record it."""
+
+    def start(self, total: int) -> None: ...
+
+    def result(self, result: ImageResult, skipped: bool) -> None: ...
+
+
+class Silent:
+    """An observer that reports nothing."""
+
+    def start(self, total: int) -> None:
+        pass
+
+    def result(self, result: ImageResult, skipped: bool) -> None:
+        pass
+
+
+class ResultSink(Protocol):
+    """Where committed results go: :class:`~allscan.results.store.ResultStore` or :class:`MemoryResults`."""
+
+    def score_for(self, sha256: str) -> Score | None: ...
+
+    def scored_hashes(self) -> frozenset[str]: ...
+
+    def first_path_for(self, sha256: str) -> str | None: ...
+
+    def add(self, results: Iterable[ImageResult]) -> None: ...
+
+    def results(self, paths: Iterable[Path] | None = None) -> Iterator[ImageResult]: ...
+
+
+class MemoryResults:
+    """A sink in memory, for scoring that writes nothing: rows come back in the order they were asked for."""
+
+    def __init__(self):
+        self._rows: dict[str, deque[ImageResult]] = defaultdict(deque)
+        self._scores: dict[str, Score] = {}
+        self._firsts: dict[str, str] = {}
+
+    def score_for(self, sha256: str) -> Score | None:
+        return self._scores.get(sha256)
+
+    def scored_hashes(self) -> frozenset[str]:
+        return frozenset(self._scores)
+
+    def first_path_for(self, sha256: str) -> str | None:
+        return self._firsts.get(sha256)
+
+    def add(self, results: Iterable[ImageResult]) -> None:
+        for result in results:
+            self._rows[str(result.path)].append(result)
+            if result.score is not None:
+                self._scores.setdefault(result.sha256, result.score)
+                self._firsts.setdefault(result.sha256, str(result.path))
+
+    def results(self, paths: Iterable[Path | str] | None = None) -> Iterator[ImageResult]:
+        """One row per path asked for, in that order (a path asked for twice gives its rows in turn)."""
+        names = sorted(self._rows) if paths is None else [str(p) for p in paths]
+        taken: dict[str, int] = defaultdict(int)
+        for name in names:
+            rows = self._rows.get(name)
+            if rows:
+                yield rows[min(taken[name], len(rows) - 1)]
+                taken[name] += 1
+
+
+class Committer:
+    """Scores prepared images in batches and commits each batch to the sink before reporting it."""
+
+    def __init__(self, pipeline: Pipeline, sink: ResultSink, batch_size: int, observer: Observer | None = None,
+                 heatmaps: HeatmapOptions | None = None):
+        self.pipeline = pipeline
+        self.heatmaps = heatmaps
+        self.sink = sink
+        self.batch_size = batch_size
+        self.observer = observer or Silent()
+        self.pending: list[Prepared] = []
+        self.counts = RunCounts()
+
+    def known_hashes(self) -> frozenset[str]:
+        """Contents the sink already holds a score for: an engine need not decode them."""
+        return self.sink.scored_hashes()
+
+    def stored(self, paths: Sequence[Path]) -> list[ImageResult]:
+        """The rows the sink already holds, with a score, for these paths."""
+        return [r for r in self.sink.results(paths) if r.score is not None]
+
+    def add(self, item: Prepared) -> None:
+        """Take one prepared image: an error or a known content is committed at once, the rest batched."""
+        if item.error:
+            self.commit([ImageResult(item.path, item.sha256, error=item.error)], skipped=False)
+            return
+        if item.known or item.fields is None:
+            score = self.sink.score_for(item.sha256)
+            if score is not None:
+                result = ImageResult(item.path, item.sha256, item.width, item.height, score)
+                self.commit([result], skipped=True)
+                return
+        self.pending.append(item)
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Score and commit what is pending."""
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        self.commit(to_results(self.pipeline, batch, self.heatmaps, self.batch_size))
+
+    def already_stored(self, result: ImageResult) -> None:
+        """Report a row the sink already holds for this path, without scoring or writing it again."""
+        self.counts.add(result, skipped=True)
+        self.observer.result(result, True)
+
+    def commit(self, results: list[ImageResult], skipped: bool = False) -> None:
+        """Store a batch of results (durable on return), then count and report them."""
+        firsts: dict[str, str] = {}
+        results = [self._mark_duplicate(r, firsts) for r in results]
+        self.sink.add(results)
+        for result in results:
+            self.counts.add(result, skipped)
+            self.observer.result(result, skipped)
+
+    def _mark_duplicate(self, result: ImageResult, batch_firsts: dict[str, str]) -> ImageResult:
+        """Mark a file whose content was already stored (or seen earlier in this batch) under another path."""
+        if result.score is None:
+            return result
+        first = self.sink.first_path_for(result.sha256) or batch_firsts.setdefault(result.sha256, str(result.path))
+        if first == str(result.path):
+            return result
+        return replace(result, duplicate_of=first)
