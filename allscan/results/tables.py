@@ -23,7 +23,9 @@ _PROB_COLUMNS = {c for c in COLUMNS if c.startswith("p_all")}
 _ALL_FILL = PatternFill("solid", fgColor="F8CBAD")
 _REVIEW_FILL = PatternFill("solid", fgColor="FFE699")
 _ERROR_FILL = PatternFill("solid", fgColor="D9D9D9")
-_WIDTHS = {"path": 40, "file": 24, "sha256": 18, "error": 40}
+_MAX_WIDTHS = {"sha256": 18, "path": 50, "file": 50, "notes": 50, "error": 40, "heatmap": 40, "duplicate_of": 40}
+"""Widest a column grows, in characters (others: 30), so that a page one table wide stays legible; the
+cells keep their whole text (a sha256 shows its first 16 characters)."""
 
 
 @dataclass(frozen=True)
@@ -104,15 +106,14 @@ def write_csv(out: Path, results: Iterable[ImageResult], info: RunInfo) -> None:
 
 def write_xlsx(out: Path, results: Callable[[], Iterable[ImageResult]], info: RunInfo, counts: RunCounts) -> None:
     """Excel workbook with ``Results``, ``Run`` and ``Summary`` sheets, streamed row by row."""
-    widths = {c: max(len(c) + 2, _WIDTHS.get(c, 10)) for c in COLUMNS}
-    for result in results():
-        for column in ("path", "file", "error"):
-            widths[column] = min(80, max(widths[column], len(str(result.row()[column])) + 2))
+    widths = _fitted_widths(r.row() for r in results())
 
     def write(tmp: Path) -> None:
         book = Workbook(write_only=True)
         sheet = book.create_sheet("Results")
         sheet.freeze_panes = "A2"
+        _print_setup(sheet, f"allscan {info.allscan_version} results, run started {info.started}"
+                            f" on {info.host}, models {info.models_digest}")
         for i, column in enumerate(COLUMNS, start=1):
             sheet.column_dimensions[get_column_letter(i)].width = widths[column]
         header = []
@@ -131,6 +132,32 @@ def write_xlsx(out: Path, results: Callable[[], Iterable[ImageResult]], info: Ru
         book.save(tmp)
 
     atomic_write(Path(out), write)
+
+
+def _fitted_widths(rows: Iterable[dict]) -> dict[str, float]:
+    """Each column as wide as its header and its longest value (probabilities show 3 decimals), at most
+    its :data:`_MAX_WIDTHS`."""
+    widths = {c: max(len(c) + 2, 8) for c in COLUMNS}
+    for row in rows:
+        for column in COLUMNS:
+            if column not in _PROB_COLUMNS and row[column] is not None:
+                widths[column] = min(_MAX_WIDTHS.get(column, 30), max(widths[column], len(str(row[column])) + 2))
+    return widths
+
+
+def _print_setup(sheet, identity: str) -> None:
+    """Print landscape, one page wide, the header row on every page, the run in the page header and page
+    numbers in the footer: a printed workbook reads as a table, not eleven one-column pages."""
+    sheet.page_setup.orientation = "landscape"
+    sheet.sheet_properties.pageSetUpPr.fitToPage = True
+    sheet.page_setup.fitToWidth = 1
+    sheet.page_setup.fitToHeight = 0
+    sheet.print_title_rows = "1:1"
+    sheet.print_options.gridLines = True
+    sheet.oddHeader.center.text = identity.replace("&", "&&")
+    sheet.oddHeader.center.size = 8
+    sheet.oddFooter.center.text = "Page &P of &N"
+    sheet.oddFooter.center.size = 8
 
 
 def _xlsx_row(sheet, result: ImageResult) -> list:
