@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from allscan.domain.fields import DomainOptions
 from allscan.domain.gaussian import fit_gaussian
@@ -14,7 +15,7 @@ from allscan.domain.guard import assess
 from allscan.scoring.pipeline import Pipeline
 from allscan.scoring.vote import aggregate
 from allscan.domain.reference import DomainChecks
-from allscan.domain.scale import estimate_diameter
+from allscan.domain.scale import DILATE_MAX_RADIUS, estimate_diameter, fill_holes, otsu_thresholds_3, pattern_spectrum
 from allscan.domain.stain import colour_stats, hed_shift, reinhard
 from allscan.domain.tiles import FIELD_SIZE, field_boxes, starts
 from allscan.run.batch import run_batch
@@ -246,3 +247,77 @@ def test_scale_tolerance_is_the_reference_spread_for_single_fields_and_1_3_for_l
     typical = np.array([85, 2, -12, 12, 8, 14.0])
     assert assess(checks, 16 * 1.5, typical, rng.normal(0, 1, (1, 10)), False, long_side=224).domain == "in"
     assert assess(checks, 16 * 1.5, typical, rng.normal(0, 1, (1, 10)), False, long_side=1400).domain == "out"
+
+
+def disc_grid(diameter: int, touching: bool, size: int = 224) -> np.ndarray:
+    """Non-overlapping discs ``{|d| < diameter / 2}`` on a grid (touching, or a third of a diameter
+    apart), every seventh one dark like a nucleus so the three-class split has its three classes."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    green = np.full((size, size), 215.0)
+    step = diameter if touching else diameter + max(3, diameter // 3)
+    centres = np.arange(diameter / 2 + 2, size - diameter / 2 - 2, step)
+    for n, (cy, cx) in enumerate((cy, cx) for cy in centres for cx in centres):
+        green[(yy - cy) ** 2 + (xx - cx) ** 2 < (diameter / 2) ** 2] = 90 if n % 7 == 3 else 150
+    green += rng.normal(0, 4, green.shape)
+    return np.clip(np.stack([green + 10, green, green + 20], -1), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("touching", [False, True])
+@pytest.mark.parametrize(("diameter", "expected"), [(12, 13.0), (16, 17.09), (24, 25.0), (32, 33.02)])
+def test_scale_estimator_gives_the_granulometric_size_of_synthetic_discs(diameter, expected, touching):
+    # Granulometry measures the largest inscribed disc, and the estimate adds half a pixel to the
+    # mean radius that disappears: a digital disc of diameter d reads about d + 1, whether the
+    # discs touch or not (the openings cut touching discs at their single-pixel necks).
+    estimate = estimate_diameter(disc_grid(diameter, touching))
+    assert estimate.diameter == pytest.approx(expected, rel=0.01)
+
+
+def test_fill_holes_fills_only_background_not_4_connected_to_the_border():
+    rows = ["##########..",
+            "#........#..",
+            "#.#####..#..",  # a hole inside a hole's wall: both filled
+            "#.#...#..#..",
+            "#.#####..#..",
+            "##########..",
+            "......#..###",  # a U open to the border (right): kept
+            ".....#.#.#.#",  # a hole closed on its four sides, open only diagonally: filled
+            "......#..#.#"]
+    mask = np.array([[c == "#" for c in row] for row in rows])
+    expected = mask.copy()
+    expected[1:5, 1:9] = True
+    expected[7, 6] = True
+    assert np.array_equal(fill_holes(mask), expected)
+
+
+@pytest.mark.parametrize("radius", [10, 30])  # both ways of opening: dilation and distance transform
+def test_pattern_spectrum_keeps_a_disc_whole_up_to_its_radius_and_not_beyond(radius):
+    yy, xx = np.mgrid[:100, :100]
+    mask = (yy - 50) ** 2 + (xx - 50) ** 2 < radius ** 2
+    radii = np.arange(2, 40, dtype=np.float64)
+    areas = pattern_spectrum(mask, radii)
+    assert areas[radii == radius][0] == mask.sum()
+    assert np.all(areas[radii < radius] >= 0.95 * mask.sum())  # digital discs lose a few edge pixels
+    assert not areas[radii > radius].any()
+
+
+def test_pattern_spectrum_equals_openings_by_exact_distance_transforms():
+    # The definition, with scipy's exact Euclidean distance transform, on blobs of many sizes and
+    # one large enough for both ways of opening.
+    rng = np.random.default_rng(1)
+    noise = ndimage.gaussian_filter(rng.normal(size=(160, 160)), 4)
+    mask = noise > np.quantile(noise, 0.5)
+    yy, xx = np.mgrid[:160, :160]
+    mask |= (yy - 80) ** 2 + (xx - 80) ** 2 < 28 ** 2
+    radii = np.arange(2, 40, dtype=np.float64)
+    inside = ndimage.distance_transform_edt(mask)
+    expected = [np.count_nonzero(ndimage.distance_transform_edt(inside < r) < r) if (inside >= r).any() else 0
+                for r in radii]
+    assert max(radii[np.asarray(expected) > 0]) > DILATE_MAX_RADIUS
+    assert np.array_equal(pattern_spectrum(mask, radii), expected)
+
+
+def test_three_class_otsu_splits_three_grey_levels_at_the_first_best_thresholds():
+    values = np.repeat(np.array([50, 120, 200], np.uint8), [300, 500, 200])
+    assert otsu_thresholds_3(values) == (51, 121)  # classes < t1, t1..t2-1, >= t2; ties to the lowest
+    assert otsu_thresholds_3(np.array([10, 10, 10, 10, 200, 200], np.uint8))[1] > 10  # empty middle class
