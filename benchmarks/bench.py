@@ -4,6 +4,8 @@ Prints a table (or, with --json, one JSON object) of: the naive baseline (``mode
 image by image), model compute alone (in-memory tensors, compiled batched forward), end to
 end (``allscan predict`` with decoding, the store and the Excel write), their ratios, peak
 RSS of end-to-end runs at 100 and 2,000 images, time to the first result and model load time.
+``--runtime both`` (the default) measures compute only and end to end with the Keras and the
+OpenVINO runtime in the same run and prints them side by side; ``keras`` or ``openvino`` measures one.
 
 With ``--engine ray`` it measures instead the local engine beside the Ray engine on a local
 runtime with 1 and 2 scoring actors sharing this machine's CPUs: throughput once results
@@ -11,7 +13,8 @@ flow, time to the first result (runtime start, actors loading the models) and ea
 actor's peak memory.
 
 Usage:
-    python benchmarks/bench.py [--count 200] [--images DIR] [--models DIR] [--batch-size 16] [--json]
+    python benchmarks/bench.py [--count 200] [--images DIR] [--models DIR] [--batch-size 16]
+                               [--runtime keras|openvino|both] [--json]
     python benchmarks/bench.py --engine ray [--count 200] [--json]
 """
 
@@ -65,17 +68,19 @@ def actor_peaks_mb() -> list[float]:
     return sorted(peaks)
 
 
-def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = "local") -> None:
+def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = "local",
+          runtime: str = "auto") -> None:
     """One end-to-end run in a fresh process: prints timings and peak RSS as JSON.
 
-    ``engine`` is ``local`` or ``ray:ACTORS:CPUS`` (a local Ray runtime of CPUS CPUs).
+    ``engine`` is ``local`` or ``ray:ACTORS:CPUS`` (a local Ray runtime of CPUS CPUs); ``runtime``
+    the models' runtime (``auto``, ``keras`` or ``openvino``).
     """
     started = time.monotonic()
     from allscan.models.ensemble import Ensemble
     from allscan.run.batch import run_batch
 
     load_started = time.monotonic()
-    ensemble = Ensemble.load(models)
+    ensemble = Ensemble.load(models, runtime=runtime)
     load_s = time.monotonic() - load_started
     runner = None
     if engine.startswith("ray:"):
@@ -112,11 +117,12 @@ def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = 
                       "peak_rss_mb": peak_kb / 1024, "actor_peak_rss_mb": observer.actor_peaks}))
 
 
-def end_to_end(images: Path, models: Path, batch_size: int, workdir: Path, engine: str = "local") -> dict:
+def end_to_end(images: Path, models: Path, batch_size: int, workdir: Path, engine: str = "local",
+               runtime: str = "auto") -> dict:
     out = workdir / f"e2e-{images.name}.xlsx"
     for stale in workdir.glob(f"e2e-{images.name}.xlsx*"):
         stale.unlink()
-    cmd = [sys.executable, __file__, "--child", str(images), str(out), str(models), str(batch_size), engine]
+    cmd = [sys.executable, __file__, "--child", str(images), str(out), str(models), str(batch_size), engine, runtime]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if done.returncode != 0:
         raise SystemExit(f"{engine} run failed:\n{done.stderr[-3000:]}")
@@ -145,26 +151,27 @@ def naive(paths: list[Path], models: Path) -> float:
     return len(paths) / (time.monotonic() - started)
 
 
-def compute_only(paths: list[Path], models: Path, batch_size: int) -> dict:
-    """Images/s of each model's compiled forward on tensors already decoded and resized in memory."""
+def compute_only(paths: list[Path], models: Path, batch_size: int, runtime: str = "auto") -> dict:
+    """Images/s of each model's forward pass in ``runtime`` on tensors already decoded and resized in memory."""
     import numpy as np
 
     from allscan.models.ensemble import Ensemble
     from allscan.images import decode_file, resize
 
-    ensemble = Ensemble.load(models)
+    ensemble = Ensemble.load(models, runtime=runtime)
     decoded = [decode_file(p).rgb for p in paths]
     per_model, total = {}, 0.0
     for member in ensemble.members:
         x = np.stack([resize(rgb, member.input_size) for rgb in decoded])
-        member.forward(x[:batch_size])
+        member.outputs(x[:batch_size])
         started = time.monotonic()
         for i in range(0, len(x), batch_size):
-            member.forward(x[i : i + batch_size])[0].numpy()  # (p(ALL), pooled features)
+            member.outputs(x[i : i + batch_size])  # (p(ALL), pooled features)
         seconds = time.monotonic() - started
         per_model[member.name] = len(x) / seconds
         total += seconds
-    return {"per_model": per_model, "all": len(paths) / total}
+    return {"per_model": per_model, "all": len(paths) / total,
+            "member_runtimes": {m.name: m.runtime for m in ensemble.members}}
 
 
 def main() -> None:
@@ -179,11 +186,13 @@ def main() -> None:
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="ray: compare the local engine with the Ray engine at 1 and 2 actors")
     parser.add_argument("--ray-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray runtime")
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--runtime", choices=("keras", "openvino", "both"), default="both",
+                        help="the models' runtime to measure; both: Keras and OpenVINO in the same run")
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        images, out, models, batch, engine = args.child
-        child(Path(images), Path(out), Path(models), int(batch), engine)
+        images, out, models, batch, engine, runtime = args.child
+        child(Path(images), Path(out), Path(models), int(batch), engine, runtime)
         return
     if args.engine == "ray":
         engines_benchmark(args)
@@ -204,28 +213,24 @@ def main() -> None:
             rss_dirs[n] = work / f"rss{n}"
             make_images(REPO / "sample_images", n, rss_dirs[n])
 
-        e2e = end_to_end(speed_dir, args.models, args.batch_size, work)
-        rss = {n: end_to_end(rss_dirs[n], args.models, args.batch_size, work) for n in rss_counts}
-        compute = compute_only(paths, args.models, args.batch_size)
+        runtimes = ("keras", "openvino") if args.runtime == "both" else (args.runtime,)
+        measured = {}
+        for runtime in runtimes:
+            e2e = end_to_end(speed_dir, args.models, args.batch_size, work, runtime=runtime)
+            rss = {n: end_to_end(rss_dirs[n], args.models, args.batch_size, work, runtime=runtime)
+                   for n in rss_counts}
+            measured[runtime] = (e2e, rss, compute_only(paths, args.models, args.batch_size, runtime))
         naive_rate = naive(paths[: args.naive_count], args.models)
 
-    e2e_rate = e2e["n"] / e2e["seconds"]
     figures = {
         "naive_img_s": naive_rate,
-        "compute_img_s": compute["all"],
-        "end_to_end_img_s": e2e_rate,
-        "speedup_vs_naive": e2e_rate / naive_rate,
-        "efficiency_vs_compute": e2e_rate / compute["all"],
-        "first_result_s": e2e["first_result_s"],
-        "models_load_s": e2e["load_s"],
-        "compute_img_s_per_model": compute["per_model"],
+        "runtimes": {runtime: runtime_figures(e2e, rss, compute, naive_rate)
+                     for runtime, (e2e, rss, compute) in measured.items()},
         "images": len(paths),
         "batch_size": args.batch_size,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()}"
                    f" {platform.python_version()}",
     }
-    for n in rss_counts:
-        figures[f"peak_rss_mb_{n}"] = rss[n]["peak_rss_mb"]
     if args.json:
         print(json.dumps(figures))
         return
@@ -234,23 +239,47 @@ def main() -> None:
 
     table = Table(title=f"allscan benchmark: {len(paths)} images, batch {args.batch_size}, {figures['machine']}")
     table.add_column("figure")
-    table.add_column("value", justify="right")
+    for runtime in runtimes:
+        table.add_column(runtime, justify="right")
     table.add_column("target", justify="right")
-    table.add_row("naive baseline (model.predict per image)", f"{naive_rate:.2f} img/s", "")
-    for name, rate in compute["per_model"].items():
-        table.add_row(f"compute only: {name}", f"{rate:.1f} img/s", "")
-    table.add_row("compute only: all four", f"{compute['all']:.2f} img/s", "")
-    table.add_row("end to end (allscan predict → xlsx)", f"{e2e_rate:.2f} img/s", "")
-    table.add_row("speed-up vs naive", f"{figures['speedup_vs_naive']:.2f}×", "≥ 4×")
-    table.add_row("end to end / compute only", f"{100 * figures['efficiency_vs_compute']:.1f}%", "≥ 90%")
+    rows = [(runtime, figures["runtimes"][runtime]) for runtime in runtimes]
+
+    def row(label: str, show, target: str = "") -> None:
+        table.add_row(label, *(show(f) for _, f in rows), target)
+
+    table.add_row("naive baseline (model.predict per image, Keras)", *[f"{naive_rate:.2f} img/s"] * len(rows), "")
+    for name in figures["runtimes"][runtimes[0]]["compute_img_s_per_model"]:
+        row(f"compute only: {name}",
+            lambda f, name=name: f"{f['compute_img_s_per_model'][name]:.1f} img/s ({f['member_runtimes'][name]})")
+    row("compute only: all four", lambda f: f"{f['compute_img_s']:.2f} img/s")
+    row("end to end (allscan predict → xlsx)", lambda f: f"{f['end_to_end_img_s']:.2f} img/s")
+    row("speed-up vs naive", lambda f: f"{f['speedup_vs_naive']:.2f}×", "≥ 4×")
+    row("end to end / compute only", lambda f: f"{100 * f['efficiency_vs_compute']:.1f}%", "≥ 90%")
     for n in rss_counts:
-        table.add_row(f"peak RSS, {n} images", f"{rss[n]['peak_rss_mb']:.0f} MB", "≤ 3000 MB")
+        row(f"peak RSS, {n} images", lambda f, n=n: f"{f[f'peak_rss_mb_{n}']:.0f} MB", "≤ 3000 MB")
     if len(rss_counts) == 2:
-        growth = rss[rss_counts[1]]["peak_rss_mb"] / rss[rss_counts[0]]["peak_rss_mb"] - 1
-        table.add_row(f"RSS growth {rss_counts[0]} → {rss_counts[1]} images", f"{100 * growth:.1f}%", "≤ 10%")
-    table.add_row("start to first result", f"{e2e['first_result_s']:.1f} s", "< 20 s")
-    table.add_row("load four models", f"{e2e['load_s']:.1f} s", "")
+        a, b = rss_counts
+        row(f"RSS growth {a} → {b} images",
+            lambda f: f"{100 * (f[f'peak_rss_mb_{b}'] / f[f'peak_rss_mb_{a}'] - 1):.1f}%", "≤ 10%")
+    row("start to first result", lambda f: f"{f['first_result_s']:.1f} s", "< 20 s")
+    row("load four models", lambda f: f"{f['models_load_s']:.1f} s")
     Console().print(table)
+
+
+def runtime_figures(e2e: dict, rss: dict[int, dict], compute: dict, naive_rate: float) -> dict:
+    """One runtime's figures: compute only, end to end, their ratios, peak RSS, start-up times."""
+    e2e_rate = e2e["n"] / e2e["seconds"]
+    return {
+        "compute_img_s": compute["all"],
+        "end_to_end_img_s": e2e_rate,
+        "speedup_vs_naive": e2e_rate / naive_rate,
+        "efficiency_vs_compute": e2e_rate / compute["all"],
+        "first_result_s": e2e["first_result_s"],
+        "models_load_s": e2e["load_s"],
+        "compute_img_s_per_model": compute["per_model"],
+        "member_runtimes": compute["member_runtimes"],
+        **{f"peak_rss_mb_{n}": run["peak_rss_mb"] for n, run in rss.items()},
+    }
 
 
 def engines_benchmark(args) -> None:

@@ -1,5 +1,8 @@
-"""The four-model ensemble: loading checked models and running their compiled forward passes and Grad-CAM."""
+"""The four-model ensemble: loading checked models and running their forward passes (in the chosen
+runtime, :mod:`allscan.models.runtime`) and Grad-CAM (always in Keras)."""
 
+import hashlib
+import json
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -7,101 +10,121 @@ from pathlib import Path
 
 import numpy as np
 
-from allscan._tf import keras, tf
-from allscan.models.manifest import Manifest, load_manifest
-from allscan.models.files import check_file
+from allscan._tf import tf
+from allscan.models.files import check_file, check_openvino
 from allscan.models.gradcam import compiled_gradcam
-from allscan.models.preprocessing import get_preprocessor
+from allscan.models.manifest import Manifest, load_manifest
+from allscan.models.runtime import (Forward, KerasForward, OpenVINOForward, choose_runtime, compile_openvino,
+                                    load_keras_model, read_openvino)
 
 
 @dataclass
 class Member:
-    """An ensemble member: its model and compiled forward pass, loaded by :meth:`load` or on first
-    use, and (built on first use) its Grad-CAM.
+    """An ensemble member: its forward pass, loaded by :meth:`load` or on first use, and (built on
+    first use, from the Keras model) its Grad-CAM.
 
     Attributes:
         name: Registry name.
         input_size: Square input side in pixels.
         preprocessing: Name of the function in :mod:`allscan.models.preprocessing`.
-        path: The model file, its sha256 already checked against the manifest.
+        path: The ``.keras`` file, its sha256 already checked against the manifest.
+        openvino: The OpenVINO ``(.xml, .bin)`` files, checked likewise, when this member runs in
+            OpenVINO; None when it runs in Keras.
+        precision: The OpenVINO files' precision (``int8`` or ``fp32``); Keras runs float32.
     """
 
     name: str
     input_size: int
     preprocessing: str
     path: Path
+    openvino: tuple[Path, Path] | None = None
+    precision: str = "fp32"
     gradcam: Callable | None = None
-    _loaded: tuple | None = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _forward: Forward | None = field(default=None, repr=False)
+    _model: object | None = field(default=None, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def runtime(self) -> str:
+        """What runs the forward pass, in words: ``keras``, ``openvino fp32`` or ``openvino int8``."""
+        return "keras" if self.openvino is None else f"openvino {self.precision}"
 
     @property
     def loaded(self) -> bool:
-        return self._loaded is not None
+        return self._forward is not None
 
     def load(self) -> None:
-        """Load the model and trace its forward pass (so the first batch runs at full speed); once."""
+        """Load the forward pass, ready for full-speed batches; once."""
         with self._lock:
-            if self._loaded is None:
-                model = keras.models.load_model(self.path, compile=False, safe_mode=True)
-                forward = _compiled_forward(model, get_preprocessor(self.preprocessing), self.input_size)
-                forward(tf.zeros((1, self.input_size, self.input_size, 3), tf.uint8))
-                self._loaded = (model, forward)
+            if self._forward is None:
+                if self.openvino is None:
+                    self._forward = KerasForward(self.model, self.preprocessing, self.input_size)
+                else:
+                    self._forward = OpenVINOForward(compile_openvino(read_openvino(*self.openvino)), self.input_size)
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """p(ALL) ``(n,)`` and pooled features ``(n, d)`` for a uint8 batch ``(n, s, s, 3)``."""
+        self.load()
+        return self._forward.outputs(batch)
 
     @property
     def model(self):
-        self.load()
-        return self._loaded[0]
-
-    @property
-    def forward(self) -> Callable:
-        self.load()
-        return self._loaded[1]
-
-
-FEATURE_LAYER = "pool"
-"""The pooled-features layer every registry architecture names so: the penultimate representation
-used by the out-of-domain guard and by site heads."""
-
-
-def _compiled_forward(model, preprocess: Callable, input_size: int) -> Callable:
-    """The model's forward pass returning (p(ALL), pooled features) for a uint8 batch."""
-    both = keras.Model(model.inputs, [model.outputs[0], model.get_layer(FEATURE_LAYER).output])
-
-    @tf.function(input_signature=[tf.TensorSpec((None, input_size, input_size, 3), tf.uint8)], reduce_retracing=True)
-    def forward(batch):
-        x = preprocess(tf.cast(batch, tf.float32))
-        p, features = both(x, training=False)
-        return tf.reshape(p, (-1,)), tf.reshape(features, (tf.shape(features)[0], -1))
-
-    return forward
+        """The Keras model (loaded on first use where OpenVINO scores: Grad-CAM needs it)."""
+        with self._lock:
+            if self._model is None:
+                self._model = load_keras_model(self.path)
+            return self._model
 
 
 class Ensemble:
-    """The ensemble described by a models folder's manifest, loaded once and reused."""
+    """The ensemble described by a models folder's manifest, loaded once and reused.
 
-    def __init__(self, manifest: Manifest, members: list[Member], models_dir: Path):
+    Attributes:
+        runtime: ``keras`` or ``openvino``: what runs every member's forward pass.
+    """
+
+    def __init__(self, manifest: Manifest, members: list[Member], models_dir: Path, runtime: str = "keras"):
         self.manifest = manifest
         self.members = members
         self.models_dir = models_dir
+        self.runtime = runtime
 
     @classmethod
-    def load(cls, models_dir: Path, load_models: bool = True) -> "Ensemble":
+    def load(cls, models_dir: Path, load_models: bool = True, runtime: str = "auto") -> "Ensemble":
         """Check every model listed in ``models_dir/manifest.json`` against its sha256 and load it.
 
         With ``load_models`` False the models stay on disk until first used: for a process that only
         coordinates (the Ray engine's driver), which needs the manifest and not ~1.2 GB of models.
+        ``runtime`` (:data:`allscan.models.manifest.RUNTIMES`): ``auto`` runs OpenVINO when the manifest
+        lists its files for every member, Keras otherwise.
 
         Raises:
-            ManifestError: No manifest, or a model file is missing or does not match.
+            ManifestError: No manifest, a model file is missing or does not match, or ``openvino``
+                was asked for and its files are not listed, missing or do not match.
+            ValueError: An unknown runtime.
         """
         models_dir = Path(models_dir)
         manifest = load_manifest(models_dir)
-        members = [Member(entry.name, entry.input_size, entry.preprocessing, check_file(models_dir, entry))
-                   for entry in manifest.models.values()]
+        chosen = choose_runtime(runtime, manifest)
+        members = []
+        for entry in manifest.models.values():
+            converted = check_openvino(models_dir, entry) if chosen == "openvino" else None
+            precision = entry.openvino.precision if converted else "fp32"
+            members.append(Member(entry.name, entry.input_size, entry.preprocessing, check_file(models_dir, entry),
+                                  converted, precision))
         if load_models:
             for member in members:
                 member.load()
-        return cls(manifest, members, models_dir)
+        return cls(manifest, members, models_dir, chosen)
+
+    @property
+    def digest(self) -> str:
+        """The manifest's digest, joined by the runtime when it is not Keras: results of one runtime
+        are never taken for another's (int8 members answer slightly differently)."""
+        if self.runtime == "keras":
+            return self.manifest.digest
+        key = {"models": self.manifest.digest, "runtime": self.runtime}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def input_sizes(self) -> tuple[int, ...]:
@@ -112,12 +135,11 @@ class Ensemble:
         every input size (``{input_size: (n, s, s, 3) uint8}``)."""
         probabilities, features = {}, {}
         for m in self.members:
-            p, f = m.forward(tf.constant(batches[m.input_size]))
-            probabilities[m.name], features[m.name] = p.numpy(), f.numpy()
+            probabilities[m.name], features[m.name] = m.outputs(batches[m.input_size])
         return probabilities, features
 
     def gradcams(self, batches: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
-        """Each model's Grad-CAM maps ``(n, h, w)`` for the ALL logit, in [0, 1]."""
+        """Each model's Grad-CAM maps ``(n, h, w)`` for the ALL logit, in [0, 1] (always in Keras)."""
         maps = {}
         for m in self.members:
             if m.gradcam is None:

@@ -67,13 +67,30 @@ def check_file(models_dir: Path, entry: ModelEntry) -> Path:
     Raises:
         ManifestError: The file is missing or does not match the manifest.
     """
-    path = Path(models_dir) / entry.file
+    return _checked(Path(models_dir) / entry.file, entry.sha256, "model file")
+
+
+def check_openvino(models_dir: Path, entry: ModelEntry) -> tuple[Path, Path]:
+    """The paths of a manifest entry's OpenVINO ``.xml`` and ``.bin``, after verifying both sha256.
+
+    Raises:
+        ManifestError: The entry lists no OpenVINO files, or one is missing or does not match the manifest.
+    """
+    converted = entry.openvino
+    if converted is None:
+        raise ManifestError(f"the manifest lists no OpenVINO files for {entry.name}")
+    xml = _checked(Path(models_dir) / converted.xml, converted.xml_sha256, f"{entry.name}'s OpenVINO file")
+    weights = _checked(Path(models_dir) / converted.bin, converted.bin_sha256, f"{entry.name}'s OpenVINO file")
+    return xml, weights
+
+
+def _checked(path: Path, sha256: str, what: str) -> Path:
     if not path.is_file():
-        raise ManifestError(f"model file missing: {path}")
+        raise ManifestError(f"{what} missing: {path}")
     actual = sha256_file(path)
-    if actual != entry.sha256:
+    if actual != sha256:
         raise ManifestError(
-            f"model file {path} does not match the manifest (sha256 {actual[:12]}…, expected {entry.sha256[:12]}…);"
+            f"{what} {path} does not match the manifest (sha256 {actual[:12]}…, expected {sha256[:12]}…);"
             " refusing to load it"
         )
     return path

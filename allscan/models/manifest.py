@@ -18,6 +18,36 @@ class ManifestError(Exception):
     """A models folder that cannot be used: no manifest, a bad entry or a file that fails its check."""
 
 
+OPENVINO_PRECISIONS = ("int8", "fp32")
+
+
+RUNTIMES = ("auto", "openvino", "keras")
+"""What can run a manifest's models: ``auto`` is OpenVINO when the manifest lists its files for every member,
+else Keras (kept here, with no heavy import, so the command line can check a choice before TensorFlow loads)."""
+
+@dataclass(frozen=True)
+class OpenVINOEntry:
+    """A member's OpenVINO files, converted from its ``.keras`` file when the models shipped.
+
+    Attributes:
+        xml: File name of the model's graph inside the models folder.
+        xml_sha256: Digest ``xml`` must match before it is loaded.
+        bin: File name of its weights.
+        bin_sha256: Digest ``bin`` must match.
+        source_sha256: sha256 of the ``.keras`` file it was converted from; must be the entry's own.
+        precision: ``int8`` (quantised, accepted by the rule in :mod:`allscan.training.convert`) or ``fp32``.
+        int8_check: The int8 candidate's figures against fp32 on the validation split, whichever shipped.
+    """
+
+    xml: str
+    xml_sha256: str
+    bin: str
+    bin_sha256: str
+    source_sha256: str
+    precision: str
+    int8_check: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One ensemble member as shipped.
@@ -31,6 +61,7 @@ class ModelEntry:
         architecture: Human-readable architecture.
         training: How it was trained (data, split, epochs, recipe).
         validation: Validation-split figures.
+        openvino: Its OpenVINO files, or None where it was never converted (then it runs in Keras).
     """
 
     name: str
@@ -41,6 +72,14 @@ class ModelEntry:
     architecture: str = ""
     training: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
+    openvino: OpenVINOEntry | None = None
+
+    def files(self) -> dict[str, str]:
+        """Every file of this member with its sha256."""
+        files = {self.file: self.sha256}
+        if self.openvino is not None:
+            files |= {self.openvino.xml: self.openvino.xml_sha256, self.openvino.bin: self.openvino.bin_sha256}
+        return files
 
 
 @dataclass(frozen=True)
@@ -84,10 +123,17 @@ class Manifest:
         key = {"models": {n: m.sha256 for n, m in sorted(self.models.items())}, "ensemble": ensemble}
         if self.domain:
             key["domain"] = self.domain["sha256"]
+        converted = {n: [m.openvino.xml_sha256, m.openvino.bin_sha256] for n, m in sorted(self.models.items())
+                     if m.openvino is not None}
+        if converted:  # manifests without OpenVINO files keep the digest they had before it existed
+            key["openvino"] = converted
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
         data = asdict(self)
+        for entry in data["models"].values():
+            if entry["openvino"] is None:
+                del entry["openvino"]  # unconverted members read as they did before OpenVINO existed
         data["ensemble"]["review_band"] = list(self.ensemble.review_band)
         data["blank_box"] = list(self.blank_box) if self.blank_box else None
         return json.dumps(data, indent=2) + "\n"
@@ -116,8 +162,7 @@ def load_manifest(models_dir: Path) -> Manifest:
         raise ManifestError(f"no models found: {path} does not exist")
     try:
         data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
-        models = {name: ModelEntry(name=name, **{k: v for k, v in m.items() if k != "name"})
-                  for name, m in data["models"].items()}
+        models = {name: _model_entry(name, m) for name, m in data["models"].items()}
         ens = data["ensemble"]
         ensemble = EnsembleConfig(
             weights={k: float(v) for k, v in ens["weights"].items()},
@@ -144,6 +189,13 @@ def load_manifest(models_dir: Path) -> Manifest:
     return manifest
 
 
+def _model_entry(name: str, data: dict) -> ModelEntry:
+    fields = {k: v for k, v in data.items() if k != "name"}
+    if fields.get("openvino") is not None:
+        fields["openvino"] = OpenVINOEntry(**fields["openvino"])
+    return ModelEntry(name=name, **fields)
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
     keys = [k for k, _ in pairs]
     for key in keys:
@@ -160,10 +212,14 @@ def _problem(manifest: Manifest) -> str:
     for attr in ("file", "sha256"):
         seen: dict[str, str] = {}
         for entry in manifest.models.values():
-            value = str(getattr(entry, attr))
-            if value in seen:
-                return f"{entry.name} and {seen[value]} have the same {attr} {value}"
-            seen[value] = entry.name
+            for value in (entry.files() if attr == "file" else entry.files().values()):
+                if value in seen:
+                    return f"{entry.name} and {seen[value]} have the same {attr} {value}"
+                seen[value] = entry.name
+    for entry in manifest.models.values():
+        problem = _openvino_problem(entry)
+        if problem:
+            return problem
     config = manifest.ensemble
     unlisted = sorted(set(config.weights) - set(manifest.models))
     if unlisted:
@@ -175,6 +231,19 @@ def _problem(manifest: Manifest) -> str:
     low, high = config.review_band
     if not (0 <= config.threshold <= 1 and 0 <= low <= high <= 1):
         return f"threshold {config.threshold} and review band ({low}, {high}) must lie in [0, 1], low ≤ high"
+    return ""
+
+
+def _openvino_problem(entry: ModelEntry) -> str:
+    converted = entry.openvino
+    if converted is None:
+        return ""
+    if converted.precision not in OPENVINO_PRECISIONS:
+        return f"{entry.name}'s OpenVINO precision {converted.precision!r} is not one of {', '.join(OPENVINO_PRECISIONS)}"
+    if converted.source_sha256 != entry.sha256:
+        return (f"{entry.name}'s OpenVINO files were converted from another .keras file (sha256"
+                f" {converted.source_sha256[:12]}…, the model is {entry.sha256[:12]}…): ship the models again to"
+                " convert them")
     return ""
 
 

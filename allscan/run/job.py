@@ -152,6 +152,7 @@ class Job:
         batch_size: Fields per model call.
         heatmaps: Grad-CAM figures to write, or None.
         rescore: Score again what the store already holds.
+        runtime: The runtime the driver chose (``keras`` or ``openvino``): every node scores with it.
     """
 
     models_dir: Path
@@ -161,12 +162,13 @@ class Job:
     batch_size: int = DEFAULT_BATCH_SIZE
     heatmaps: HeatmapOptions | None = None
     rescore: bool = False
+    runtime: str = "auto"
 
     @classmethod
     def of(cls, pipeline: Pipeline, batch_size: int = DEFAULT_BATCH_SIZE,
            heatmaps: HeatmapOptions | None = None, rescore: bool = False) -> "Job":
         return cls(pipeline.ensemble.models_dir, pipeline.digest, pipeline.maker, pipeline.site_dir, batch_size,
-                   heatmaps, rescore)
+                   heatmaps, rescore, pipeline.ensemble.runtime)
 
     def prepare(self, source: Source | Path, known: frozenset[str] = frozenset()) -> Prepared:
         source = source if isinstance(source, Source) else Source.file(source)
@@ -185,7 +187,7 @@ class Job:
         Raises:
             ManifestError: The models folder is unusable here or holds other models than the driver's.
         """
-        pipeline = Pipeline.load(self.models_dir, self.site, self.maker.options)
+        pipeline = Pipeline.load(self.models_dir, self.site, self.maker.options, runtime=self.runtime)
         if pipeline.digest != self.digest:
             raise ManifestError(f"the models in {self.models_dir} (results digest {pipeline.digest}) are not the"
                                 f" driver's (digest {self.digest})")

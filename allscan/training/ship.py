@@ -1,9 +1,10 @@
 """Turning a finished training run into a shipped model: file, checksum, manifest entry, refitted statistics.
 
-Shipping is three steps: save the model (float16) and its manifest entry; refit the domain
-reference (red-cell size, stain reference, out-of-domain guard); then :func:`refit` every
-statistic the shipped ensemble derives from data, so that a new model never ships beside
-statistics fitted to the models it replaced.
+Shipping is four steps: save the model (float16) and its manifest entry; convert it to OpenVINO,
+int8 where that keeps its answers (:mod:`allscan.training.convert`); refit the domain reference
+(red-cell size, stain reference, out-of-domain guard); then :func:`refit` every statistic the
+shipped ensemble derives from data, so that a new model never ships beside statistics fitted to
+the models it replaced, nor to another runtime's outputs.
 """
 
 from dataclasses import asdict, replace
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from allscan._tf import keras
 from allscan.training.augment import RECIPE as AUGMENTATION_RECIPE
+from allscan.training.convert import convert_models
 from allscan.training.dataset import list_split, load_images
 from allscan.training.fit_domain import refit_domain
 from allscan.models.ensemble import Ensemble
@@ -20,6 +22,7 @@ from allscan.models.manifest import ModelEntry, equal_weights, load_or_empty, sa
 from allscan.training.metrics import compute_metrics
 from allscan.models.files import save_half_precision
 from allscan.models.registry import ModelSpec
+from allscan.models.runtime import choose_runtime
 from allscan.training.train import TrainConfig, TrainResult
 from allscan.training.tune import Tuning, tune_ensemble
 
@@ -39,8 +42,9 @@ def validation_figures(model, spec: ModelSpec, data_dir: Path, config: TrainConf
 
 
 def ship(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_dir: Path, models_dir: Path) -> ModelEntry:
-    """Save the best checkpoint in ``models_dir`` (float16 weights), record it in the manifest, refit the
-    domain reference for the new set of models (:func:`allscan.training.fit_domain.refit_domain`), then :func:`refit`."""
+    """Save the best checkpoint in ``models_dir`` (float16 weights), record it in the manifest, convert it to
+    OpenVINO (:func:`allscan.training.convert.convert_models`), refit the domain reference for the new set
+    of models (:func:`allscan.training.fit_domain.refit_domain`), then :func:`refit`."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     model = keras.models.load_model(result.best_path, compile=False)
@@ -74,7 +78,8 @@ def ship(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_dir: Pa
         dataset=manifest.dataset or DATASET,
         ensemble=replace(manifest.ensemble, weights=equal_weights(manifest.models), tuned_on=""),
     )
-    save_manifest(manifest, models_dir)
+    save_manifest(manifest, models_dir)  # the new entry has no OpenVINO files: the old ones came from the old model
+    convert_models(models_dir, data_dir)
     refit_domain(models_dir, data_dir)
     refit(Ensemble.load(models_dir), data_dir)
     return entry
@@ -85,10 +90,19 @@ def refit(ensemble: Ensemble, data_dir: Path, pool_train: bool = False) -> Tunin
 
     Today that is the calibration, the vote weights, the screening threshold and the review band
     (:func:`allscan.training.tune.tune_ensemble`). Any further shipped statistic gets its own step here.
+    They are fitted on the outputs of the runtime that scores by default: members without OpenVINO
+    files are converted first (and the domain reference refitted for them), and an ensemble loaded
+    with another runtime is loaded again with the default one.
     ``pool_train`` adds the training split's predictions to the calibration and the threshold's
     second check: sound only for models that do not fit their training split better than validation
     (compare the two before using it).
     """
+    models_dir = ensemble.models_dir
+    if convert_models(models_dir, data_dir):
+        refit_domain(models_dir, data_dir)
+        ensemble = Ensemble.load(models_dir)
+    elif ensemble.runtime != choose_runtime("auto", ensemble.manifest):
+        ensemble = Ensemble.load(models_dir)
     pipeline = Pipeline(ensemble)
     box = ensemble.manifest.blank_box
     probs, labels = split_probabilities(pipeline, Path(data_dir) / "val", box)

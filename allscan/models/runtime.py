@@ -1,0 +1,125 @@
+"""The runtimes that run a member's forward pass: Keras (the reference, and the path for Grad-CAM and
+training) and OpenVINO (converted when the models ship, the default for scoring where its files are listed).
+
+Both take a uint8 batch ``(n, s, s, 3)`` and return p(ALL) ``(n,)`` and pooled features ``(n, d)``
+as NumPy arrays. OpenVINO is imported only when its runtime loads, so ``import allscan`` stays light.
+"""
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from allscan._tf import keras, tf
+from allscan.models.manifest import RUNTIMES, Manifest, ManifestError
+from allscan.models.preprocessing import get_preprocessor
+
+FEATURE_LAYER = "pool"
+"""The pooled-features layer every registry architecture names so: the penultimate representation
+used by the out-of-domain guard and by site heads."""
+
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+"""On CPUs with bfloat16 units (AVX512-BF16, AMX) OpenVINO otherwise runs float layers in bfloat16,
+which moves pooled features by ~0.3%: the shipped figures are for float32 (and int8 where accepted)."""
+
+
+class Forward(Protocol):
+    """A member's forward pass in one runtime."""
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """p(ALL) ``(n,)`` and pooled features ``(n, d)`` for a uint8 batch ``(n, s, s, 3)``."""
+
+
+def choose_runtime(requested: str, manifest: Manifest) -> str:
+    """The runtime to run: ``keras`` or ``openvino``.
+
+    Raises:
+        ValueError: ``requested`` is not one of :data:`~allscan.models.manifest.RUNTIMES`.
+        ManifestError: ``openvino`` requested but some member has no OpenVINO files in the manifest.
+    """
+    if requested not in RUNTIMES:
+        raise ValueError(f"unknown runtime {requested!r}; choose one of {', '.join(RUNTIMES)}")
+    missing = sorted(name for name, entry in manifest.models.items() if entry.openvino is None)
+    if requested == "auto":
+        return "keras" if missing else "openvino"
+    if requested == "openvino" and missing:
+        raise ManifestError(f"the manifest lists no OpenVINO files for {', '.join(missing)}: ship the models"
+                            " again (allscan ship or allscan tune) to convert them, or use the keras runtime")
+    return requested
+
+
+def keras_forward(model, preprocessing: str, input_size: int) -> Callable:
+    """The model's traced forward pass: uint8 batch in, preprocessing, then (p(ALL), pooled features).
+
+    OpenVINO files are converted from this same function, so both runtimes see the same graph.
+    """
+    preprocess = get_preprocessor(preprocessing)
+    both = keras.Model(model.inputs, [model.outputs[0], model.get_layer(FEATURE_LAYER).output])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, input_size, input_size, 3), tf.uint8)], reduce_retracing=True)
+    def forward(batch):
+        x = preprocess(tf.cast(batch, tf.float32))
+        p, features = both(x, training=False)
+        return tf.reshape(p, (-1,)), tf.reshape(features, (tf.shape(features)[0], -1))
+
+    return forward
+
+
+def load_keras_model(path: Path):
+    return keras.models.load_model(path, compile=False, safe_mode=True)
+
+
+class KerasForward:
+    """A ``.keras`` model and its traced forward pass (thread-safe, as TensorFlow functions are)."""
+
+    def __init__(self, model, preprocessing: str, input_size: int):
+        self.model = model
+        self._forward = keras_forward(model, preprocessing, input_size)
+        self._forward(tf.zeros((1, input_size, input_size, 3), tf.uint8))  # trace now: the first batch runs at speed
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p, features = self._forward(tf.constant(batch))
+        return p.numpy(), features.numpy()
+
+
+def read_openvino(xml: Path, weights: Path):
+    """The ``ov.Model`` saved as ``xml`` (graph) and ``weights`` (``.bin``)."""
+    return _core().read_model(str(xml), str(weights))
+
+
+def compile_openvino(model):
+    """Compile an ``ov.Model`` for this machine's CPU, in float32 where it is not quantised."""
+    return _core().compile_model(model, "CPU", OPENVINO_CONFIG)
+
+
+_CORE = None
+_CORE_LOCK = threading.Lock()
+
+
+def _core():
+    """One OpenVINO core per process (it owns the CPU plugin and its thread pool)."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            import openvino as ov
+
+            _CORE = ov.Core()
+        return _CORE
+
+
+class OpenVINOForward:
+    """A compiled OpenVINO model: one inference request per calling thread (a request is not thread-safe)."""
+
+    def __init__(self, compiled, input_size: int):
+        self._compiled = compiled
+        self._local = threading.local()
+        self.outputs(np.zeros((1, input_size, input_size, 3), np.uint8))  # first inference allocates: do it now
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        result = request.infer([np.ascontiguousarray(batch, np.uint8)])
+        return result[0].copy(), result[1].copy()  # the request reuses its output buffers on the next call

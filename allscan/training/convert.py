@@ -1,0 +1,178 @@
+"""Converting shipped models to OpenVINO, int8 only where it keeps the answers.
+
+Each member's Keras forward pass (uint8 in, preprocessing, model, then p(ALL) and pooled features:
+:func:`allscan.models.runtime.keras_forward`) is converted to OpenVINO (float32, checked against
+Keras on the validation split), then quantised to int8 by NNCF post-training quantisation on
+training fields (label box blanked, as the models were trained). The int8 model ships only when,
+on the validation split, :func:`int8_acceptable` holds; otherwise the member ships float32. Files
+are written beside the ``.keras`` file and recorded in the manifest with their sha256 and the
+sha256 of the ``.keras`` they came from. Runs when models ship, never on a user's machine.
+"""
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from allscan.models.files import check_file
+from allscan.models.manifest import ModelEntry, OpenVINOEntry, load_manifest, save_manifest, sha256_file
+from allscan.models.runtime import (KerasForward, OpenVINOForward, compile_openvino, keras_forward, load_keras_model,
+                                    read_openvino)
+from allscan.training.dataset import list_split, load_images
+
+CALIBRATION_FIELDS = 300
+"""Training fields NNCF calibrates each member's activation ranges on."""
+MIN_VERDICT_AGREEMENT = 0.995
+"""int8 ships only if its verdicts (raw p(ALL) at 0.5) match float32 on at least this share of validation fields…"""
+MAX_AUC_DROP = 0.001
+"""…and its validation ROC AUC is at most this much below float32's."""
+FP32_TOLERANCE = 1e-4
+"""Largest |Δp(ALL)| allowed between the float32 conversion and Keras on validation: a larger one is a
+conversion fault, never shipped."""
+BATCH = 32
+SEED = 0
+
+
+class ConversionError(RuntimeError):
+    """The OpenVINO conversion does not reproduce the Keras model."""
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """The int8 candidate against float32 on the validation split.
+
+    Attributes:
+        fields: Validation fields compared.
+        verdict_agreement: Share of fields whose raw p(ALL) lies on the same side of 0.5 in both.
+        roc_auc_fp32: Float32's ROC AUC.
+        roc_auc_int8: int8's ROC AUC.
+        max_abs_dp: Largest |p_int8 - p_fp32|.
+        accepted: Whether int8 ships (:func:`int8_acceptable`).
+    """
+
+    fields: int
+    verdict_agreement: float
+    roc_auc_fp32: float
+    roc_auc_int8: float
+    max_abs_dp: float
+    accepted: bool
+
+
+def int8_acceptable(verdict_agreement: float, roc_auc_fp32: float, roc_auc_int8: float) -> bool:
+    """The shipping rule: int8 keeps ≥ 99.5% of float32's verdicts and loses ≤ 0.001 of its ROC AUC."""
+    # rounded: 0.990 - 0.989 is 0.0010000000000000009 in floating point, and the bound is inclusive
+    return verdict_agreement >= MIN_VERDICT_AGREEMENT and round(roc_auc_fp32 - roc_auc_int8, 12) <= MAX_AUC_DROP
+
+
+def int8_check(labels: np.ndarray, p_fp32: np.ndarray, p_int8: np.ndarray) -> Int8Check:
+    """Compare the int8 candidate's validation probabilities with float32's (labels 1 = ALL)."""
+    agreement = float(np.mean((p_fp32 >= 0.5) == (p_int8 >= 0.5)))
+    auc_fp32, auc_int8 = float(roc_auc_score(labels, p_fp32)), float(roc_auc_score(labels, p_int8))
+    return Int8Check(len(labels), agreement, auc_fp32, auc_int8, float(np.max(np.abs(p_int8 - p_fp32))),
+                     int8_acceptable(agreement, auc_fp32, auc_int8))
+
+
+def to_openvino(model, preprocessing: str, input_size: int):
+    """The ``ov.Model`` of the member's forward pass: uint8 ``(n, s, s, 3)`` in (any n), p(ALL) and
+    pooled features out."""
+    import openvino as ov
+
+    converted = ov.convert_model(keras_forward(model, preprocessing, input_size))
+    # Some graphs (EfficientNet-B3) come out with internal activations as extra outputs: keep the two.
+    results = converted.get_results()[:2]
+    if [len(r.get_output_partial_shape(0)) for r in results] != [1, 2]:
+        raise ConversionError(f"{model.name}: the converted model's first outputs are not p(ALL) and features")
+    return ov.Model(results, converted.get_parameters(), model.name)
+
+
+def quantise(ov_model, fields: np.ndarray):
+    """NNCF post-training quantisation of ``ov_model`` (left as it is) calibrated on ``fields`` (uint8)."""
+    import nncf
+
+    dataset = nncf.Dataset([fields[i:i + 1] for i in range(len(fields))])
+    return nncf.quantize(ov_model.clone(), dataset, subset_size=len(fields))
+
+
+def convert_member(models_dir: Path, entry: ModelEntry, val: tuple[list[Path], np.ndarray], train: list[Path],
+                   box) -> OpenVINOEntry:
+    """Convert one member, quantise it, apply the rule on ``val`` and write the files that ship into ``models_dir``.
+
+    Args:
+        val: Validation image paths and labels.
+        train: Training image paths to calibrate int8 on.
+        box: The label box to blank, in 224-px coordinates, or None.
+
+    Raises:
+        ConversionError: Float32 OpenVINO does not reproduce Keras on validation.
+    """
+    import openvino as ov
+
+    models_dir = Path(models_dir)
+    model = load_keras_model(check_file(models_dir, entry))
+    paths, labels = val
+    fields = load_images(paths, entry.input_size, box)
+    p_keras = _probabilities(KerasForward(model, entry.preprocessing, entry.input_size), fields)
+    fp32 = to_openvino(model, entry.preprocessing, entry.input_size)
+    int8 = quantise(fp32, load_images(train, entry.input_size, box))
+    with tempfile.TemporaryDirectory(dir=models_dir, prefix=".convert-") as tmp:
+        p = {}
+        for precision, candidate in (("fp32", fp32), ("int8", int8)):
+            xml = Path(tmp) / precision / f"{entry.name}.xml"
+            xml.parent.mkdir()
+            # not stored as float16: constants folded in conversion (EfficientNet's) lose too much (Δp 0.006)
+            ov.save_model(candidate, xml, compress_to_fp16=False)
+            shipped = OpenVINOForward(compile_openvino(read_openvino(xml, xml.with_suffix(".bin"))), entry.input_size)
+            p[precision] = _probabilities(shipped, fields)  # as read back from disk: exactly what would ship
+        drift = float(np.max(np.abs(p["fp32"] - p_keras)))
+        if drift > FP32_TOLERANCE:
+            raise ConversionError(f"{entry.name}: float32 OpenVINO differs from Keras by up to {drift:.2g} in p(ALL)")
+        check = int8_check(labels, p["fp32"], p["int8"])
+        precision = "int8" if check.accepted else "fp32"
+        targets = {}
+        for suffix in (".xml", ".bin"):
+            target = models_dir / f"{entry.name}{suffix}"
+            os.replace(Path(tmp) / precision / target.name, target)
+            targets[suffix] = target
+    figures = asdict(check) | {"split": "val", "calibration_fields": len(train), "fp32_max_abs_dp_vs_keras": drift}
+    return OpenVINOEntry(targets[".xml"].name, sha256_file(targets[".xml"]), targets[".bin"].name,
+                         sha256_file(targets[".bin"]), entry.sha256, precision, figures)
+
+
+def convert_models(models_dir: Path, data_dir: Path, names: list[str] | None = None) -> list[str]:
+    """Convert the members of ``models_dir`` that have no OpenVINO files (or those in ``names``) and record
+    them in its manifest; the names converted.
+
+    Raises:
+        ConversionError: A member's float32 conversion does not reproduce Keras.
+    """
+    models_dir = Path(models_dir)
+    manifest = load_manifest(models_dir)
+    todo = names if names is not None else [n for n, e in manifest.models.items() if e.openvino is None]
+    if not todo:
+        return []
+    val = list_split(Path(data_dir) / "val")
+    train_paths, _ = list_split(Path(data_dir) / "train")
+    rng = np.random.default_rng(SEED)
+    chosen = rng.choice(len(train_paths), min(CALIBRATION_FIELDS, len(train_paths)), replace=False)
+    train = [train_paths[i] for i in sorted(chosen)]
+    for name in todo:
+        entry = manifest.models[name]
+        converted = convert_member(models_dir, entry, val, train, manifest.blank_box)
+        manifest = manifest.with_model(replace(entry, openvino=converted))
+        save_manifest(manifest, models_dir)
+    _remove_strays(models_dir)
+    return list(todo)
+
+
+def _remove_strays(models_dir: Path) -> None:
+    """Temporary folders a cut conversion left behind."""
+    for stray in models_dir.glob(".convert-*"):
+        shutil.rmtree(stray, ignore_errors=True)
+
+
+def _probabilities(forward, fields: np.ndarray) -> np.ndarray:
+    return np.concatenate([forward.outputs(fields[i:i + BATCH])[0] for i in range(0, len(fields), BATCH)])

@@ -1,0 +1,135 @@
+"""The OpenVINO runtime beside Keras: conversion parity, the int8 rule, runtime choice, and refusing
+OpenVINO files that are missing, altered or made from another model."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from allscan.models.ensemble import Ensemble
+from allscan.models.manifest import ManifestError, load_manifest
+from allscan.training.convert import Int8Check, int8_acceptable, int8_check
+from tests.utils import TINY_SIZES, tiny_model
+
+
+@pytest.fixture(scope="module")
+def ov_models_dir(models_dir, domain_data, tmp_path_factory):
+    """The tiny models converted (and quantised where the rule allows) as shipping does."""
+    from allscan.training.convert import convert_models
+
+    target = tmp_path_factory.mktemp("ov-models")
+    shutil.copytree(models_dir, target, dirs_exist_ok=True)
+    assert sorted(convert_models(target, domain_data)) == sorted(TINY_SIZES)
+    return target
+
+
+@pytest.fixture()
+def ov_copy(ov_models_dir, tmp_path):
+    target = tmp_path / "models"
+    shutil.copytree(ov_models_dir, target)
+    return target
+
+
+def _batches(sizes, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return {s: rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8) for s in sizes}
+
+
+@pytest.mark.parametrize("name", ["resnet50", "alexnet"])
+def test_float32_openvino_reproduces_keras(name):
+    from allscan.models.registry import REGISTRY
+    from allscan.models.runtime import KerasForward, OpenVINOForward, compile_openvino
+    from allscan.training.convert import to_openvino
+
+    size, spec = TINY_SIZES[name], REGISTRY[name]
+    model = tiny_model(name, size, seed=3)
+    keras_run = KerasForward(model, spec.preprocessing, size)
+    ov_run = OpenVINOForward(compile_openvino(to_openvino(model, spec.preprocessing, size)), size)
+    for n in (1, 7):  # the batch dimension is dynamic
+        batch = _batches([size], n)[size]
+        (p_k, f_k), (p_o, f_o) = keras_run.outputs(batch), ov_run.outputs(batch)
+        assert p_o.shape == (n,) and f_o.shape == f_k.shape
+        np.testing.assert_allclose(p_o, p_k, atol=1e-4)
+        np.testing.assert_allclose(f_o, f_k, rtol=1e-4, atol=1e-4)
+
+
+def test_int8_rule_on_known_figures():
+    assert int8_acceptable(0.995, 0.990, 0.989)
+    assert not int8_acceptable(0.994, 0.990, 0.990)  # too many verdicts change
+    assert not int8_acceptable(1.0, 0.990, 0.9885)  # AUC falls by more than 0.001
+    labels = np.array([0, 0, 1, 1])
+    check = int8_check(labels, np.array([0.1, 0.4, 0.6, 0.9]), np.array([0.1, 0.6, 0.6, 0.9]))
+    assert check == Int8Check(4, 0.75, 1.0, 0.875, pytest.approx(0.2), False)
+    same = int8_check(labels, np.array([0.1, 0.4, 0.6, 0.9]), np.array([0.12, 0.38, 0.61, 0.88]))
+    assert same.accepted and same.verdict_agreement == 1.0
+
+
+def test_shipping_records_the_files_tied_to_their_keras(ov_models_dir):
+    manifest = load_manifest(ov_models_dir)
+    for entry in manifest.models.values():
+        converted = entry.openvino
+        assert converted.source_sha256 == entry.sha256 and converted.precision in ("int8", "fp32")
+        assert (ov_models_dir / converted.xml).is_file() and (ov_models_dir / converted.bin).is_file()
+        assert converted.precision == ("int8" if converted.int8_check["accepted"] else "fp32")
+        assert {"verdict_agreement", "roc_auc_fp32", "roc_auc_int8"} <= set(converted.int8_check)
+    assert not list(ov_models_dir.glob(".convert-*"))
+
+
+def test_auto_runs_openvino_where_listed_and_keras_otherwise(ov_models_dir, models_dir):
+    auto = Ensemble.load(ov_models_dir)
+    assert auto.runtime == "openvino" and all(m.runtime.startswith("openvino ") for m in auto.members)
+    assert Ensemble.load(models_dir, load_models=False).runtime == "keras"
+    forced = Ensemble.load(ov_models_dir, runtime="keras")
+    assert forced.runtime == "keras" and all(m.runtime == "keras" for m in forced.members)
+    assert forced.digest == forced.manifest.digest != auto.digest  # results of the two never mix
+    batches = _batches(auto.input_sizes, 5)
+    (p_ov, f_ov), (p_k, f_k) = auto.outputs(batches), forced.outputs(batches)
+    for m in auto.members:
+        assert p_ov[m.name].shape == (5,) and f_ov[m.name].shape == f_k[m.name].shape
+        if m.precision == "fp32":
+            np.testing.assert_allclose(p_ov[m.name], p_k[m.name], atol=1e-4)
+    with pytest.raises(ManifestError, match="lists no OpenVINO files"):
+        Ensemble.load(models_dir, load_models=False, runtime="openvino")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        Ensemble.load(models_dir, load_models=False, runtime="onnx")
+
+
+def test_gradcam_loads_keras_beside_openvino(ov_models_dir):
+    ensemble = Ensemble.load(ov_models_dir)
+    assert all(m._model is None for m in ensemble.members)
+    maps = ensemble.gradcams(_batches(ensemble.input_sizes, 2))
+    assert all(maps[m.name].shape[0] == 2 for m in ensemble.members)
+
+
+def test_pipeline_and_job_carry_the_runtime(ov_models_dir):
+    from allscan.run.job import Job
+    from allscan.scoring.pipeline import Pipeline
+
+    pipeline = Pipeline.load(ov_models_dir, load_models=False)
+    forced = Pipeline.load(ov_models_dir, load_models=False, runtime="keras")
+    assert pipeline.digest != forced.digest
+    assert Job.of(pipeline).runtime == "openvino" and Job.of(forced).runtime == "keras"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda folder: (folder / "alexnet.bin").unlink(), "OpenVINO file missing"),
+    (lambda folder: (folder / "vgg16.xml").write_text("<net/>"), "does not match the manifest"),
+])
+def test_missing_or_altered_openvino_files_are_refused(ov_copy, damage, message):
+    damage(ov_copy)
+    with pytest.raises(ManifestError, match=message):
+        Ensemble.load(ov_copy, load_models=False)
+    assert Ensemble.load(ov_copy, load_models=False, runtime="keras").runtime == "keras"
+
+
+def test_openvino_files_from_another_keras_are_refused(ov_copy):
+    path = ov_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["models"]["resnet50"]["openvino"]["source_sha256"] = "0" * 64
+    path.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="converted from another .keras file"):
+        Ensemble.load(ov_copy, load_models=False, runtime="keras")
