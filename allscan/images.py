@@ -25,6 +25,13 @@ photo then needs a fraction of its full-size memory."""
 
 OUTPUT_MARKERS = (".allscan.sqlite", ".run.json", ".allscan-tmp")
 
+OWN_FIGURE_SOFTWARE = "allscan"
+"""Start of the ``Software`` text chunk in every PNG figure allscan writes: however it is named or
+wherever it lies, such a file is not a smear."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_HEAD_BYTES = 4096
+"""Pillow writes text chunks before the image data: the start of a figure holds its marker."""
+
 
 class ImageError(Exception):
     """An input file that cannot be scored; the message is shown in the results row."""
@@ -53,11 +60,37 @@ class DecodedImage:
 
 
 def is_image_file(path: Path) -> bool:
-    """Whether ``path`` names an input image: a known suffix, not hidden, not one of our outputs."""
+    """Whether ``path`` names an input image: a known suffix, not hidden, not one of our outputs (by name,
+    or a figure by its marker)."""
     name = path.name
     if name.startswith(".") or any(marker in name for marker in OUTPUT_MARKERS):
         return False
-    return path.suffix.lower() in IMAGE_SUFFIXES
+    return path.suffix.lower() in IMAGE_SUFFIXES and not _is_own_figure(path)
+
+
+def _is_own_figure(path: Path) -> bool:
+    """Whether ``path`` is a PNG that allscan wrote (its ``Software`` text chunk says so).
+
+    Reads the file's first few KB, and only for a PNG; a file that cannot be read is not ours
+    (its row will say why it cannot be scored).
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_PNG_HEAD_BYTES)
+    except OSError:
+        return False
+    if not head.startswith(_PNG_SIGNATURE):
+        return False
+    wanted = b"Software\0" + OWN_FIGURE_SOFTWARE.encode()
+    at = len(_PNG_SIGNATURE)
+    while at + 8 <= len(head):
+        length, kind = int.from_bytes(head[at:at + 4], "big"), head[at + 4:at + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        if kind == b"tEXt" and head[at + 8:at + 8 + length].startswith(wanted):
+            return True
+        at += 12 + length
+    return False
 
 
 def find_images(
@@ -150,9 +183,7 @@ def decode_bytes(data: bytes, path: Path, max_side: int | None = None) -> Decode
                 reduction = image.width / full_width
                 image.load()
                 image = ImageOps.exif_transpose(image)
-                if min(image.width, image.height) < MIN_SIDE:
-                    raise ImageError(f"image too small: {image.width}x{image.height} pixels"
-                                     f" (at least {MIN_SIDE} a side)")
+                check_min_side(image.width, image.height)
                 rgb = _to_rgb(image)
     except ImageError:
         raise
@@ -178,10 +209,11 @@ def decode_bytes(data: bytes, path: Path, max_side: int | None = None) -> Decode
 def decode_array(rgb: np.ndarray, path: Path) -> DecodedImage:
     """Take an in-memory image (``(height, width, 3)`` uint8 RGB) as if decoded from a file named ``path``.
 
-    Its sha256 is the digest of its shape and pixels, so equal arrays share a score.
+    Its sha256 is the digest of its shape and pixels, so equal arrays share a score. The size limits
+    are a file's.
 
     Raises:
-        ImageError: Not a non-empty uint8 RGB array, or too large.
+        ImageError: Not a non-empty uint8 RGB array, too large, or too small.
     """
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or not rgb.size:
         layout = f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
@@ -189,9 +221,20 @@ def decode_array(rgb: np.ndarray, path: Path) -> DecodedImage:
     height, width = rgb.shape[:2]
     if width * height > MAX_PIXELS:
         raise ImageError(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
+    check_min_side(width, height)
     rgb = np.ascontiguousarray(rgb)
     digest = hashlib.sha256(f"{height}x{width}x3:".encode() + rgb.tobytes()).hexdigest()
     return DecodedImage(Path(path), digest, width, height, rgb)
+
+
+def check_min_side(width: int, height: int) -> None:
+    """Refuse an image under :data:`MIN_SIDE` pixels on either side, file or array alike.
+
+    Raises:
+        ImageError: It is too small.
+    """
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"image too small: {width}x{height} pixels (at least {MIN_SIDE} a side)")
 
 
 def decode_file(path: Path, max_side: int | None = None) -> DecodedImage:

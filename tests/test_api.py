@@ -71,7 +71,9 @@ def test_screener_refuses_what_does_not_fit(screener, tmp_path):
     with pytest.raises(ValueError, match="out="):
         screener.predict([smear(1)], out=tmp_path / "r.csv")
     with pytest.raises(FileNotFoundError):
-        screener.predict([tmp_path / "nope"])
+        screener.predict([tmp_path / "nope"], out=tmp_path / "r.csv")  # as `allscan predict`: exit 2
+    missing = screener.predict([tmp_path / "nope"])  # in memory, a missing path is its own error row
+    assert missing.loc[0, "verdict"] == "error" and "No such file" in missing.loc[0, "error"]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".xlsx"])

@@ -80,10 +80,11 @@ def test_predict_writes_heatmaps_and_fills_the_column(ensemble, tmp_path):
     assert len(list(csv.DictReader(open(out, encoding="utf-8")))) == 3
 
 
-def test_explain_prints_probabilities_and_writes_figure(models_dir, tmp_path):
-    image = write_image(tmp_path / "case.png", seed=4, size=64)
+def test_explain_prints_probabilities_and_writes_figure(models_dir, tmp_path, monkeypatch):
+    image = write_image(tmp_path / "inputs" / "case.png", seed=4, size=64)
+    monkeypatch.chdir(tmp_path)  # the figure goes to the current folder, never beside the input
     result = CliRunner().invoke(app, ["explain", str(image), "--models", str(models_dir)])
     assert result.exit_code == 0, result.output
     for name in ("resnet50", "efficientnet_b3", "alexnet", "vgg16", "ensemble"):
         assert name in result.output
-    assert (tmp_path / "case-heatmap.png").is_file()
+    assert (tmp_path / "case-heatmap.png").is_file() and not (tmp_path / "inputs" / "case-heatmap.png").exists()

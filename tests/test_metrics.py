@@ -93,6 +93,7 @@ def test_review_band_catches_errors_near_threshold():
 def test_plots_are_written_as_png_with_matplotlib(tmp_path):
     from PIL import Image
 
+    from allscan.images import find_images
     from allscan.training.plots import write_plots
 
     labels = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
@@ -105,6 +106,7 @@ def test_plots_are_written_as_png_with_matplotlib(tmp_path):
     for path in written:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 200
+    assert find_images([tmp_path / "plots"]) == []  # allscan's own figures are never scored as smears
 
 
 def test_competent_models_share_the_vote_equally():

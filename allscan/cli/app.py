@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 from typer.core import TyperGroup
 
 from allscan import __version__
@@ -32,6 +33,23 @@ class _OneLineErrors(TyperGroup):
             code, message = _failure(exc, ctx.invoked_subcommand in _RUN_COMMANDS)
             error_line(message)
             raise typer.Exit(code) from None
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _untyped_flags(command, ctx)
+        return command
+
+    def format_help(self, ctx, formatter):
+        _untyped_flags(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def _untyped_flags(command, ctx) -> None:
+    """Show flags in help without a ``<bool>`` type: a flag takes no value."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
 
 
 def _failure(exc: BaseException, run: bool) -> tuple[int, str]:
@@ -81,12 +99,17 @@ def main(
 
 def error_line(message: str) -> None:
     """Print ``message`` as one ``error:`` line on stderr."""
-    err.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", soft_wrap=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(' '.join(_plain(message).split()))}", soft_wrap=True, highlight=False)
 
 
 def warning_line(message: str) -> None:
     """Print ``message`` as one ``warning:`` line on stderr."""
-    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(_plain(message))}", soft_wrap=True, highlight=False)
+
+
+def _plain(message: str) -> str:
+    """``message`` without terminal colour codes (Ray and other libraries colour their errors)."""
+    return Text.from_ansi(message).plain
 
 
 def usage_error(message: str) -> typer.Exit:

@@ -9,6 +9,7 @@ tampered file is refused.
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,9 +161,15 @@ class DomainReference:
         return reference
 
 
-def load_checked_pair(meta_path: Path, sha256: str | None) -> tuple[dict, dict[str, np.ndarray]]:
+def load_checked_pair(meta_path: Path, sha256: str | None, check: Callable[[dict], None] | None = None
+                      ) -> tuple[dict, dict[str, np.ndarray]]:
     """A JSON file (checked against ``sha256`` when given) and the npz it names (checked against the
     digest it records), loaded without pickle.
+
+    Args:
+        meta_path: The JSON file.
+        sha256: Its expected digest, or None.
+        check: Called with the parsed JSON before the npz it names is opened; raises DomainError to refuse it.
 
     Raises:
         DomainError: A file is missing, does not match its digest, or cannot be parsed.
@@ -173,6 +180,8 @@ def load_checked_pair(meta_path: Path, sha256: str | None) -> tuple[dict, dict[s
         raise DomainError(f"{meta_path} does not match the digest recorded for it")
     try:
         meta = json.loads(meta_path.read_text())
+        if check is not None:
+            check(meta)
         arrays_path = meta_path.parent / meta["arrays"]
         if not arrays_path.is_file():
             raise DomainError(f"{arrays_path} does not exist")

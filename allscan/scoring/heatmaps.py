@@ -3,6 +3,7 @@
 Grad-CAM needs TensorFlow, so it is imported when figures are drawn, not with the options.
 """
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,19 @@ def display_copy(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
 
 
+FIGURE_NAME_MAX_BYTES = 200
+"""Longest figure name: most filesystems allow 255 bytes, and the atomic write's temporary name beside
+it is 22 bytes longer."""
+
+
 def figure_path(folder: Path, image_path: Path, sha256: str) -> Path:
-    return Path(folder) / f"{Path(image_path).stem}-{sha256[:10]}.png"
+    """``folder/STEM-SHA.png``: the image's name, shortened to fit a file name, then its sha256 prefix
+    (which keeps names unique)."""
+    suffix = f"-{sha256[:10]}.png"
+    stem = Path(image_path).stem
+    while len(os.fsencode(stem + suffix)) > FIGURE_NAME_MAX_BYTES:
+        stem = stem[:-1]  # whole characters, so the name stays text
+    return Path(folder) / f"{stem}{suffix}"
 
 
 STITCH_STEP = 4

@@ -12,6 +12,7 @@ same predictions, so slightly optimistic). The site's domain statistics (colour,
 features, red-cell size) come from its images.
 """
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,14 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from allscan.models.calibration import weighted_mean
-from allscan.training.dataset import list_split
+from allscan.training.dataset import CLASSES
 from allscan.domain.fields import FieldSet
 from allscan.domain.gaussian import fit_gaussian
 from allscan.scoring.pipeline import Pipeline
 from allscan.domain.reference import DomainChecks, DomainError, scale_tolerance
 from allscan.domain.site import Head, SiteProfile
 from allscan.scoring.vote import aggregate
-from allscan.images import ImageError, decode_file
+from allscan.images import ImageError, decode_file, find_images
 from allscan.models.manifest import EnsembleConfig
 from allscan.training.operating_point import wilson_interval
 from allscan.training.tune import tune_review_band, tune_threshold
@@ -39,6 +40,105 @@ HEAD_C = 0.05
 """Inverse L2 strength of the heads on standardised features (few images, thousands of features)."""
 FEATURE_COMPONENTS = 16
 BOOTSTRAP = 2000
+
+
+class LabelledSetError(Exception):
+    """A labelled folder ``adapt`` cannot fit on: no images, too few in a class, or one image in both."""
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """The images ``adapt`` fits on, each file and each content once, listed before any model loads.
+
+    Attributes:
+        folder: The labelled folder.
+        paths: Image files, ``normal/``'s then ``ALL/``'s.
+        labels: 1 for ALL, 0 for normal, one per path.
+        skipped: ``(path, reason)`` for each file left out because its content is already listed.
+    """
+
+    folder: Path
+    paths: tuple[Path, ...]
+    labels: tuple[int, ...]
+    skipped: tuple[tuple[Path, str], ...] = ()
+
+    def counts(self) -> np.ndarray:
+        """Images per label: ``[normal, ALL]``."""
+        return np.bincount(np.asarray(self.labels, dtype=int), minlength=2)
+
+
+def list_labelled(folder: Path) -> LabelledSet:
+    """Every image under ``folder/ALL`` and ``folder/normal``, once, checked before any model loads.
+
+    A file reached through several links is taken once; one reached through a link back up to
+    the class folder or above it (a link loop, which would list the other class's images
+    under this one) is not taken; a second file with the same content (sha256) as one already
+    listed in its class is left out and listed in ``skipped``.
+
+    Raises:
+        LabelledSetError: No images, the same content in both classes (a labelling mistake that
+            would teach the heads nothing and inflate the figures), or fewer than
+            :data:`MIN_PER_CLASS` images in a class.
+    """
+    folder = Path(folder)
+    taken: dict[str, tuple[Path, int]] = {}  # content (or real path, when unreadable here) -> first file, label
+    paths, labels, skipped, clashes = [], [], [], []
+    for label, name in enumerate(CLASSES):
+        root = folder / name
+        for path in find_images([root]) if root.is_dir() else []:
+            if _through_link_loop(path, root):
+                continue
+            key = _content_key(path)
+            if key in taken:
+                first, first_label = taken[key]
+                if first_label != label:
+                    clashes.append((first, path))
+                elif first.resolve() != path.resolve():
+                    skipped.append((path, f"same image as {first}"))
+                continue
+            taken[key] = (path, label)
+            paths.append(path)
+            labels.append(label)
+    listed = LabelledSet(folder, tuple(paths), tuple(labels), tuple(skipped))
+    _check_listed(listed, clashes)
+    return listed
+
+
+def _through_link_loop(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies behind a symlinked folder that leads to ``root`` or a folder above it."""
+    top = root.resolve()
+    current = root
+    for part in path.relative_to(root).parts[:-1]:
+        current = current / part
+        if current.is_symlink() and top.is_relative_to(current.resolve()):
+            return True
+    return False
+
+
+def _content_key(path: Path) -> str:
+    """The file's sha256; its real path when it cannot be read here (decoding will say why)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return str(path.resolve())
+
+
+def _check_listed(listed: LabelledSet, clashes: list[tuple[Path, Path]]) -> None:
+    if not listed.paths:
+        raise LabelledSetError(f"no images under {listed.folder / 'ALL'} or {listed.folder / 'normal'}")
+    if clashes:
+        first, second = clashes[0]
+        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+        raise LabelledSetError(f"the same image is labelled both ways: {first} and {second}{more}; "
+                               "keep each image in one class folder")
+    _check_counts(listed.counts())
+
+
+def _check_counts(counts: np.ndarray) -> None:
+    """Refuse fewer than :data:`MIN_PER_CLASS` images in a class (``counts``: ``[normal, ALL]``)."""
+    if counts.min() < MIN_PER_CLASS:
+        raise LabelledSetError(f"adapt needs at least {MIN_PER_CLASS} readable images in each of ALL/ and "
+                               f"normal/; found {counts[1]} ALL and {counts[0]} normal")
 
 
 @dataclass(frozen=True)
@@ -68,12 +168,13 @@ class AdaptResult:
     seconds: float = 0.0
 
 
-def collect(pipeline: Pipeline, folder: Path, batch_size: int = 16
+def collect(pipeline: Pipeline, labelled: LabelledSet | Path, batch_size: int = 16
             ) -> tuple[list[LabelledImage], list[tuple[Path, str]]]:
-    """Fields and pooled features of every readable image under ``folder/ALL`` and ``folder/normal``."""
-    paths, labels = list_split(folder)
-    images, skipped, prepared = [], [], []
-    for path, label in zip(paths, labels):
+    """Fields and pooled features of every readable image of ``labelled`` (or of :func:`list_labelled` of
+    a folder), and ``(path, reason)`` for each image left out."""
+    labelled = labelled if isinstance(labelled, LabelledSet) else list_labelled(labelled)
+    images, skipped, prepared = [], list(labelled.skipped), []
+    for path, label in zip(labelled.paths, labelled.labels):
         try:
             prepared.append((path, int(label), pipeline.fields(decode_file(path).rgb)))
         except ImageError as err:
@@ -171,22 +272,22 @@ def site_checks(images: list[LabelledImage], feature_models: tuple[str, ...]) ->
     )
 
 
-def adapt(pipeline: Pipeline, folder: Path, source: str = "") -> AdaptResult:
-    """Fit a site profile on ``folder/ALL`` and ``folder/normal`` (see the module docstring).
+def adapt(pipeline: Pipeline, labelled: LabelledSet | Path, source: str = "") -> AdaptResult:
+    """Fit a site profile on ``labelled`` (a :class:`LabelledSet`, or a folder holding ``ALL/`` and
+    ``normal/``; see the module docstring).
 
     Raises:
-        DomainError: Too few readable images of a class, or models without a domain reference.
-        FileNotFoundError: Neither class folder holds images.
+        DomainError: Models without a domain reference.
+        LabelledSetError: No images, one image in both classes, or too few readable images of a class.
     """
     started = time.monotonic()
     if pipeline.reference is None:
         raise DomainError("these models came without a domain reference; adapt needs one")
-    images, skipped = collect(pipeline, Path(folder))
+    labelled = labelled if isinstance(labelled, LabelledSet) else list_labelled(labelled)
+    images, skipped = collect(pipeline, labelled)
     labels = np.array([im.label for im in images], dtype=int)
     counts = np.bincount(labels, minlength=2)
-    if counts.min() < MIN_PER_CLASS:
-        raise DomainError(f"adapt needs at least {MIN_PER_CLASS} readable images in each of ALL/ and normal/; "
-                          f"found {counts[1]} ALL and {counts[0]} normal")
+    _check_counts(counts)
     warnings = [f"only {counts.min()} images in the smaller class: the figures' intervals are wide; "
                 f"{RELIABLE_PER_CLASS} or more per class give figures worth trusting"] \
         if counts.min() < RELIABLE_PER_CLASS else []
@@ -197,7 +298,7 @@ def adapt(pipeline: Pipeline, folder: Path, source: str = "") -> AdaptResult:
     names = tuple(heads)
     meta = {
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "source": source or str(folder),
+        "source": source or str(labelled.folder),
         "images": {"ALL": int(counts[1]), "normal": int(counts[0]), "skipped": len(skipped)},
         "options": pipeline.options.key(),
         "cross_validated": figures(labels, oof, threshold),

@@ -10,10 +10,13 @@ Prepared images and results travel between processes as pickles: the engine neve
 looks inside them, so it does not depend on how an image becomes model inputs.
 """
 
+import gc
 import logging
 import math
 import os
 import pickle
+import re
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +33,11 @@ PREPARE_CPUS = 0.25
 """CPUs reserved by each prepare task: decoding a field takes a few ms against tens of ms to score it."""
 
 MISSING_EXTRA = 'the ray engine needs Ray: pip install "allscan[ray]"'
+
+INSTALLED_ROOT = Path(__file__).resolve().parents[3]
+"""The folder holding the ``allscan`` package this process runs (site-packages, or a source checkout)."""
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _import_ray():
@@ -73,10 +81,22 @@ class RayEngine:
         if not todo:
             return
         ray = _import_ray()
+        failure: BaseException | None = None
         with _runtime(ray, self.address, self.num_cpus), _driver_logs_muted():
             self._check_resources(ray)
-            for results in self._stream(ray, todo, job.for_workers()):
-                committer.commit(results)
+            batches = self._stream(ray, todo, job.for_workers())
+            try:
+                for results in batches:
+                    committer.commit(results)
+            except (KeyboardInterrupt, EngineError) as exc:
+                # Raised again once Ray is down, without the frames it came through: they hold Ray objects,
+                # which must be released while Ray runs (else each prints "Exception ignored" at exit).
+                failure = exc.with_traceback(None)
+                failure.__context__ = None
+            finally:
+                batches.close()
+        if failure is not None:
+            raise failure
 
     def _stream(self, ray, images: list[Path], job: Job) -> Iterator[list]:
         items = [{"source": str(Path(p).resolve()), "name": str(p)} for p in images]
@@ -145,15 +165,52 @@ def _runtime(ray, address: str | None, num_cpus: int | None):
         yield
         return
     try:
-        ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
-                 include_dashboard=False if address is None else None, log_to_driver=False,
-                 logging_level=logging.ERROR)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise EngineError(f"cannot start or reach Ray at {address or 'a local runtime'}: {_first_line(err)}") from None
+        try:
+            with _working_folder(INSTALLED_ROOT), _sigint_blocked():
+                ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
+                         include_dashboard=False if address is None else None, log_to_driver=False,
+                         logging_level=logging.ERROR)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise EngineError(f"cannot start or reach Ray at {address or 'a local runtime'}: {_first_line(err)}") \
+                from None
+        yield
+    finally:
+        gc.collect()  # objects that still hold Ray references go while Ray can release them
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+@contextmanager
+def _working_folder(folder: Path):
+    """Run in ``folder`` while Ray starts.
+
+    Ray puts the driver's current folder first on every worker's ``sys.path``, so an
+    ``allscan/`` folder there (a clone's, a stale copy) would shadow the installed package in
+    the workers; from the folder holding the installed package they import the driver's
+    allscan, and a local runtime's workers run there. The current folder is the process's:
+    another thread resolving a relative path during ``ray.init`` would see this one.
+    """
+    previous = os.getcwd()
+    os.chdir(folder)
     try:
         yield
     finally:
-        ray.shutdown()
+        os.chdir(previous)
+
+
+@contextmanager
+def _sigint_blocked():
+    """Block SIGINT while Ray starts its processes, which inherit the mask.
+
+    Ctrl-C goes to the terminal's whole process group: it is this process's to handle (it shuts Ray
+    down once what it holds is released); Ray's processes dying under it first crash the driver's
+    shutdown. A Ctrl-C meanwhile is delivered here when the mask is restored.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 @contextmanager
@@ -178,5 +235,10 @@ def _driver_logs_muted():
 
 
 def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    """The first line of an error's message, without the terminal colours Ray puts in its errors; for a
+    task's error, that of the exception the task raised (Ray's own first line only names the task)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, Exception) and cause is not err:
+        return f"{type(cause).__name__}: {_first_line(cause)}"
+    lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
