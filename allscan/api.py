@@ -21,11 +21,13 @@ from allscan.domain.fields import DomainOptions
 from allscan.images import find_images
 from allscan.paths import default_models_dir
 from allscan.results.frames import read_results, results_frame
+from allscan.results.pdf import PdfReport
 from allscan.results.store import ResultStore
 from allscan.run.batch import RunSummary, run_batch
 from allscan.run.committer import Committer, MemoryResults, Observer
 from allscan.run.engines import Engine, LocalEngine, make_engine
 from allscan.run.job import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Job, Source
+from allscan.run.specimens import Specimens
 from allscan.scoring.heatmaps import HeatmapOptions
 from allscan.scoring.pipeline import Pipeline, as_pipeline
 
@@ -67,19 +69,21 @@ class Screener:
             rescore: With ``out``: score again what the store already holds.
             engine: With ``out``: the engine that runs the job.
 
+        Without ``out``, files and arrays are judged alike: a path that does not exist, like an
+        array that is not an RGB image or is under 64 pixels a side, is an error row, and the
+        other items are scored.
+
         Raises:
-            FileNotFoundError: A path does not exist.
+            FileNotFoundError: With ``out``: a path does not exist.
             ValueError: ``out`` has an unknown suffix, arrays or an engine where they do not apply,
                 or ``names`` does not fit the arrays.
             KeyboardInterrupt: The run with ``out`` was interrupted (what was scored is written).
         """
-        items = [images] if isinstance(images, str | Path | np.ndarray) else list(images)
+        items = _items(images)
+        _refuse_misfits(items, out, engine)
         if out is None:
-            if engine != "local":
-                raise ValueError("engine= applies to runs with out= only")
-            return results_frame(self._score_in_memory(_sources(items, names, recursive), batch_size, workers))
-        if any(isinstance(item, np.ndarray) for item in items):
-            raise ValueError("out= takes files and folders; score in-memory arrays without out=")
+            sources = _sources(items, names, recursive)
+            return results_frame(self._score_in_memory(sources, batch_size, workers) if sources else [])
         if isinstance(engine, str):
             engine = make_engine(engine, workers)
         summary = self.run(items, Path(out), recursive=recursive, batch_size=batch_size, workers=workers,
@@ -92,10 +96,11 @@ class Screener:
     def run(self, images: Sequence[Path], out: Path, *, recursive: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
             workers: int = DEFAULT_WORKERS, rescore: bool = False, engine: Engine | None = None,
             observer: Observer | None = None, heatmaps: HeatmapOptions | None = None, report: Path | None = None,
-            command: str | None = None) -> RunSummary:
+            command: str | None = None, specimens: Specimens | None = None,
+            pdf: PdfReport | None = None) -> RunSummary:
         """Run ``allscan predict``: score ``images`` (files and folders) through the store and write ``out``."""
         return run_batch(images, out, self.pipeline, recursive, batch_size, workers, rescore, observer, command,
-                         heatmaps, report, engine)
+                         heatmaps, report, engine, specimens, pdf)
 
     def _score_in_memory(self, sources: list[Source], batch_size: int, workers: int) -> list:
         """The same engine and committer as a run, into memory: rows in the order of ``sources``."""
@@ -105,7 +110,7 @@ class Screener:
 
 
 def load(models: Path | str | None = None, site: Path | str | None = None, stain_norm: bool = True,
-         rbc_diameter: float | None = None) -> Screener:
+         rbc_diameter: float | None = None, runtime: str = "auto") -> Screener:
     """Load the ensemble in ``models`` [default: ``$ALLSCAN_MODELS`` or the shipped models] once,
     with a site profile made by ``allscan adapt`` [default: ``$ALLSCAN_SITE``, if set].
 
@@ -114,25 +119,47 @@ def load(models: Path | str | None = None, site: Path | str | None = None, stain
         site: Site profile folder.
         stain_norm: Normalise the colour of images stained unlike the training images.
         rbc_diameter: Red-cell diameter in pixels in the images (overrides the estimate).
+        runtime: What runs the models: ``auto`` (OpenVINO where the models ship converted), ``openvino``
+            or ``keras``.
 
     Raises:
         ManifestError: No models there, a model file that fails its checksum, or a site profile
             that is corrupt or was fitted on other models (a DomainError).
+        ValueError: An unknown ``runtime``.
     """
+    origin = "" if site is not None else "$ALLSCAN_SITE"
     site = site if site is not None else os.environ.get("ALLSCAN_SITE") or None
     return Screener(Pipeline.load(models if models is not None else default_models_dir(), site,
-                                        DomainOptions(stain_norm, rbc_diameter)))
+                                  DomainOptions(stain_norm, rbc_diameter), site_origin=origin, runtime=runtime))
 
 
 def predict(images: ImageInput | Iterable[ImageInput], models: Path | str | None = None, out: Path | str | None = None,
-            site: Path | str | None = None, **options) -> pd.DataFrame:
+            site: Path | str | None = None, runtime: str = "auto", **options) -> pd.DataFrame:
     """Load the models (and a site profile) and score ``images``: :func:`load` then
-    :meth:`Screener.predict` (same options)."""
-    return load(models, site).predict(images, out, **options)
+    :meth:`Screener.predict` (same options). A call with nothing to score returns the empty frame
+    without loading the models."""
+    items = _items(images)
+    _refuse_misfits(items, out, options.get("engine", "local"))
+    if out is None and not _sources(items, options.get("names"), options.get("recursive", True)):
+        return results_frame([])
+    return load(models, site, runtime=runtime).predict(items, out, **options)
+
+
+def _items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+    return [images] if isinstance(images, str | Path | np.ndarray) else list(images)
+
+
+def _refuse_misfits(items: list[ImageInput], out: Path | str | None, engine: str | Engine) -> None:
+    """Refuse, before any work, options that do not apply to the call."""
+    if out is None and engine != "local":
+        raise ValueError("engine= applies to runs with out= only")
+    if out is not None and any(isinstance(item, np.ndarray) for item in items):
+        raise ValueError("out= takes files and folders; score in-memory arrays without out=")
 
 
 def _sources(items: list[ImageInput], names: Sequence[str] | None, recursive: bool) -> list[Source]:
-    """Each image with the path its row shows: folders expanded in place, arrays named."""
+    """Each image with the path its row shows: folders expanded in place, arrays named; a path that does not
+    exist stays as it is, to become its error row."""
     arrays = [i for i, item in enumerate(items) if isinstance(item, np.ndarray)]
     if names is not None and len(names) != len(arrays):
         raise ValueError(f"{len(names)} names for {len(arrays)} arrays")
@@ -141,6 +168,8 @@ def _sources(items: list[ImageInput], names: Sequence[str] | None, recursive: bo
     for i, item in enumerate(items):
         if isinstance(item, np.ndarray):
             sources.append(Source(item, array_names[i]))
+        elif not Path(item).exists():
+            sources.append(Source.file(item))
         else:
             sources += [Source.file(path) for path in find_images([Path(item)], recursive)]
     return sources

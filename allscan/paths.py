@@ -38,6 +38,11 @@ def sidecar_path(out: Path) -> Path:
     return Path(str(out) + ".run.json")
 
 
+def specimens_path(out: Path) -> Path:
+    """The CSV's specimens table: ``results.csv`` → ``results.csv.specimens.csv``."""
+    return Path(str(out) + ".specimens.csv")
+
+
 def store_path_for(out: Path) -> Path:
     """The store beside an output file: ``results.xlsx`` → ``results.xlsx.allscan.sqlite``."""
     return Path(str(out) + ".allscan.sqlite")

@@ -63,11 +63,11 @@ def test_no_recursive_stays_flat(slides, ensemble, tmp_path):
     assert len(_csv_rows(tmp_path / "r.csv")) == 5
 
 
-def test_excel_has_three_formatted_sheets(slides, ensemble, tmp_path):
+def test_excel_has_four_formatted_sheets(slides, ensemble, tmp_path):
     out = tmp_path / "results.xlsx"
     run_batch([slides], out, ensemble)
     book = load_workbook(out)
-    assert book.sheetnames == ["Results", "Run", "Summary"]
+    assert book.sheetnames == ["Results", "Specimens", "Run", "Summary"]
     sheet = book["Results"]
     assert [c.value for c in sheet[1]] == list(COLUMNS)
     assert sheet.max_row == 9

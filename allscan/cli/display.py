@@ -1,6 +1,7 @@
 """What the command line shows: the live views of predict and watch, and the tables and lines that
 report results, models, training and figures."""
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from rich.progress import (
 )
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from allscan.cli.app import console, err
 from allscan.results.types import ImageResult, RunCounts
@@ -106,7 +108,8 @@ class WatchDisplay:
 
         self.console = console
         self.stats = stats
-        self.counts = RunCounts()
+        self.tally: Counter[str] = Counter()
+        self._labels: dict[Path, tuple[str, ...]] = {}
         self.lines = quiet or not console.is_terminal
         self.live = None if self.lines else Live(self._render(), console=console, refresh_per_second=4)
 
@@ -123,7 +126,7 @@ class WatchDisplay:
         pass
 
     def result(self, result: ImageResult, skipped: bool) -> None:
-        self.counts.add(result, skipped)
+        self._count(result)
         if self.lines:
             p = f"{result.score.p_all:.3f}" if result.score else "-"
             review = " review" if result.score and result.score.review else ""
@@ -140,15 +143,8 @@ class WatchDisplay:
             self.live.update(self._render())
 
     def _render(self):
-        import time
-
         from rich.console import Group
 
-        c = self.counts
-        elapsed = max(time.monotonic() - self.stats.started, 1e-6)
-        head = (f"[red]ALL {c.all_}[/]  [green]normal {c.normal}[/]  [yellow]review {c.review}[/]  "
-                f"[cyan]out of domain {c.out_of_domain}[/]  [magenta]error {c.errors}[/]  queue {self.stats.queued}  "
-                f"{self.stats.scored / elapsed:.2f} img/s since start")
         table = Table(show_header=True, header_style="bold", expand=False)
         for column in ("image", "verdict", "p_all", "review", "domain"):
             table.add_column(column)
@@ -156,15 +152,37 @@ class WatchDisplay:
             table.add_row(r.path.name, r.verdict, f"{r.score.p_all:.3f}" if r.score else "-",
                           "yes" if r.score and r.score.review else "",
                           r.score.domain.domain if r.score and r.score.domain else "")
-        return Group(head, table)
+        return Group(self.summary_line(), table)
+
+    def summary_line(self) -> Text:
+        """Counts of files by their latest row, queue length and rate."""
+        import time
+
+        t = self.tally
+        elapsed = max(time.monotonic() - self.stats.started, 1e-6)
+        return Text.from_markup(
+            f"[red]ALL {t['ALL']}[/]  [green]normal {t['normal']}[/]  [yellow]review {t['review']}[/]  "
+            f"[cyan]out of domain {t['out of domain']}[/]  [magenta]error {t['error']}[/]  "
+            f"queue {self.stats.queued}  {self.stats.scored / elapsed:.2f} img/s since start")
+
+    def _count(self, result: ImageResult) -> None:
+        """Count the file under its latest row: one stored again (an error row, then scored once its
+        write completed) moves from its old counts to its new ones, as its row does in the output."""
+        labels = (result.verdict,)
+        if result.score is not None:
+            labels += ("review",) * result.score.review + ("out of domain",) * result.score.out_of_domain
+        self.tally.subtract(self._labels.get(result.path, ()))
+        self.tally.update(labels)
+        self._labels[result.path] = labels
 
 
-def print_run_summary(summary: "RunSummary", report: Path | None) -> None:
+def print_run_summary(summary: "RunSummary", report: Path | None, pdf: Path | None = None) -> None:
     """The closing lines of a predict run: counts, where the outputs are, what was skipped."""
     console.print(summary_table(summary))
-    console.print(f"results: [bold]{summary.out}[/]  (store: {summary.store})")
-    if report:
-        console.print(f"report: [bold]{report}[/]")
+    console.print(f"results: [bold]{escape(str(summary.out))}[/]  (store: {escape(str(summary.store))})")
+    for what, path in (("report", report), ("printable report", pdf)):
+        if path:
+            console.print(f"{what}: [bold]{escape(str(path))}[/]")
     if summary.counts.skipped:
         console.print(f"{summary.counts.skipped} images were already scored with these models and were skipped"
                       " (--rescore to score them again)")

@@ -5,6 +5,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import typer
 from rich.markup import escape
 
 from allscan.cli.app import err, usage_error
@@ -21,12 +22,12 @@ def refusing(*errors: type[Exception], message: Callable[[Exception], str] = str
 
 
 def preflight(out: Path, report: Path | None = None, inputs: list[Path] = (),
-              folders: list[tuple[str, Path | None]] = (), watched: Path | None = None):
+              folders: list[tuple[str, Path | None]] = (), watched: Path | None = None, pdf: Path | None = None):
     """Check inputs and outputs and claim the results store before anything heavy loads; the held lock."""
     from allscan.run.preflight import PreflightError, check_inputs, check_outputs, check_watched_folder, claim_store
 
     with refusing(PreflightError):
-        check_outputs(out, report, folders)
+        check_outputs(out, report, folders, pdf)
         check_inputs(inputs)
         if watched is not None:
             check_watched_folder(watched)
@@ -35,6 +36,23 @@ def preflight(out: Path, report: Path | None = None, inputs: list[Path] = (),
         err.print(escape(f"warning: the results store {store_path_for(out)} was corrupt; moved it to {moved} and"
                          " started a fresh one (its images are scored again)"), soft_wrap=True, highlight=False)
     return lock
+
+
+def specimens(inputs: list[Path], pattern: str | None, map_file: Path | None):
+    """How images are assigned to specimens; a bad pattern or map (its first offending line) is refused."""
+    from allscan.run.specimens import Specimens, SpecimenError, read_map
+
+    if pattern is not None and map_file is not None:
+        raise usage_error("give --specimen-pattern or --specimens, not both")
+    with refusing(SpecimenError):
+        return Specimens(inputs, pattern, read_map(map_file) if map_file is not None else None)
+
+
+def pdf_report(pdf: Path | None, paper: str):
+    from allscan.results.pdf import PdfReport
+
+    with refusing(ValueError):
+        return PdfReport(pdf, paper.lower()) if pdf is not None else None
 
 
 def check_heatmap_flags(folder: Path | None, every: bool) -> None:
@@ -48,11 +66,13 @@ def heatmap_options(folder: Path | None, every: bool):
     return HeatmapOptions(folder, every) if folder else None
 
 
-def require_train_extra() -> None:
-    """Training, tuning and evaluation need scikit-learn and matplotlib, which the runtime install leaves out."""
+def require_train_extra(shipping: bool = False) -> None:
+    """Training, tuning and evaluation need matplotlib, and shipping (which converts and quantises the models)
+    NNCF: the ``train`` extra, which the runtime install leaves out."""
     import importlib.util
 
-    missing = [m for m in ("sklearn", "matplotlib") if importlib.util.find_spec(m) is None]
+    wanted = ("sklearn", "matplotlib", "nncf") if shipping else ("sklearn", "matplotlib")
+    missing = [m for m in wanted if importlib.util.find_spec(m) is None]
     if missing:
         raise usage_error(f"this command needs {' and '.join(missing)}: pip install 'allscan[train]'")
 
@@ -81,17 +101,26 @@ def ensemble(models: Path | None):
 
 
 def pipeline(models: Path | None, site: Path | None = None, stain_norm: bool = True,
-             rbc_diameter: float | None = None, load_models: bool = True):
-    """The scoring pipeline: models (checked, and loaded unless ``load_models`` is False), domain options
-    and the site profile."""
+             rbc_diameter: float | None = None, load_models: bool = True, site_origin: str = "", runtime: str = "auto"):
+    """The scoring pipeline: the site profile (checked first), models (checked, and loaded unless
+    ``load_models`` is False, by ``runtime``) and domain options; ``site_origin`` names where ``site`` came
+    from."""
     manifest(models)
     from allscan.domain.fields import DomainOptions
-    from allscan.models.manifest import ManifestError
+    from allscan.models.manifest import RUNTIMES, ManifestError
     from allscan.scoring.pipeline import Pipeline
+
+    if runtime not in RUNTIMES:
+        raise usage_error(f"--runtime must be one of {', '.join(RUNTIMES)}")
 
     with refusing(ManifestError):
         return Pipeline.load(models or default_models_dir(), site, DomainOptions(stain_norm, rbc_diameter),
-                             load_models)
+                             load_models, site_origin, runtime)
+
+
+def site_origin(ctx: typer.Context) -> str:
+    """``$ALLSCAN_SITE`` when the command took ``--site`` from that variable, so that messages name it."""
+    return "$ALLSCAN_SITE" if ctx.get_parameter_source("site").name == "ENVIRONMENT" else ""
 
 
 def label_box(text: str | None, default):

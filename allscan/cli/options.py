@@ -1,7 +1,7 @@
 """The command line's options, declared once: each is an annotated type a command lists in one line.
 
 Options are grouped into help panels (input, models, output, run, training, other labs' images,
-scaling out), as cellpose groups its parser.
+scaling out), as cellpose groups its parser. Help text is Rich markup: a literal ``[`` is written ``\\[``.
 """
 
 from pathlib import Path
@@ -14,7 +14,7 @@ DOMAIN = "Other labs' images"
 
 Models = Annotated[
     Path | None,
-    typer.Option("--models", help="Models folder with a manifest.json [default: the shipped models/]",
+    typer.Option("--models", help="Models folder with a manifest.json \\[default: the shipped models/]",
                  rich_help_panel=MODEL, show_default=False),
 ]
 Heatmaps = Annotated[
@@ -55,9 +55,9 @@ Rescore = Annotated[bool, typer.Option("--rescore", help="Score again images alr
 Report = Annotated[Path | None, typer.Option("--report", help="Write a self-contained HTML batch report.",
                                              rich_help_panel=OUTPUT, show_default=False)]
 Engine = Annotated[str, typer.Option("--engine", help="local (this process) or ray (pip install "
-                                     "\"allscan[ray]\").", rich_help_panel=SCALE)]
+                                     "\"allscan\\[ray]\").", rich_help_panel=SCALE)]
 Address = Annotated[str | None, typer.Option("--address", help="Ray cluster: auto or ray://HOST:PORT "
-                                             "[default: start a local Ray runtime].", rich_help_panel=SCALE,
+                                             "\\[default: start a local Ray runtime].", rich_help_panel=SCALE,
                                              show_default=False)]
 Actors = Annotated[int, typer.Option("--actors", min=1, help="Ray actors scoring, each holding the models.",
                                      rich_help_panel=SCALE)]
@@ -89,7 +89,8 @@ WatchReport = Annotated[Path | None, typer.Option("--report", help="HTML batch r
 
 # explain
 Image = Annotated[Path, typer.Argument(help="One image file.", show_default=False)]
-Figure = Annotated[Path | None, typer.Option("--out", "-o", help="Heatmap figure [default: IMAGE-heatmap.png].",
+Figure = Annotated[Path | None, typer.Option("--out", "-o", help="Heatmap figure \\[default: ./IMAGE-heatmap.png, "
+                                             "in the current folder].",
                                              rich_help_panel=OUTPUT, show_default=False)]
 
 # training
@@ -99,14 +100,14 @@ ModelName = Annotated[str, typer.Option("--model", "-m", help="Registry name, or
                                         rich_help_panel=MODEL)]
 ShipInto = Annotated[Path, typer.Option("--out", "-o", help="Models folder to ship the best epoch into.",
                                         rich_help_panel=OUTPUT)]
-RunsDir = Annotated[Path | None, typer.Option("--runs-dir", help="Checkpoints and logs [default: ~/allscan-runs].",
+RunsDir = Annotated[Path | None, typer.Option("--runs-dir", help="Checkpoints and logs \\[default: ~/allscan-runs].",
                                               rich_help_panel=OUTPUT, show_default=False)]
-Epochs = Annotated[int | None, typer.Option(help="Epochs [default: the model's registry entry].",
+Epochs = Annotated[int | None, typer.Option(help="Epochs \\[default: the model's registry entry].",
                                             rich_help_panel=TRAIN, show_default=False)]
 StepBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Images per step.", rich_help_panel=TRAIN)]
-InputSize = Annotated[int | None, typer.Option("--input-size", help="Square input side [default: registry].",
+InputSize = Annotated[int | None, typer.Option("--input-size", help="Square input side \\[default: registry].",
                                                rich_help_panel=TRAIN, show_default=False)]
-LearningRate = Annotated[float | None, typer.Option("--lr", help="Peak learning rate [default: registry].",
+LearningRate = Annotated[float | None, typer.Option("--lr", help="Peak learning rate \\[default: registry].",
                                                     rich_help_panel=TRAIN, show_default=False)]
 Seed = Annotated[int, typer.Option(help="Random seed.", rich_help_panel=TRAIN)]
 Weights = Annotated[Path | None, typer.Option("--weights", help="Start the backbone from this weights file (e.g. "
@@ -116,7 +117,7 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue from the last c
                                       rich_help_panel=TRAIN)]
 TrainBlankBox = Annotated[str | None, typer.Option(
     "--blank-box", help="x0,y0,x1,y1 (224×224 coordinates) to blank in every image, or 'none'. "
-    "[default: the Aria scale-bar label box]", rich_help_panel=INPUT, show_default=False)]
+    "\\[default: the Aria scale-bar label box]", rich_help_panel=INPUT, show_default=False)]
 RunDir = Annotated[Path, typer.Argument(help="A run folder of `allscan train` (e.g. ~/allscan-runs/vgg16).",
                                         show_default=False)]
 RunData = Annotated[Path, typer.Argument(help="The data folder the run trained on (train/ and val/).",
@@ -132,7 +133,7 @@ FiguresOut = Annotated[Path | None, typer.Option("--out", "-o", help="Write the 
                                                  rich_help_panel=OUTPUT, show_default=False)]
 Box = Annotated[str, typer.Option(help="Label box: 'blank' (as in training), 'raw' (left in) or 'swap' (pasted from "
                                   "an image of the other class).", rich_help_panel=INPUT)]
-BlankBox = Annotated[str | None, typer.Option("--blank-box", help="x0,y0,x1,y1 or 'none' [default: manifest].",
+BlankBox = Annotated[str | None, typer.Option("--blank-box", help="x0,y0,x1,y1 or 'none' \\[default: manifest].",
                                               rich_help_panel=INPUT, show_default=False)]
 ShortcutCheck = Annotated[bool, typer.Option("--shortcut-check", help="Also score raw and box-swapped images and "
                                              "count verdict flips.", rich_help_panel=RUN)]
@@ -146,3 +147,20 @@ DomainData = Annotated[Path, typer.Argument(help="Dataset with train/ and val/ (
 Labelled = Annotated[Path, typer.Argument(help="Folder with ALL/ and normal/ sub-folders of your lab's labelled "
                                           "images (at least 5 each).", show_default=False)]
 ProfileOut = Annotated[Path, typer.Option("--out", "-o", help="Site profile folder to write.", rich_help_panel=OUTPUT)]
+
+# specimens and printed reports
+SPECIMENS = "Specimens and printed reports"
+SpecimenPattern = Annotated[str | None, typer.Option(
+    "--specimen-pattern", help="Regular expression on the file name whose first group is the specimen (e.g. an "
+    "accession number) \\[default: each image's folder is its specimen].", rich_help_panel=SPECIMENS,
+    show_default=False)]
+SpecimenMap = Annotated[Path | None, typer.Option(
+    "--specimens", help="CSV with the columns path and specimen (as a lab system exports it): each image's specimen.",
+    rich_help_panel=SPECIMENS, show_default=False)]
+Pdf = Annotated[Path | None, typer.Option("--pdf", help="Write a printable report: a cover page, then a page per "
+                                          "specimen with its flagged fields and lines to sign.",
+                                          rich_help_panel=SPECIMENS, show_default=False)]
+Paper = Annotated[str, typer.Option("--paper", help="Paper of the printable report: a4 or letter.",
+                                    rich_help_panel=SPECIMENS)]
+Runtime = Annotated[str, typer.Option("--runtime", help="What runs the models: auto (OpenVINO where the models ship "
+                                      "converted, else Keras), openvino or keras.", rich_help_panel=RUN)]

@@ -10,12 +10,13 @@ from allscan.cli.display import print_explanation, print_run_summary, watch_read
 
 
 @app.command()
-def predict(paths: o.Paths, out: o.PredictOut = Path("results.xlsx"), recursive: o.Recursive = True,
-            models: o.Models = None, batch_size: o.BatchSize = 16, workers: o.Workers = 2, rescore: o.Rescore = False,
-            quiet: o.Quiet = False, heatmaps: o.Heatmaps = None, heatmaps_all: o.HeatmapsAll = False,
-            report: o.Report = None, engine: o.Engine = "local", address: o.Address = None, actors: o.Actors = 1,
-            actor_cpus: o.ActorCpus = 1.0, site: o.Site = None, stain_norm: o.StainNorm = True,
-            rbc_diameter: o.RbcDiameter = None) -> None:
+def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("results.xlsx"),
+            recursive: o.Recursive = True, models: o.Models = None, batch_size: o.BatchSize = 16, workers: o.Workers = 2,
+            rescore: o.Rescore = False, quiet: o.Quiet = False, heatmaps: o.Heatmaps = None,
+            heatmaps_all: o.HeatmapsAll = False, report: o.Report = None, specimen_pattern: o.SpecimenPattern = None,
+            specimens: o.SpecimenMap = None, pdf: o.Pdf = None, paper: o.Paper = "a4", engine: o.Engine = "local",
+            address: o.Address = None, actors: o.Actors = 1, actor_cpus: o.ActorCpus = 1.0, runtime: o.Runtime = "auto",
+            site: o.Site = None, stain_norm: o.StainNorm = True, rbc_diameter: o.RbcDiameter = None) -> None:
     """Score images with the ensemble and write one row per image to CSV or Excel.
 
     Exit code: 0 every image scored, 1 some images failed (their rows say why), 2 usage error (nothing was
@@ -23,7 +24,9 @@ def predict(paths: o.Paths, out: o.PredictOut = Path("results.xlsx"), recursive:
     130 interrupted.
     """
     loading.check_heatmap_flags(heatmaps, heatmaps_all)
-    with loading.preflight(out, report, paths, [("heatmaps folder", heatmaps)]):
+    assign = loading.specimens(paths, specimen_pattern, specimens)
+    printable = loading.pdf_report(pdf, paper)
+    with loading.preflight(out, report, paths, [("heatmaps folder", heatmaps)], pdf=pdf):
         from allscan.api import Screener
         from allscan.cli.display import LiveProgress
         from allscan.run.engines import EngineError, make_engine
@@ -31,23 +34,26 @@ def predict(paths: o.Paths, out: o.PredictOut = Path("results.xlsx"), recursive:
         with loading.refusing(EngineError):
             runner = make_engine(engine, workers, address, actors, actor_cpus)
         # Ray's actors load their own models: the driver only checks them.
-        pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, load_models=engine == "local")
+        pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, load_models=engine == "local",
+                                    site_origin=loading.site_origin(ctx), runtime=runtime)
         with loading.refusing(EngineError), LiveProgress(console, quiet) as live:
             summary = Screener(pipeline).run(paths, out, recursive=recursive, batch_size=batch_size,
                                              workers=workers, rescore=rescore, engine=runner, observer=live,
                                              heatmaps=loading.heatmap_options(heatmaps, heatmaps_all),
-                                             report=report)
+                                             report=report, specimens=assign, pdf=printable)
     if not quiet:
-        print_run_summary(summary, report)
+        print_run_summary(summary, report, pdf)
     raise typer.Exit(summary.exit_code)
 
 
 @app.command()
-def watch(folder: o.Watched, out: o.WatchOut = Path("results.csv"), recursive: o.WatchRecursive = True,
+def watch(ctx: typer.Context, folder: o.Watched, out: o.WatchOut = Path("results.csv"),
+          recursive: o.WatchRecursive = True,
           poll: o.Poll = False, settle: o.Settle = 1.0, max_delay: o.MaxDelay = 1.0, batch_size: o.LargestBatch = 16,
           xlsx_every: o.XlsxEvery = 30.0, move_to: o.MoveTo = None, models: o.Models = None, quiet: o.WatchQuiet = False,
           heatmaps: o.Heatmaps = None, heatmaps_all: o.HeatmapsAll = False, report: o.WatchReport = None,
-          site: o.Site = None, stain_norm: o.StainNorm = True, rbc_diameter: o.RbcDiameter = None) -> None:
+          runtime: o.Runtime = "auto", site: o.Site = None, stain_norm: o.StainNorm = True,
+          rbc_diameter: o.RbcDiameter = None) -> None:
     """Score images as they land in FOLDER, each exactly once, until Ctrl-C or SIGTERM."""
     loading.check_heatmap_flags(heatmaps, heatmaps_all)
     writable = [("heatmaps folder", heatmaps), ("--move-to folder", move_to)]
@@ -57,7 +63,8 @@ def watch(folder: o.Watched, out: o.WatchOut = Path("results.csv"), recursive: o
         from allscan.cli.display import WatchDisplay
         from allscan.run.watch import WatchConfig, Watcher
 
-        pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter)
+        pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, site_origin=loading.site_origin(ctx),
+                                    runtime=runtime)
         config = WatchConfig(folder, out, recursive, poll, settle, max_delay, batch_size, xlsx_every, move_to,
                              heatmaps=loading.heatmap_options(heatmaps, heatmaps_all), report=report)
         members = [m.name for m in pipeline.ensemble.members]
@@ -72,19 +79,22 @@ def watch(folder: o.Watched, out: o.WatchOut = Path("results.csv"), recursive: o
 
 
 @app.command()
-def explain(image: o.Image, out: o.Figure = None, models: o.Models = None, site: o.Site = None,
-            stain_norm: o.StainNorm = True, rbc_diameter: o.RbcDiameter = None) -> None:
+def explain(ctx: typer.Context, image: o.Image, out: o.Figure = None, models: o.Models = None,
+            runtime: o.Runtime = "auto", site: o.Site = None, stain_norm: o.StainNorm = True,
+            rbc_diameter: o.RbcDiameter = None) -> None:
     """Print each model's and the ensemble's probability for one image and write its Grad-CAM figure."""
     from allscan.run.preflight import PreflightError, check_writable_file
 
     if not image.is_file():
         raise usage_error(f"no such file: {image}")
-    target = out or image.with_name(f"{image.stem}-heatmap.png")
+    target = out or Path(f"{image.stem}-heatmap.png")  # the current folder: never the input's, which may be scored
     with loading.refusing(PreflightError):
         check_writable_file(target, "heatmap figure")
     from allscan.run.explain import explain as explain_image
 
-    result = explain_image(loading.pipeline(models, site, stain_norm, rbc_diameter), image, target)
+    pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, site_origin=loading.site_origin(ctx),
+                                runtime=runtime)
+    result = explain_image(pipeline, image, target)
     if result.error:
         error_line(f"{image}: {result.error}")
         raise typer.Exit(EXIT_SOME_FAILED)

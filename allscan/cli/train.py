@@ -30,7 +30,7 @@ def train(data_dir: o.TrainData, model: o.ModelName = "all", out: o.ShipInto = P
           input_size: o.InputSize = None, lr: o.LearningRate = None, seed: o.Seed = 1, weights: o.Weights = None,
           resume: o.Resume = False, blank_box: o.TrainBlankBox = None) -> None:
     """Train one or all four models, checkpointing every epoch, and ship the best epoch into --out."""
-    loading.require_train_extra()
+    loading.require_train_extra(shipping=True)
     from allscan.models.registry import MODEL_NAMES, get_spec
     from allscan.paths import default_runs_dir
     from allscan.training.dataset import ARIA_LABEL_BOX
@@ -57,7 +57,7 @@ def train(data_dir: o.TrainData, model: o.ModelName = "all", out: o.ShipInto = P
 @app.command("ship")
 def ship_run(run_dir: o.RunDir, data_dir: o.RunData, out: o.ShipInto = Path("models")) -> None:
     """Ship the best epoch so far of a training run, finished or cut, with the same refits as `train`."""
-    loading.require_train_extra()
+    loading.require_train_extra(shipping=True)
     from allscan.models.registry import get_spec
     from allscan.training.ship import ship
     from allscan.training.train import load_run
@@ -73,7 +73,7 @@ def ship_run(run_dir: o.RunDir, data_dir: o.RunData, out: o.ShipInto = Path("mod
 @app.command()
 def tune(data_dir: o.ValData, models: o.Models = None, pool_train: o.PoolTrain = False) -> None:
     """Refit the calibration, weights, screening threshold and review band on the validation split."""
-    loading.require_train_extra()
+    loading.require_train_extra(shipping=True)
     from allscan.training.ship import refit
 
     for sub in ("val", "train") if pool_train else ("val",):
@@ -90,7 +90,7 @@ def tune(data_dir: o.ValData, models: o.Models = None, pool_train: o.PoolTrain =
 @app.command()
 def evaluate(data_dir: o.SplitData, split: o.Split = "test", out: o.FiguresOut = None, models: o.Models = None,
              box: o.Box = "blank", blank_box: o.BlankBox = None, shortcut_check: o.ShortcutCheck = False,
-             plots: o.Plots = None) -> None:
+             plots: o.Plots = None, runtime: o.Runtime = "auto") -> None:
     """Accuracy, precision, recall, specificity, F1, balanced accuracy, ROC AUC, Brier score and expected
     calibration error per model and for the ensemble, each with its 95% interval."""
     loading.require_train_extra()
@@ -102,7 +102,7 @@ def evaluate(data_dir: o.SplitData, split: o.Split = "test", out: o.FiguresOut =
     split_dir = data_dir / split
     if not split_dir.is_dir():
         raise usage_error(f"{split_dir} not found")
-    pipeline = loading.pipeline(models)
+    pipeline = loading.pipeline(models, runtime=runtime)
     label_box = loading.label_box(blank_box, pipeline.ensemble.manifest.blank_box)
     if shortcut_check and label_box is None:
         raise usage_error("--shortcut-check needs a label box (--blank-box or the manifest's)")

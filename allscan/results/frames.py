@@ -7,17 +7,30 @@ agreement as nullable integers, probabilities as floats (NaN for error rows) and
 """
 
 import math
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from allscan.results.types import COLUMNS, ImageResult
+from allscan.models.registry import MODEL_NAMES
+from allscan.paths import specimens_path
 from allscan.results.tables import restore
+from allscan.results.types import (COLUMNS, DOMAIN_IN, DOMAIN_OUT, SPECIMEN_COLUMNS, VERDICT_ALL, VERDICT_ERROR,
+                                   VERDICT_NORMAL, ImageResult, SpecimenSummary)
 
 STORE_SUFFIX = ".allscan.sqlite"
 _INTEGER = ("width", "height", "agreement")
 _FLOAT = tuple(c for c in COLUMNS if c.startswith("p_all"))
+_CHOICES = {"verdict": (VERDICT_ALL, VERDICT_NORMAL, VERDICT_ERROR), "domain": ("", DOMAIN_IN, DOMAIN_OUT)}
+_HEADER_ROWS = 1
+"""Rows above the first result in a CSV or the Results sheet: row numbers in messages count them, as a
+spreadsheet shows them."""
+
+
+class ResultsFileError(ValueError):
+    """A file that is not an allscan results file, or holds a value the schema does not allow; the message
+    names the file and, for a value, its row and column."""
 
 
 def results_frame(results: Iterable[ImageResult]) -> pd.DataFrame:
@@ -25,31 +38,121 @@ def results_frame(results: Iterable[ImageResult]) -> pd.DataFrame:
     return _typed(pd.DataFrame([r.row() for r in results], columns=list(COLUMNS), dtype=object))
 
 
-def read_results(path: Path | str, digest: str | None = None) -> pd.DataFrame:
+def specimens_frame(specimens: Iterable[SpecimenSummary]) -> pd.DataFrame:
+    """One row per specimen, columns :data:`~allscan.results.types.SPECIMEN_COLUMNS`."""
+    return _typed_specimens(pd.DataFrame([s.row() for s in specimens], columns=list(SPECIMEN_COLUMNS), dtype=object))
+
+
+def read_results(path: Path | str, digest: str | None = None, specimens: bool = False) -> pd.DataFrame:
     """Read a results CSV, Excel workbook or results store (``*.allscan.sqlite``) into a DataFrame.
 
     A store may hold results of several model sets: ``digest`` picks one [default: the
     set whose row was recorded last]. Rows come in the file's order (a store's: by path).
+    A CSV or workbook may have been edited by hand, so every value is checked: probabilities
+    in [0, 1], sizes positive, agreement 0 to the number of models, ``review`` true, false or
+    empty, verdict and domain among their values. A file written before allscan had specimens
+    (no ``specimen`` column) reads with that column empty.
+
+    With ``specimens`` it reads the specimens table instead (one row per specimen,
+    :data:`~allscan.results.types.SPECIMEN_COLUMNS`): the ``Specimens`` sheet of a workbook, or the
+    ``<out>.specimens.csv`` beside a CSV.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: Not a results file: unknown suffix, or columns other than the schema's.
+        ResultsFileError: (a ValueError) Not a results file: unknown suffix, empty, columns other than the
+            schema's (missing, extra or out of order; named), or a value that cannot be read or is out of
+            range (its row and column named).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     name = path.name.lower()
+    if specimens:
+        return _read_specimens(path)
     if name.endswith(STORE_SUFFIX):
         return _read_store(path, digest)
+    if not name.endswith((".csv", ".xlsx")):
+        raise ResultsFileError(f"cannot read {path}: expected a .csv, .xlsx or {STORE_SUFFIX} file")
+    if path.stat().st_size == 0:
+        raise ResultsFileError(f"{path} is empty: not an allscan results file")
+    raw = _read_table(path)
+    if list(raw.columns) == list(COLUMNS[:-1]):  # written before specimens: the trailing column is new
+        raw["specimen"] = ""
+    problem = _columns_problem(list(raw.columns))
+    if problem:
+        raise ResultsFileError(f"{path} is not an allscan results file: {problem}")
+    return _typed(raw, str(path))
+
+
+def _read_specimens(path: Path) -> pd.DataFrame:
+    name = path.name.lower()
     if name.endswith(".csv"):
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        table = specimens_path(path)
+        if not table.is_file():
+            raise FileNotFoundError(f"no specimens table beside {path}: {table} does not exist")
+        raw = _read_table(table)
     elif name.endswith(".xlsx"):
-        raw = pd.read_excel(path, sheet_name="Results", dtype=object)
+        raw = _read_table(path, "Specimens")
     else:
-        raise ValueError(f"cannot read {path}: expected a .csv, .xlsx or {STORE_SUFFIX} file")
-    if list(raw.columns) != list(COLUMNS):
-        raise ValueError(f"{path} is not an allscan results file: its columns are not {', '.join(COLUMNS)}")
-    return _typed(raw)
+        raise ResultsFileError(f"{path}: the specimens table is read from a .csv output (its .specimens.csv) or"
+                               " a .xlsx workbook (its Specimens sheet)")
+    if list(raw.columns) != list(SPECIMEN_COLUMNS):
+        raise ResultsFileError(f"{path}: the specimens table's columns are not {', '.join(SPECIMEN_COLUMNS)}")
+    return _typed_specimens(raw, str(path))
+
+
+_SPECIMEN_INTEGERS = ("images", "scored", "ALL", "normal", "review_images", "out_of_domain", "errors")
+
+
+def _typed_specimens(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+    """The specimens table's dtypes, each value checked as :func:`_typed` checks results."""
+    typed = pd.DataFrame(index=range(len(frame)))
+    for column in SPECIMEN_COLUMNS:
+        if column in _SPECIMEN_INTEGERS:
+            convert, dtype = (lambda v: None if v is None else _integer(v, 0, None)), "Int64"
+        elif column in ("top_p_all", "rule_score"):
+            convert, dtype = (lambda v: None if v is None else _probability(v)), "float64"
+        elif column == "review":
+            convert, dtype = _boolean, "boolean"
+        else:
+            choices = _CHOICES["verdict"] if column == "verdict" else None
+            convert, dtype = (lambda v, choices=choices: _text(v, choices)), None
+        values = []
+        for row, value in enumerate(frame[column]):
+            try:
+                values.append(convert(_missing_as_none(value)))
+            except (ValueError, TypeError, OverflowError) as err:
+                raise ResultsFileError(f"{source}, row {row + 1 + _HEADER_ROWS}, column {column}: {err}") from None
+        typed[column] = pd.array(values, dtype=dtype) if dtype else values
+    return typed
+
+
+def _read_table(path: Path, sheet: str = "Results") -> pd.DataFrame:
+    """Every cell of a results CSV or a workbook's sheet as read, untyped."""
+    try:
+        if path.name.lower().endswith(".csv"):
+            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        return pd.read_excel(path, sheet_name=sheet, dtype=object)
+    except pd.errors.EmptyDataError:
+        raise ResultsFileError(f"{path} holds no header: not an allscan results file") from None
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as err:  # parser and decoding errors are ValueErrors
+        raise ResultsFileError(f"cannot read {path} as a results file: {err}") from None
+
+
+def _columns_problem(columns: list) -> str:
+    """How ``columns`` differ from the schema's, or an empty string."""
+    if columns == list(COLUMNS):
+        return ""
+    missing = [c for c in COLUMNS if c not in columns]
+    extra = [str(c) for c in columns if c not in COLUMNS]
+    if missing or extra:
+        return "; ".join(filter(None, [f"missing columns {', '.join(missing)}" if missing else "",
+                                       f"unknown columns {', '.join(extra)}" if extra else ""]))
+    if len(columns) != len(set(columns)):
+        return f"repeated columns {', '.join(sorted({c for c in columns if columns.count(c) > 1}))}"
+    first = next(i for i, (got, wanted) in enumerate(zip(columns, COLUMNS)) if got != wanted)
+    return (f"column {first + 1} is {columns[first]}, expected {COLUMNS[first]} "
+            "(the columns must be in the schema's order)")
 
 
 def _read_store(path: Path, digest: str | None) -> pd.DataFrame:
@@ -62,19 +165,39 @@ def _read_store(path: Path, digest: str | None) -> pd.DataFrame:
         return results_frame(store.results())
 
 
-def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+def _typed(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+    """The schema's dtypes; each value of a file (``source``) is checked, and the first bad one refused."""
     typed = pd.DataFrame(index=range(len(frame)))
     for column in COLUMNS:
-        values = [_missing_as_none(v) for v in frame[column]]
+        convert = _converter(column)
+        values = []
+        for row, value in enumerate(frame[column]):
+            try:
+                values.append(convert(_missing_as_none(value)))
+            except (ValueError, TypeError, OverflowError) as err:
+                raise ResultsFileError(f"{source}, row {row + 1 + _HEADER_ROWS}, column {column}: {err}") from None
         if column in _INTEGER:
-            typed[column] = pd.array([None if v is None else int(v) for v in values], dtype="Int64")
+            typed[column] = pd.array(values, dtype="Int64")
         elif column in _FLOAT:
-            typed[column] = pd.array([None if v is None else float(v) for v in values], dtype="float64")
+            typed[column] = pd.array(values, dtype="float64")
         elif column == "review":
-            typed[column] = pd.array([_boolean(v) for v in values], dtype="boolean")
+            typed[column] = pd.array(values, dtype="boolean")
         else:
-            typed[column] = [restore(str(v)) if v is not None else "" for v in values]
+            typed[column] = values
     return typed
+
+
+def _converter(column: str) -> Callable[[object], object]:
+    """The function that turns one cell of ``column`` into its typed value, raising ValueError if it cannot."""
+    if column in _INTEGER:
+        low, high = (0, len(MODEL_NAMES)) if column == "agreement" else (1, None)
+        return lambda value: None if value is None else _integer(value, low, high)
+    if column in _FLOAT:
+        return lambda value: None if value is None else _probability(value)
+    if column == "review":
+        return _boolean
+    choices = _CHOICES.get(column)
+    return lambda value: _text(value, choices)
 
 
 def _missing_as_none(value: object) -> object:
@@ -83,7 +206,43 @@ def _missing_as_none(value: object) -> object:
     return value
 
 
+def _integer(value: object, low: int, high: int | None) -> int:
+    number = float(value) if isinstance(value, float) else None
+    if isinstance(value, bool) or (number is not None and not number.is_integer()):
+        raise ValueError(f"{value!r} is not a whole number")
+    try:
+        whole = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
+    if whole < low or (high is not None and whole > high):
+        raise ValueError(f"{whole} is out of range ({low} to {high})" if high is not None else
+                         f"{whole} is out of range (at least {low})")
+    return whole
+
+
+def _probability(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not 0 <= number <= 1:
+        raise ValueError(f"{value!r} is not a probability (0 to 1)")
+    return number
+
+
 def _boolean(value: object) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
-    return {"true": True, "false": False}[str(value).lower()]
+    text = str(value).lower()
+    if text not in ("true", "false"):
+        raise ValueError(f"{value!r} is not true or false")
+    return text == "true"
+
+
+def _text(value: object, choices: tuple[str, ...] | None) -> str:
+    text = restore(str(value)) if value is not None else ""
+    if choices is not None and text not in choices:
+        raise ValueError(f"{text!r} is not one of {', '.join(repr(c) for c in choices)}")
+    return text

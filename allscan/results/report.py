@@ -17,7 +17,7 @@ from PIL import Image
 from allscan.fileio import atomic_write_text
 from allscan.images import ImageError, decode_file
 from allscan.models.registry import MODEL_NAMES
-from allscan.results.types import ImageResult, RunCounts
+from allscan.results.types import ImageResult, RunCounts, SpecimenSummary
 from allscan.results.tables import RunInfo
 
 THUMBNAIL_SIDE = 160
@@ -42,6 +42,10 @@ table.meta td{border:1px solid #ccc;padding:2px 6px}
 .bar .track{flex:1;background:#eee;height:8px;border-radius:4px;overflow:hidden}
 .bar .fill{background:#8064a2;height:8px}
 .name{word-break:break-all;color:#555;margin-top:4px}
+table.specimens{border-collapse:collapse;font-size:13px;margin:6px 0 14px}
+table.specimens th,table.specimens td{border:1px solid #ccc;padding:3px 8px;text-align:left}
+table.specimens tr.s-ALL td.v{color:#c00000;font-weight:bold}table.specimens tr.s-normal td.v{color:#3a7d44}
+table.specimens tr.review td{background:#fff4cc}
 #viewer{position:fixed;inset:0;background:rgba(0,0,0,.8);display:none;align-items:center;justify-content:center}
 #viewer img{max-width:95vw;max-height:90vh;background:#fff}
 @media print{.controls,#viewer{display:none!important}.page{break-after:page;grid-template-columns:repeat(3,1fr)}
@@ -133,7 +137,26 @@ def _meta_table(rows: list[tuple[str, object]]) -> str:
     return f'<table class="meta">{cells}</table>'
 
 
-def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCounts, report_dir: Path) -> str:
+def _specimen_table(specimens: list[SpecimenSummary]) -> str:
+    """Atop the report: one row per specimen, flagged and ALL specimens first."""
+    if not specimens:
+        return ""
+    e = html.escape
+    rows = []
+    for s in sorted(specimens, key=lambda s: (not s.review, s.verdict != "ALL", s.specimen)):
+        top = f"{s.top_p_all:.3f} ({e(Path(s.top_image).name)})" if s.top_p_all is not None else "–"
+        rows.append(f'<tr class="s-{e(s.verdict)}{" review" if s.review else ""}"><td>{e(s.specimen)}</td>'
+                    f'<td class="v">{e(s.verdict)}</td><td>{"yes" if s.review else ""}</td><td>{s.images}</td>'
+                    f"<td>{s.all_}</td><td>{s.normal}</td><td>{s.out_of_domain}</td><td>{s.errors}</td><td>{top}</td>"
+                    f"<td>{e(s.notes)}</td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("specimen", "verdict", "review", "images", "ALL", "normal",
+                                             "out of domain", "errors", "top p(ALL)", "notes"))
+    return (f"<h2>Specimens ({len(specimens)})</h2>"
+            f'<table class="specimens"><tr>{head}</tr>{"".join(rows)}</table>')
+
+
+def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCounts, report_dir: Path,
+                  specimens: list[SpecimenSummary] = ()) -> str:
     """The report's HTML text."""
     ordered = sorted(results, key=_sort_key)
     run_rows = [
@@ -154,7 +177,7 @@ def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCoun
         f"<title>allscan report</title><style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>"
         "<h1>allscan batch report</h1>"
         "<p><b>Research use only; not a diagnostic device.</b> Flagged images first, then by p(ALL).</p>"
-        f"{_meta_table(run_rows)}{_meta_table(summary_rows)}"
+        f"{_meta_table(run_rows)}{_meta_table(summary_rows)}{_specimen_table(list(specimens))}"
         '<div class="controls">Verdict <select id="verdict"><option value="any">any</option>'
         '<option value="ALL">ALL</option><option value="normal">normal</option><option value="error">error</option>'
         '</select> <label><input type="checkbox" id="review"> flagged for review only</label> '
@@ -165,7 +188,8 @@ def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCoun
     )
 
 
-def write_report(path: Path, results: Iterable[ImageResult], info: RunInfo, counts: RunCounts) -> None:
+def write_report(path: Path, results: Iterable[ImageResult], info: RunInfo, counts: RunCounts,
+                 specimens: list[SpecimenSummary] = ()) -> None:
     """Write the report atomically."""
     path = Path(path)
-    atomic_write_text(path, render_report(results, info, counts, path.parent))
+    atomic_write_text(path, render_report(results, info, counts, path.parent, specimens))

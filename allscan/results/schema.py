@@ -54,6 +54,10 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE scores ADD COLUMN domain_score REAL;
     ALTER TABLE scores ADD COLUMN notes TEXT NOT NULL DEFAULT '';
     """,
+    # 3: specimens: each file's specimen, as the run that wrote the outputs last assigned it.
+    """
+    ALTER TABLE files ADD COLUMN specimen TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 

@@ -135,11 +135,13 @@ class ResultStore:
                          json.dumps(s.per_model), *domain),
                     )
                 self._db.execute(
-                    "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest, path) DO UPDATE SET"
-                    " sha256=excluded.sha256, width=excluded.width, height=excluded.height, error=excluded.error,"
-                    " first_path=excluded.first_path, heatmap=excluded.heatmap, recorded_at=excluded.recorded_at",
+                    "INSERT INTO files (digest, path, sha256, width, height, error, first_path, heatmap, seq,"
+                    " recorded_at, specimen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest, path)"
+                    " DO UPDATE SET sha256=excluded.sha256, width=excluded.width, height=excluded.height,"
+                    " error=excluded.error, first_path=excluded.first_path, heatmap=excluded.heatmap,"
+                    " recorded_at=excluded.recorded_at, specimen=excluded.specimen",
                     (self.digest, str(result.path), result.sha256, result.width, result.height, result.error,
-                     result.duplicate_of, result.heatmap, seq, now),
+                     result.duplicate_of, result.heatmap, seq, now, result.specimen),
                 )
 
     def results(self, paths: Iterable[Path] | None = None) -> Iterator[ImageResult]:
@@ -151,16 +153,23 @@ class ResultStore:
         wanted = None if paths is None else {str(p) for p in paths}
         score_columns = ", ".join(f"s.{c}" for c in _SCORE_COLUMNS.split(", "))
         rows = self._db.execute(
-            f"SELECT f.path, f.sha256, f.width, f.height, f.error, f.first_path, f.heatmap, {score_columns}"
+            f"SELECT f.path, f.sha256, f.width, f.height, f.error, f.first_path, f.heatmap, f.specimen,"
+            f" {score_columns}"
             " FROM files f LEFT JOIN scores s ON s.digest=f.digest AND s.sha256=f.sha256 AND f.error=''"
             " WHERE f.digest=? ORDER BY f.path",
             (self.digest,),
         )
-        for path, sha, width, height, error, first, heatmap, *score_row in rows:
+        for path, sha, width, height, error, first, heatmap, specimen, *score_row in rows:
             if wanted is not None and path not in wanted:
                 continue
             score = _score(score_row) if not error and score_row[0] is not None else None
-            yield ImageResult(Path(path), sha, width, height, score, error, first, heatmap)
+            yield ImageResult(Path(path), sha, width, height, score, error, first, heatmap, specimen)
+
+    def set_specimens(self, specimens: dict[str, str]) -> None:
+        """Record each path's specimen (``{path: specimen}``) in one transaction."""
+        with self._io(), self._db:
+            self._db.executemany("UPDATE files SET specimen=? WHERE digest=? AND path=?",
+                                 [(specimen, self.digest, path) for path, specimen in specimens.items()])
 
     def has_path(self, path: Path, sha256: str | None = None) -> bool:
         """Whether ``path`` already has a row under these models (for this content, when given)."""

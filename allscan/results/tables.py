@@ -13,8 +13,8 @@ from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 
 from allscan.fileio import atomic_write
-from allscan.paths import OUTPUT_SUFFIXES, check_output_suffix, sidecar_path
-from allscan.results.types import COLUMNS, ImageResult, RunCounts
+from allscan.paths import OUTPUT_SUFFIXES, check_output_suffix, sidecar_path, specimens_path
+from allscan.results.types import COLUMNS, SPECIMEN_COLUMNS, ImageResult, RunCounts, SpecimenSummary
 
 __all__ = ["OUTPUT_SUFFIXES", "RunInfo", "check_output_suffix", "csv_line", "neutralise", "sidecar_path",
            "write_csv", "write_results", "write_xlsx"]
@@ -23,7 +23,8 @@ _PROB_COLUMNS = {c for c in COLUMNS if c.startswith("p_all")}
 _ALL_FILL = PatternFill("solid", fgColor="F8CBAD")
 _REVIEW_FILL = PatternFill("solid", fgColor="FFE699")
 _ERROR_FILL = PatternFill("solid", fgColor="D9D9D9")
-_MAX_WIDTHS = {"sha256": 18, "path": 50, "file": 50, "notes": 50, "error": 40, "heatmap": 40, "duplicate_of": 40}
+_MAX_WIDTHS = {"sha256": 18, "path": 50, "file": 50, "notes": 50, "error": 40, "heatmap": 40, "duplicate_of": 40,
+               "top_image": 40}
 """Widest a column grows, in characters (others: 30), so that a page one table wide stays legible; the
 cells keep their whole text (a sha256 shows its first 16 characters)."""
 
@@ -62,14 +63,17 @@ def restore(text: str) -> str:
 
 
 def write_results(
-    out: Path, results: Callable[[], Iterable[ImageResult]], info: RunInfo, counts: RunCounts
+    out: Path, results: Callable[[], Iterable[ImageResult]], info: RunInfo, counts: RunCounts,
+    specimens: list[SpecimenSummary] = (),
 ) -> None:
-    """Write the results file chosen by ``out``'s suffix; ``results`` is called for each pass needed."""
+    """Write the results file chosen by ``out``'s suffix (a CSV with its specimens table beside it, or a
+    workbook with a ``Specimens`` sheet); ``results`` is called for each pass needed."""
     check_output_suffix(out)
     if Path(out).suffix.lower() == ".csv":
         write_csv(out, results(), info)
+        write_specimens_csv(specimens_path(out), specimens)
     else:
-        write_xlsx(out, results, info, counts)
+        write_xlsx(out, results, info, counts, specimens)
 
 
 def _csv_value(column: str, value: object) -> object:
@@ -104,8 +108,29 @@ def write_csv(out: Path, results: Iterable[ImageResult], info: RunInfo) -> None:
     atomic_write(sidecar_path(out), lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
 
 
-def write_xlsx(out: Path, results: Callable[[], Iterable[ImageResult]], info: RunInfo, counts: RunCounts) -> None:
-    """Excel workbook with ``Results``, ``Run`` and ``Summary`` sheets, streamed row by row."""
+def _specimen_value(column: str, value: object) -> object:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return _csv_value(column, value)
+
+
+def write_specimens_csv(path: Path, specimens: Iterable[SpecimenSummary]) -> None:
+    """The specimens table as UTF-8 CSV with a header row (:data:`SPECIMEN_COLUMNS`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(SPECIMEN_COLUMNS)
+            for specimen in specimens:
+                row = specimen.row()
+                writer.writerow([_specimen_value(c, row[c]) for c in SPECIMEN_COLUMNS])
+
+    atomic_write(Path(path), write)
+
+
+def write_xlsx(out: Path, results: Callable[[], Iterable[ImageResult]], info: RunInfo, counts: RunCounts,
+               specimens: list[SpecimenSummary] = ()) -> None:
+    """Excel workbook with ``Results``, ``Specimens``, ``Run`` and ``Summary`` sheets, streamed row by row."""
     widths = _fitted_widths(r.row() for r in results())
 
     def write(tmp: Path) -> None:
@@ -127,8 +152,10 @@ def write_xlsx(out: Path, results: Callable[[], Iterable[ImageResult]], info: Ru
             sheet.append(_xlsx_row(sheet, result))
             n += 1
         sheet.auto_filter.ref = f"A1:{get_column_letter(len(COLUMNS))}{n + 1}"
-        _key_value_sheet(book, "Run", _run_rows(info))
-        _key_value_sheet(book, "Summary", _summary_rows(counts))
+        _specimens_sheet(book, specimens, info)
+        identity = f"allscan {info.allscan_version} run started {info.started} on {info.host}"
+        _key_value_sheet(book, "Run", _run_rows(info), identity, header=False)
+        _key_value_sheet(book, "Summary", _summary_rows(counts), identity, header=True)
         book.save(tmp)
 
     atomic_write(Path(out), write)
@@ -145,14 +172,44 @@ def _fitted_widths(rows: Iterable[dict]) -> dict[str, float]:
     return widths
 
 
-def _print_setup(sheet, identity: str) -> None:
-    """Print landscape, one page wide, the header row on every page, the run in the page header and page
-    numbers in the footer: a printed workbook reads as a table, not eleven one-column pages."""
-    sheet.page_setup.orientation = "landscape"
+def _specimens_sheet(book: Workbook, specimens: list[SpecimenSummary], info: RunInfo) -> None:
+    """One row per specimen, ALL in red and flagged ones in yellow, printed like the Results sheet."""
+    sheet = book.create_sheet("Specimens")
+    sheet.freeze_panes = "A2"
+    _print_setup(sheet, f"allscan {info.allscan_version} specimens, run started {info.started} on {info.host}")
+    rows = [s.row() for s in specimens]
+    for i, column in enumerate(SPECIMEN_COLUMNS, start=1):
+        longest = max([len(str(r[column])) for r in rows if r[column] is not None] + [len(column)])
+        sheet.column_dimensions[get_column_letter(i)].width = min(_MAX_WIDTHS.get(column, 30), longest + 2)
+    header = []
+    for column in SPECIMEN_COLUMNS:
+        cell = WriteOnlyCell(sheet, value=column)
+        cell.font = Font(bold=True)
+        header.append(cell)
+    sheet.append(header)
+    for specimen, row in zip(specimens, rows):
+        fill = _REVIEW_FILL if specimen.review else _ALL_FILL if specimen.verdict == "ALL" else None
+        cells = []
+        for column in SPECIMEN_COLUMNS:
+            cell = WriteOnlyCell(sheet, value=neutralise(row[column]))
+            if column in ("top_p_all", "rule_score"):
+                cell.number_format = "0.000"
+            if fill is not None:
+                cell.fill = fill
+            cells.append(cell)
+        sheet.append(cells)
+    sheet.auto_filter.ref = f"A1:{get_column_letter(len(SPECIMEN_COLUMNS))}{len(rows) + 1}"
+
+
+def _print_setup(sheet, identity: str, landscape: bool = True, header: bool = True) -> None:
+    """Print one page wide (landscape for tables), the first row on every page, the run in the page header
+    and page numbers in the footer: a printed workbook reads as a table, not eleven one-column pages."""
+    sheet.page_setup.orientation = "landscape" if landscape else "portrait"
     sheet.sheet_properties.pageSetUpPr.fitToPage = True
     sheet.page_setup.fitToWidth = 1
     sheet.page_setup.fitToHeight = 0
-    sheet.print_title_rows = "1:1"
+    if header:
+        sheet.print_title_rows = "1:1"
     sheet.print_options.gridLines = True
     sheet.oddHeader.center.text = identity.replace("&", "&&")
     sheet.oddHeader.center.size = 8
@@ -182,8 +239,9 @@ def _xlsx_row(sheet, result: ImageResult) -> list:
     return cells
 
 
-def _key_value_sheet(book: Workbook, title: str, rows: list[tuple]) -> None:
+def _key_value_sheet(book: Workbook, title: str, rows: list[tuple], identity: str, header: bool) -> None:
     sheet = book.create_sheet(title)
+    _print_setup(sheet, identity, landscape=False, header=header)
     sheet.column_dimensions["A"].width = 28
     sheet.column_dimensions["B"].width = 70
     for row in rows:
@@ -201,7 +259,8 @@ def _run_rows(info: RunInfo) -> list[tuple]:
         ("threshold", info.threshold),
         ("review band", f"{info.review_band[0]:.3f} – {info.review_band[1]:.3f}"),
     ]
-    rows += [(f"model {m['name']}", f"{m['file']} sha256 {m['sha256']} weight {m['weight']:.3f}") for m in info.models]
+    rows += [(f"model {m['name']}", f"{m['file']} sha256 {m['sha256']} weight {m['weight']:.3f}"
+              + (f" runtime {m['runtime']}" if m.get("runtime") else "")) for m in info.models]
     rows += [(f"count {k}", v) for k, v in info.counts.items()]
     rows.append(("results digest", info.results_digest))
     rows += [(f"domain {k}", json.dumps(v) if isinstance(v, dict) else str(v)) for k, v in info.domain.items()]

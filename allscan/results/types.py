@@ -28,8 +28,27 @@ COLUMNS: tuple[str, ...] = (
     "domain",
     "domain_score",
     "notes",
+    "specimen",
 )
 """The results schema, in order, shared by CSV and the Excel ``Results`` sheet."""
+
+SPECIMEN_COLUMNS: tuple[str, ...] = (
+    "specimen",
+    "verdict",
+    "review",
+    "images",
+    "scored",
+    "ALL",
+    "normal",
+    "review_images",
+    "out_of_domain",
+    "errors",
+    "top_p_all",
+    "top_image",
+    "rule_score",
+    "notes",
+)
+"""The specimens table, in order: ``<out>.specimens.csv`` and the Excel ``Specimens`` sheet."""
 
 
 DOMAIN_IN, DOMAIN_OUT = "in", "out"
@@ -94,6 +113,7 @@ class ImageResult:
     error: str = ""
     duplicate_of: str = ""
     heatmap: str = ""
+    specimen: str = ""
 
     @property
     def verdict(self) -> str:
@@ -124,7 +144,46 @@ class ImageResult:
         values["domain"] = domain.domain if domain else ""
         values["domain_score"] = domain.domain_score if domain else None
         values["notes"] = domain.notes if domain else ""
+        values["specimen"] = self.specimen
         return values
+
+
+@dataclass(frozen=True)
+class SpecimenSummary:
+    """One specimen (a patient's slide: many fields) and its verdict by the specimen rule.
+
+    Attributes:
+        specimen: The specimen's id.
+        verdict: ``ALL``, ``normal``, or ``error`` when none of its images could be scored.
+        review: True when the rule is near its boundary, or an image is out of domain or failed.
+        images: Its images; ``scored`` of them were scored, ``errors`` not.
+        all_: Images called ALL; ``normal``, ``review_images``, ``out_of_domain`` likewise.
+        top_p_all: The highest image p(ALL), and ``top_image`` the image that has it.
+        rule_score: What the rule compares with its threshold (the mean p(ALL) of the top images).
+        notes: Why it is flagged, and how it was assigned when that needs saying.
+    """
+
+    specimen: str
+    verdict: str
+    review: bool
+    images: int
+    scored: int
+    all_: int
+    normal: int
+    review_images: int
+    out_of_domain: int
+    errors: int
+    top_p_all: float | None
+    top_image: str
+    rule_score: float | None
+    notes: str = ""
+
+    def row(self) -> dict[str, object]:
+        """The row in :data:`SPECIMEN_COLUMNS` order."""
+        return {"specimen": self.specimen, "verdict": self.verdict, "review": self.review, "images": self.images,
+                "scored": self.scored, "ALL": self.all_, "normal": self.normal, "review_images": self.review_images,
+                "out_of_domain": self.out_of_domain, "errors": self.errors, "top_p_all": self.top_p_all,
+                "top_image": self.top_image, "rule_score": self.rule_score, "notes": self.notes}
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from allscan.images import find_images
 from allscan.paths import check_output_suffix, sidecar_path, store_path_for
+from allscan.results.pdf import PdfReport
 from allscan.results.store import ResultStore
 from allscan.results.types import RunCounts
 from allscan.run.committer import Committer, Observer, Silent
@@ -23,6 +24,7 @@ from allscan.run.engines import Engine
 from allscan.run.engines.local import LocalEngine
 from allscan.run.job import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Job
 from allscan.run.outputs import write_outputs
+from allscan.run.specimens import Specimens
 from allscan.scoring.heatmaps import HeatmapOptions
 from allscan.scoring.pipeline import Pipeline, as_pipeline
 
@@ -60,12 +62,16 @@ def run_batch(
     heatmaps: HeatmapOptions | None = None,
     report: Path | None = None,
     engine: Engine | None = None,
+    specimens: Specimens | None = None,
+    pdf: PdfReport | None = None,
 ) -> RunSummary:
     """Score every image in ``inputs`` and write ``out`` (.csv or .xlsx), and optionally an HTML report.
 
     ``scoring`` is a :class:`~allscan.scoring.pipeline.Pipeline` (models, domain options, site
     profile) or a bare ensemble, scored with the default options and no site profile. ``engine``
-    runs the per-image steps [default: this process, ``workers`` threads decoding].
+    runs the per-image steps [default: this process, ``workers`` threads decoding]; ``specimens``
+    assigns images to specimens [default: by folder, relative to the input it was found under]; ``pdf``
+    asks for the printable report.
 
     Raises:
         FileNotFoundError: An input path does not exist.
@@ -88,5 +94,6 @@ def run_batch(
             (engine or LocalEngine(workers)).run(images, job, committer)
         except KeyboardInterrupt:
             interrupted = True
-        counts = write_outputs(out, store, images, pipeline, started, committer.counts.skipped, command, report)
+        counts = write_outputs(out, store, images, pipeline, started, committer.counts.skipped, command, report,
+                               specimens or Specimens(inputs), pdf)
     return RunSummary(out, store_file, counts, interrupted, tuple(images))

@@ -8,16 +8,21 @@ from datetime import datetime
 from pathlib import Path
 
 from allscan import __version__
+from allscan.results.pdf import PdfReport, write_pdf
 from allscan.results.report import write_report
 from allscan.results.store import ResultStore
 from allscan.results.tables import RunInfo, write_results
 from allscan.results.types import RunCounts
+from allscan.run.specimens import Specimens
 from allscan.scoring.pipeline import Pipeline
+from allscan.scoring.specimens import summarise
 
 
 def run_info(pipeline: Pipeline, started: datetime, counts: RunCounts, command: str | None = None) -> RunInfo:
-    """The run's metadata: version, times, host, command, models, operating point, counts, domain."""
+    """The run's metadata: version, times, host, command, models (with the runtime that ran each), operating
+    point, counts, domain."""
     manifest = pipeline.ensemble.manifest
+    runtimes = {m.name: m.runtime for m in pipeline.ensemble.members}
     config = pipeline.config
     return RunInfo(
         allscan_version=__version__,
@@ -27,7 +32,8 @@ def run_info(pipeline: Pipeline, started: datetime, counts: RunCounts, command: 
         command=command or " ".join(shlex.quote(a) for a in sys.argv),
         models_digest=manifest.digest,
         models=[
-            {"name": m.name, "file": m.file, "sha256": m.sha256, "weight": manifest.ensemble.weights.get(m.name, 0.0)}
+            {"name": m.name, "file": m.file, "sha256": m.sha256, "weight": manifest.ensemble.weights.get(m.name, 0.0),
+             "runtime": runtimes[m.name]}
             for m in manifest.models.values()
         ],
         threshold=config.threshold,
@@ -47,14 +53,32 @@ def run_info(pipeline: Pipeline, started: datetime, counts: RunCounts, command: 
 
 
 def write_outputs(out: Path, store: ResultStore, images: list[Path], pipeline: Pipeline, started: datetime,
-                  skipped: int = 0, command: str | None = None, report: Path | None = None) -> RunCounts:
-    """Write the results file (and the HTML report, if asked) for ``images`` from the store."""
+                  skipped: int = 0, command: str | None = None, report: Path | None = None,
+                  specimens: Specimens | None = None, pdf: PdfReport | None = None) -> RunCounts:
+    """Write the results file (and the HTML and PDF reports, if asked) for ``images`` from the store, after
+    recording each image's specimen (``specimens`` assigns them [default: by folder]) and judging each
+    specimen."""
+    notes = _assign_specimens(store, images, specimens or Specimens())
     counts = RunCounts(total=len(images))
     for result in store.results(images):
         counts.add(result)
     counts.skipped = skipped
     info = run_info(pipeline, started, counts, command)
-    write_results(out, lambda: store.results(images), info, counts)
+    judged = summarise(store.results(images), pipeline.specimen_rule, notes)
+    write_results(out, lambda: store.results(images), info, counts, judged)
     if report is not None:
-        write_report(report, store.results(images), info, counts)
+        write_report(report, store.results(images), info, counts, judged)
+    if pdf is not None:
+        write_pdf(pdf.path, store.results(images), info, counts, judged, pdf.paper)
     return counts
+
+
+def _assign_specimens(store: ResultStore, images: list[Path], specimens: Specimens) -> dict[str, tuple[str, ...]]:
+    """Store each image's specimen; the notes of specimens whose assignment needs saying."""
+    assigned = {str(path): specimens(path) for path in images}
+    store.set_specimens({path: a.specimen for path, a in assigned.items()})
+    notes: dict[str, tuple[str, ...]] = {}
+    for a in assigned.values():
+        if a.note and a.note not in notes.get(a.specimen, ()):
+            notes[a.specimen] = (*notes.get(a.specimen, ()), a.note)
+    return notes

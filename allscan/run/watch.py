@@ -30,6 +30,7 @@ from allscan.results.types import ImageResult
 from allscan.run.committer import Committer, Observer
 from allscan.run.job import Prepared, prepare
 from allscan.run.outputs import write_outputs
+from allscan.run.specimens import Specimens
 from allscan.scoring.heatmaps import HeatmapOptions
 from allscan.scoring.pipeline import Pipeline, as_pipeline
 
@@ -86,12 +87,20 @@ class _Pending:
 
 @dataclass
 class WatchStats:
-    """Live figures for the display."""
+    """Live figures for the display; ``scored`` counts files (one stored again after a stalled write counts
+    once, as its row in the output)."""
 
     queued: int = 0
     scored: int = 0
     started: float = field(default_factory=time.monotonic)
     recent: list[ImageResult] = field(default_factory=list)
+    stored_paths: set[Path] = field(default_factory=set)
+
+    def stored(self, result: ImageResult) -> None:
+        if result.path not in self.stored_paths:
+            self.stored_paths.add(result.path)
+            self.scored += 1
+        self.recent = [result, *self.recent[:9]]
 
 
 class _Handler(FileSystemEventHandler):
@@ -263,8 +272,7 @@ class Watcher:
 
     def stored(self, result: ImageResult) -> None:
         """Called once a result is durable: append it, move the image, report it."""
-        self.stats.scored += 1
-        self.stats.recent = [result, *self.stats.recent[:9]]
+        self.stats.stored(result)
         self._dirty = True
         if self._csv is not None:
             try:
@@ -298,7 +306,8 @@ class Watcher:
             self._csv.close()
             self._csv = None
         paths = [r.path for r in store.results()]
-        write_outputs(self.config.out, store, paths, self.pipeline, self._started, report=self.config.report)
+        write_outputs(self.config.out, store, paths, self.pipeline, self._started, report=self.config.report,
+                      specimens=Specimens([self.config.folder]))
         if self._csv is None and self.config.out.suffix.lower() == ".csv" and not self._stop.is_set():
             try:
                 self._csv = open(self.config.out, "a", encoding="utf-8", newline="")

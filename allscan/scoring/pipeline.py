@@ -18,6 +18,7 @@ from allscan.domain.guard import assess
 from allscan.domain.reference import DomainReference
 from allscan.domain.site import SiteProfile, load_profile
 from allscan.results.types import DomainInfo, Score
+from allscan.scoring.specimens import SpecimenRule
 from allscan.scoring.vote import aggregate, combine
 
 if TYPE_CHECKING:
@@ -41,30 +42,36 @@ class Pipeline:
         self.site = site
         self.site_dir = site_dir
         self.maker = FieldMaker(self.reference, ensemble.input_sizes, options)
+        self.specimen_rule = SpecimenRule.load(ensemble.models_dir)
         if site is not None:
             site.check_models(ensemble.manifest.digest)
 
     @property
     def digest(self) -> str:
         """Identifies models, site profile and options together: results are stored under it."""
-        key = {"models": self.ensemble.manifest.digest, "site": self.site.digest if self.site else None,
+        key = {"models": self.ensemble.digest, "site": self.site.digest if self.site else None,
                "options": self.options.key()}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def load(cls, models_dir: Path, site_dir: Path | None = None,
-             options: DomainOptions = DomainOptions(), load_models: bool = True) -> "Pipeline":
-        """Load the models in ``models_dir`` and, if given, the site profile in ``site_dir``
+             options: DomainOptions = DomainOptions(), load_models: bool = True,
+             site_origin: str = "", runtime: str = "auto") -> "Pipeline":
+        """Load the site profile in ``site_dir``, if given, then the models in ``models_dir``
         (``load_models`` False: check the models now, load them on first use; see :meth:`Ensemble.load`).
 
+        The profile is read first: a bad one is refused in a second, not after the models load.
+        ``site_origin`` says where its folder was named (e.g. ``$ALLSCAN_SITE``), for the messages;
+        ``runtime`` runs the models (``auto``, ``openvino`` or ``keras``; see :meth:`Ensemble.load`).
+
         Raises:
-            ManifestError: Unusable models, or a site profile that is corrupt or was fitted on
-                other models (a DomainError).
+            ManifestError: Unusable models, or a site profile that is corrupt, altered, out of range or
+                was fitted on other models (a DomainError).
         """
+        site = load_profile(Path(site_dir), site_origin) if site_dir is not None else None
         from allscan.models.ensemble import Ensemble  # TensorFlow loads with the models, not with this module
 
-        ensemble = Ensemble.load(Path(models_dir), load_models=load_models)
-        site = load_profile(Path(site_dir)) if site_dir is not None else None
+        ensemble = Ensemble.load(Path(models_dir), load_models=load_models, runtime=runtime)
         return cls(ensemble, options, site, Path(site_dir) if site_dir is not None else None)
 
     def describe(self) -> dict:

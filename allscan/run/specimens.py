@@ -1,0 +1,108 @@
+"""Which specimen (a patient's slide) each image belongs to.
+
+Three ways, as a lab works: by default an image's folder relative to the input it was found
+under (a slide's fields in one folder); ``--specimen-pattern REGEX`` takes the first group of the
+file name (e.g. an accession number); ``--specimens MAP.csv`` reads ``path,specimen`` rows as a
+laboratory information system exports them. An image the pattern or the map does not place is its
+own specimen, named after the file, with a note saying so.
+"""
+
+import csv
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+OWN_BY_PATTERN = "matched no --specimen-pattern: each such image is its own specimen"
+OWN_BY_MAP = "not in the specimen map: each such image is its own specimen"
+
+
+class SpecimenError(ValueError):
+    """A specimen pattern or map that cannot be used: the message names the fault (and its line)."""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """An image's specimen, and a note when it was placed in a specimen of its own."""
+
+    specimen: str
+    note: str = ""
+
+
+class Specimens:
+    """Assigns images to specimens (see the module docstring).
+
+    Args:
+        roots: The inputs images were found under (folders and files).
+        pattern: A regular expression searched in each file name; its first group (or the whole
+            match) is the specimen.
+        mapping: ``{resolved path: specimen}``, from :func:`read_map`.
+
+    Raises:
+        SpecimenError: ``pattern`` is not a valid regular expression.
+    """
+
+    def __init__(self, roots: Sequence[Path] = (), pattern: str | None = None, mapping: dict[str, str] | None = None):
+        self.roots = [Path(r) for r in roots]
+        try:
+            self.pattern = re.compile(pattern) if pattern else None
+        except re.error as err:
+            raise SpecimenError(f"--specimen-pattern {pattern!r} is not a regular expression: {err}") from None
+        self.mapping = mapping
+
+    def __call__(self, path: Path) -> Assignment:
+        path = Path(path)
+        if self.mapping is not None:
+            specimen = self.mapping.get(str(path.resolve()))
+            return Assignment(specimen) if specimen else Assignment(path.stem, OWN_BY_MAP)
+        if self.pattern is not None:
+            match = self.pattern.search(path.name)
+            if match is None or not (match.group(1) if self.pattern.groups else match.group(0)):
+                return Assignment(path.stem, OWN_BY_PATTERN)
+            return Assignment(match.group(1) if self.pattern.groups else match.group(0))
+        return Assignment(self._folder(path))
+
+    def _folder(self, path: Path) -> str:
+        for root in self.roots:
+            try:
+                relative = path.parent.relative_to(root)
+            except ValueError:
+                continue
+            return relative.as_posix() if relative.parts else (root.resolve().name or str(root))
+        return path.parent.resolve().name or str(path.parent)
+
+
+def read_map(path: Path) -> dict[str, str]:
+    """A specimen map: a CSV with the columns ``path`` and ``specimen`` (a header row; paths absolute
+    or relative to the map's folder), as ``{resolved path: specimen}``.
+
+    Raises:
+        SpecimenError: The file cannot be read, lacks the columns, or a row names a missing file, repeats a
+            path or has no specimen: the message gives the first such line.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise SpecimenError(f"specimen map {path}: cannot be read ({err})") from None
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    if "path" not in header or "specimen" not in header:
+        raise SpecimenError(f"specimen map {path}, line 1: needs the columns path and specimen")
+    at, name_at = header.index("path"), header.index("specimen")
+    mapping: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        file = row[at].strip() if at < len(row) else ""
+        specimen = row[name_at].strip() if name_at < len(row) else ""
+        target = (path.parent / file).resolve()
+        where = f"specimen map {path}, line {line}"
+        if not file or not specimen:
+            raise SpecimenError(f"{where}: a row needs both a path and a specimen")
+        if not target.is_file():
+            raise SpecimenError(f"{where}: {file} does not exist")
+        if str(target) in mapping:
+            raise SpecimenError(f"{where}: {file} is listed twice")
+        mapping[str(target)] = specimen
+    return mapping
