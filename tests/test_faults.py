@@ -35,7 +35,7 @@ from allscan.results.types import ImageResult
 from allscan.results.store import ResultStore, store_path_for
 from allscan.results.lock import StoreLock
 from allscan.results.schema import StoreError
-from tests.utils import smear, write_image
+from tests.utils import cli_process, read_only, smear, write_image
 
 runner = CliRunner()
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -114,44 +114,6 @@ def test_unreadable_subfolder_is_an_error_row_and_the_run_goes_on(tmp_path, ense
 
 # ---- pre-flight: before the models load, one line, exit 2 --------------------------------------------------
 
-_PROBE = (
-    "import sys\n"
-    "from allscan.cli import app\n"
-    "try:\n"
-    "    app(sys.argv[1:], prog_name='allscan')\n"
-    "finally:\n"
-    "    print('tensorflow loaded' if 'tensorflow' in sys.modules else 'tensorflow not loaded', file=sys.stderr)\n"
-)
-
-
-def _cli_process(*args):
-    """Run the CLI in a fresh interpreter: exit code, stderr lines, seconds, whether TensorFlow was imported."""
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", _PROBE, *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "80"})
-    seconds = time.monotonic() - started
-    lines = done.stderr.splitlines()
-    return done.returncode, lines[:-1], seconds, lines[-1] == "tensorflow loaded"
-
-
-@contextlib.contextmanager
-def _read_only(path):
-    """Make ``path`` unwritable for whoever runs the tests: chmod, or for root the immutable attribute."""
-    if os.geteuid() != 0:
-        mode = path.stat().st_mode
-        path.chmod(0o555 if path.is_dir() else 0o444)
-        try:
-            yield
-        finally:
-            path.chmod(mode)
-        return
-    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-        pytest.skip("root without chattr +i: cannot make a read-only location")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
-
 
 def _preflight_case(case, tmp_path):
     slides = _slides(tmp_path / "slides", 1)
@@ -161,12 +123,12 @@ def _preflight_case(case, tmp_path):
         (tmp_path / "r.csv").mkdir()
         return contextlib.nullcontext(), [slides, "-o", tmp_path / "r.csv"], "is a folder"
     if case == "folder not writable":
-        return _read_only(locked), [slides, "-o", locked / "r.csv"], "cannot write in the folder of the output"
+        return read_only(locked), [slides, "-o", locked / "r.csv"], "cannot write in the folder of the output"
     if case == "existing file read-only":
         (locked / "r.xlsx").write_bytes(b"an old workbook")
-        return _read_only(locked / "r.xlsx"), [slides, "-o", locked / "r.xlsx"], "cannot replace the output"
+        return read_only(locked / "r.xlsx"), [slides, "-o", locked / "r.xlsx"], "cannot replace the output"
     if case == "report folder not writable":
-        return (_read_only(locked), [slides, "-o", tmp_path / "r.csv", "--report", locked / "report.html"],
+        return (read_only(locked), [slides, "-o", tmp_path / "r.csv", "--report", locked / "report.html"],
                 "cannot write in the folder of the report")
     assert case == "heatmaps is a file"
     (tmp_path / "maps").write_text("a file")
@@ -178,7 +140,7 @@ def _preflight_case(case, tmp_path):
 def test_preflight_refuses_before_models_load(case, tmp_path, models_dir):
     context, args, reason = _preflight_case(case, tmp_path)
     with context:
-        code, lines, seconds, tf_loaded = _cli_process("predict", *args, "--models", models_dir)
+        code, lines, seconds, tf_loaded = cli_process("predict", *args, "--models", models_dir)
     assert code == 2, lines
     assert len(lines) == 1 and lines[0].startswith("error:") and reason in lines[0], lines
     assert not tf_loaded, "the check must come before TensorFlow and the models load"
@@ -379,7 +341,7 @@ def test_bad_manifest_is_refused(edit, reason, models_copy, tmp_path):
 
 def test_bad_manifest_is_refused_before_tensorflow_loads(models_copy, tmp_path):
     _edit_manifest(models_copy, _negative_weight)
-    code, lines, _, tensorflow = _cli_process("predict", _slides(tmp_path / "s", 1), "-o", tmp_path / "r.csv",
+    code, lines, _, tensorflow = cli_process("predict", _slides(tmp_path / "s", 1), "-o", tmp_path / "r.csv",
                                               "--models", models_copy)
     assert code == 2 and len(lines) == 1 and "weights must be finite" in lines[0]
     assert not tensorflow

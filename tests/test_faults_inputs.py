@@ -7,8 +7,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -26,7 +24,7 @@ from allscan.models.manifest import EnsembleConfig
 from allscan.models.registry import MODEL_NAMES
 from allscan.results.frames import ResultsFileError
 from allscan.results.types import COLUMNS
-from tests.utils import disc_smear, smear, write_image
+from tests.utils import cli_process, disc_smear, read_only, smear, write_image
 
 FEATURES = 4
 
@@ -62,44 +60,6 @@ def _invoke(*args):
 
 def _error_lines(output):
     return [line for line in output.splitlines() if line.startswith("error:")]
-
-
-_PROBE = (
-    "import sys\n"
-    "from allscan.cli import app\n"
-    "try:\n"
-    "    app(sys.argv[1:], prog_name='allscan')\n"
-    "finally:\n"
-    "    print('tensorflow loaded' if 'tensorflow' in sys.modules else 'tensorflow not loaded', file=sys.stderr)\n"
-)
-
-
-def _cli_process(*args):
-    """The CLI in a fresh interpreter: exit code, stderr lines, seconds, whether TensorFlow was imported."""
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", _PROBE, *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "80"})
-    lines = done.stderr.splitlines()
-    return done.returncode, lines[:-1], time.monotonic() - started, lines[-1] == "tensorflow loaded"
-
-
-@contextlib.contextmanager
-def _read_only(path):
-    """Make ``path`` unwritable for whoever runs the tests: chmod, or for root the immutable attribute."""
-    if os.geteuid() != 0:
-        mode = path.stat().st_mode
-        path.chmod(0o555 if path.is_dir() else 0o444)
-        try:
-            yield
-        finally:
-            path.chmod(mode)
-        return
-    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-        pytest.skip("root without chattr +i: cannot make a read-only location")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
 # ---- A: the whole profile is digest-checked and range-checked ------------------------------------------------
@@ -233,7 +193,7 @@ def _lab(root, all_count=5, normal_count=5):
 
 def _adapt_refused(tmp_path, lab, out, reason):
     """adapt exits 2 with one line holding ``reason``, fast, before TensorFlow loads."""
-    code, lines, seconds, tensorflow = _cli_process("adapt", lab, "--out", out, "--models", tmp_path / "no-models")
+    code, lines, seconds, tensorflow = cli_process("adapt", lab, "--out", out, "--models", tmp_path / "no-models")
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and reason in lines[0], lines
     assert not tensorflow and seconds < 5.0  # about 0.5 s here: the interpreter, typer and rich
 
@@ -281,10 +241,10 @@ def test_f_an_unwritable_out_is_refused_before_the_models_load(case, tmp_path):
         context, reason = contextlib.nullcontext(), "is a file"
     elif case == "folder not writable":
         out.mkdir()
-        context, reason = _read_only(out), "cannot write in the folder of the site profile file"
+        context, reason = read_only(out), "cannot write in the folder of the site profile file"
     else:
         _write_profile(out)
-        context, reason = _read_only(out / PROFILE_JSON), "cannot replace the site profile file"
+        context, reason = read_only(out / PROFILE_JSON), "cannot replace the site profile file"
     with context:
         _adapt_refused(tmp_path, lab, out, reason)
 
@@ -384,7 +344,7 @@ def test_predict_refuses_a_bad_site_profile_from_the_variable_before_the_models_
     write_image(slides / "a.png")
     os.environ["ALLSCAN_SITE"] = str(tmp_path / "nowhere")
     try:
-        code, lines, _, tensorflow = _cli_process("predict", slides, "-o", tmp_path / "r.csv", "--models", models_dir)
+        code, lines, _, tensorflow = cli_process("predict", slides, "-o", tmp_path / "r.csv", "--models", models_dir)
     finally:
         del os.environ["ALLSCAN_SITE"]
     assert code == 2 and not tensorflow

@@ -1,9 +1,15 @@
 """Synthetic images and tiny models for the tests (no dataset, no trained weights)."""
 
+import contextlib
 import io
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from allscan._tf import keras
@@ -100,3 +106,42 @@ def write_dataset(root: Path, diameter: float = 16, counts: dict[str, int] | Non
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rgb).save(path)
     return root
+
+
+_PROBE = (
+    "import sys\n"
+    "from allscan.cli import app\n"
+    "try:\n"
+    "    app(sys.argv[1:], prog_name='allscan')\n"
+    "finally:\n"
+    "    print('tensorflow loaded' if 'tensorflow' in sys.modules else 'tensorflow not loaded', file=sys.stderr)\n"
+)
+
+
+def cli_process(*args):
+    """Run the CLI in a fresh interpreter: exit code, stderr lines, seconds, whether TensorFlow was imported."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _PROBE, *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "80"})
+    seconds = time.monotonic() - started
+    lines = done.stderr.splitlines()
+    return done.returncode, lines[:-1], seconds, lines[-1] == "tensorflow loaded"
+
+
+@contextlib.contextmanager
+def read_only(path):
+    """Make ``path`` unwritable for whoever runs the tests: chmod, or for root the immutable attribute."""
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("root without chattr +i: cannot make a read-only location")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)

@@ -117,14 +117,20 @@ def _typed_specimens(frame: pd.DataFrame, source: str | None = None) -> pd.DataF
         else:
             choices = _CHOICES["verdict"] if column == "verdict" else None
             convert, dtype = (lambda v, choices=choices: _text(v, choices)), None
-        values = []
-        for row, value in enumerate(frame[column]):
-            try:
-                values.append(convert(_missing_as_none(value)))
-            except (ValueError, TypeError, OverflowError) as err:
-                raise ResultsFileError(f"{source}, row {row + 1 + _HEADER_ROWS}, column {column}: {err}") from None
+        values = _converted(frame, column, convert, source)
         typed[column] = pd.array(values, dtype=dtype) if dtype else values
     return typed
+
+
+def _converted(frame: pd.DataFrame, column: str, convert: Callable[[object], object], source: str | None) -> list:
+    """Every value of ``column`` converted; the first that cannot be is refused, naming its row and column."""
+    values = []
+    for row, value in enumerate(frame[column]):
+        try:
+            values.append(convert(_missing_as_none(value)))
+        except (ValueError, TypeError, OverflowError) as err:
+            raise ResultsFileError(f"{source}, row {row + 1 + _HEADER_ROWS}, column {column}: {err}") from None
+    return values
 
 
 def _read_table(path: Path, sheet: str = "Results") -> pd.DataFrame:
@@ -169,13 +175,7 @@ def _typed(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
     """The schema's dtypes; each value of a file (``source``) is checked, and the first bad one refused."""
     typed = pd.DataFrame(index=range(len(frame)))
     for column in COLUMNS:
-        convert = _converter(column)
-        values = []
-        for row, value in enumerate(frame[column]):
-            try:
-                values.append(convert(_missing_as_none(value)))
-            except (ValueError, TypeError, OverflowError) as err:
-                raise ResultsFileError(f"{source}, row {row + 1 + _HEADER_ROWS}, column {column}: {err}") from None
+        values = _converted(frame, column, _converter(column), source)
         if column in _INTEGER:
             typed[column] = pd.array(values, dtype="Int64")
         elif column in _FLOAT:
