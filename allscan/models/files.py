@@ -8,7 +8,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from allscan._tf import keras
 from allscan.fileio import atomic_write
 from allscan.models.manifest import ManifestError, ModelEntry, sha256_file
 

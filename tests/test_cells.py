@@ -1,0 +1,89 @@
+"""The white-cell finder on synthetic smear fields whose nuclei are known."""
+
+import cv2
+import numpy as np
+import pytest
+
+from allscan.domain.cells import RBC_UM, Cell, find_cells
+
+BACKGROUND = (236, 234, 240)
+RED_CELL = (214, 168, 176)
+"""Pink: absorbs green a little more than blue, as eosin-stained red cells do."""
+NUCLEUS = (112, 62, 168)
+"""Dark purple: absorbs green far more than blue, as Romanowsky-stained nuclei do."""
+
+FIELD = 14
+"""Field side, in red-cell diameters."""
+RED_CELLS = [(1.2, 1.2), (5.5, 1.3), (12.5, 1.5), (1.3, 6.0), (6.0, 6.5), (11.0, 6.2), (1.5, 12.5),
+             (6.5, 11.8), (12.3, 12.4), (9.5, 12.6), (12.6, 9.6), (7.2, 8.6)]
+"""Red-cell centres, in red-cell diameters: none touches a nucleus."""
+SINGLE = ((3.0, 3.0), 1.1)
+PAIR = (((8.5, 3.0), 1.1), ((9.55, 3.0), 1.1))
+"""Two round nuclei that touch (centres 1.05 apart, each 1.1 across)."""
+LOBES = (((3.0, 9.0), 0.5), ((3.62, 9.0), 0.5), ((3.31, 9.54), 0.5))
+"""One neutrophil nucleus: three lobes a little apart."""
+PLATELET = ((10.0, 9.5), 0.25)
+"""Platelet-sized dark dot: not a white cell."""
+
+
+def smear(diameter: float, lobes=LOBES) -> np.ndarray:
+    """A field with :data:`RED_CELLS` and the nuclei above, ``diameter`` pixels to a red cell."""
+    side = round(FIELD * diameter)
+    image = np.empty((side, side, 3), np.uint8)
+    image[:] = BACKGROUND
+    nuclei = [SINGLE, *PAIR, *lobes, PLATELET]
+    for (x, y), across, colour in [(c, 1.0, RED_CELL) for c in RED_CELLS] + [(*n, NUCLEUS) for n in nuclei]:
+        centre = (round(x * diameter), round(y * diameter))
+        cv2.circle(image, centre, round(across * diameter / 2), colour, -1, lineType=cv2.LINE_AA)
+    image = cv2.GaussianBlur(image, (0, 0), max(0.5, 0.03 * diameter))
+    noise = np.random.default_rng(0).normal(0, 2.0, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def expected_centres(diameter: float) -> list[tuple[float, float]]:
+    lobed = np.mean([centre for centre, _ in LOBES], axis=0)
+    centres = [SINGLE[0], PAIR[0][0], PAIR[1][0], tuple(lobed)]
+    return [(x * diameter, y * diameter) for x, y in centres]
+
+
+@pytest.mark.parametrize("diameter", [16.0, 64.0])
+def test_finds_each_white_cell_once_at_its_nucleus(diameter):
+    cells = find_cells(smear(diameter), diameter)
+    assert len(cells) == 4, [(round(c.x), round(c.y)) for c in cells]
+    tolerance = max(2.0, 0.1 * diameter)
+    for x, y in expected_centres(diameter):
+        distances = [np.hypot(c.x - x, c.y - y) for c in cells]
+        assert min(distances) <= tolerance, (x, y, [(round(c.x), round(c.y)) for c in cells])
+
+
+@pytest.mark.parametrize("diameter", [16.0, 64.0])
+def test_box_and_area_of_a_round_nucleus(diameter):
+    (x, y), across = SINGLE
+    cell = min(find_cells(smear(diameter), diameter), key=lambda c: np.hypot(c.x - x * diameter, c.y - y * diameter))
+    radius = across * diameter / 2
+    for edge, want in zip((cell.x0, cell.y0, cell.x1, cell.y1),
+                          (x * diameter - radius, y * diameter - radius, x * diameter + radius, y * diameter + radius)):
+        assert abs(edge - want) <= max(2.0, 0.1 * diameter)
+    true_um2 = np.pi / 4 * (across * RBC_UM) ** 2  # 1.1 red cells across: about 53 µm²
+    assert cell.area_um2(diameter) == pytest.approx(true_um2, rel=0.15)
+
+
+def test_lobes_far_apart_are_separate_objects():
+    """Lobes spread well beyond a white cell's size are not joined into one cell (the join is local)."""
+    spread = tuple(((x + 3 * i, y), 0.9) for i, ((x, y), _) in enumerate(LOBES[:2]))
+    cells = find_cells(smear(16.0, lobes=spread), 16.0)
+    assert len(cells) == 5
+
+
+def test_red_cells_alone_hold_no_white_cell():
+    image = smear(24.0, lobes=())
+    image[:] = BACKGROUND
+    for x, y in RED_CELLS:
+        cv2.circle(image, (round(x * 24), round(y * 24)), 12, RED_CELL, -1, lineType=cv2.LINE_AA)
+    assert find_cells(image, 24.0) == []
+
+
+def test_area_in_square_micrometres_takes_a_red_cell_as_its_size():
+    cell = Cell(x=10.0, y=10.0, x0=5, y0=5, x1=15, y1=15, nucleus_px=100.0)
+    assert cell.area_um2(15.0) == pytest.approx(100.0 * (7.5 / 15.0) ** 2)
+    assert cell.area_um2(30.0) == pytest.approx(cell.area_um2(15.0) / 4)
