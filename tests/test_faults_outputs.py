@@ -57,14 +57,14 @@ def test_ray_error_lines_carry_no_ansi_codes():
 def test_ctrl_c_with_ray_exits_130_with_one_line(models_dir, tmp_path):
     """Row H: Ctrl-C (SIGINT to the terminal's process group) before the first result."""
     pytest.importorskip("ray")
-    images = _images(tmp_path / "images", 40)
+    images = _images(tmp_path / "images", 400)  # so many one-image batches that the run cannot end first
     child = subprocess.Popen([ALLSCAN, "predict", images, "--out", "r.csv", "--engine", "ray", "--models", models_dir,
                               "--batch-size", "1"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while not _children(child.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(3)  # Ray's runtime is up; its actors are still loading
+    time.sleep(1.5)  # Ray's runtime is starting or up; its actors are still loading
     os.killpg(child.pid, signal.SIGINT)
     out, err = child.communicate(timeout=120)
     assert child.returncode == 130, err
