@@ -18,6 +18,7 @@ import pickle
 import re
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,12 +83,16 @@ class RayEngine:
             return
         ray = _import_ray()
         failure: BaseException | None = None
-        with _runtime(ray, self.address, self.num_cpus), _driver_logs_muted():
+        with _interrupts_between_batches() as interrupts, _runtime(ray, self.address, self.num_cpus), \
+                _driver_logs_muted():
             self._check_resources(ray)
             batches = self._stream(ray, todo, job.for_workers())
             try:
+                interrupts.check()
                 for results in batches:
                     committer.commit(results)
+                    interrupts.check()
+                interrupts.check()
             except (KeyboardInterrupt, EngineError) as exc:
                 # Raised again once Ray is down, without the frames it came through: they hold Ray objects,
                 # which must be released while Ray runs (else each prints "Exception ignored" at exit).
@@ -178,6 +183,41 @@ def _runtime(ray, address: str | None, num_cpus: int | None):
         gc.collect()  # objects that still hold Ray references go while Ray can release them
         if ray.is_initialized():
             ray.shutdown()
+
+
+class _Interrupts:
+    """Ctrl-C while Ray runs: the first is recorded and acted on between batches, the second at once.
+
+    A KeyboardInterrupt raised inside Ray's own code (while it starts, or waits on a task) can be
+    caught there and lost: the run then went on to the end and exited 0.
+    """
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, signum, frame) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.count:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def _interrupts_between_batches():
+    """Handle SIGINT with an :class:`_Interrupts` while the block runs (on the main thread only, where
+    Python delivers signals)."""
+    interrupts = _Interrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupts
+        return
+    previous = signal.signal(signal.SIGINT, interrupts)
+    try:
+        yield interrupts
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
