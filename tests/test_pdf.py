@@ -48,3 +48,22 @@ def test_pdf_pages_render(tmp_path, ensemble):
     run_batch([slides], tmp_path / "r.csv", ensemble, pdf=PdfReport(pdf))
     subprocess.run(["pdftoppm", "-r", "30", "-png", str(pdf), str(tmp_path / "page")], check=True)
     assert sorted(p.name for p in tmp_path.glob("page-*.png")) == ["page-1.png", "page-2.png"]
+
+
+def test_pdf_is_written_when_an_image_or_its_heatmap_is_gone_or_corrupt(tmp_path):
+    from allscan.results.pdf import write_pdf
+    from allscan.results.tables import RunInfo
+    from allscan.results.types import DomainInfo, ImageResult, RunCounts, Score
+    from allscan.scoring.specimens import SpecimenRule, summarise
+
+    corrupt = tmp_path / "hm.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # a PNG signature, then nothing readable
+    score = Score(0.99, "ALL", False, 4, {"a": 0.99}, DomainInfo(1.0, 1, "in", 0.5, ""))
+    present = write_image(tmp_path / "P-001" / "a.png")
+    results = [ImageResult(present, "x", 64, 64, score, heatmap=str(corrupt), specimen="P-001"),
+               ImageResult(tmp_path / "P-001" / "gone.png", "y", 64, 64, score, specimen="P-001")]
+    info = RunInfo("0", "start", "end", "host", "cmd", "digest", [], 0.3, (0.05, 0.95))
+    pdf = tmp_path / "report.pdf"
+    write_pdf(pdf, results, info, RunCounts(), summarise(results, SpecimenRule()))
+    text = PdfReader(pdf).pages[1].extract_text()
+    assert "a.png" in text and "gone.png" in text and "Grad-CAM" not in text

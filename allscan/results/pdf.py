@@ -121,11 +121,19 @@ def _thumbnail(path: Path, side_mm: float) -> Image | None:
 
 
 def _heatmap(path: str, width: float) -> Image | None:
+    """The heatmap figure at ``width``, or None when it is gone or unreadable (the page goes without it)."""
     if not path or not os.path.isfile(path):
         return None
-    with PILImage.open(path) as figure:
-        ratio = figure.height / figure.width
-    return Image(path, width, width * ratio)
+    try:
+        with PILImage.open(path) as figure:
+            figure.load()
+            buffer = io.BytesIO()
+            figure.convert("RGB").save(buffer, format="PNG")
+            ratio = figure.height / figure.width
+    except (OSError, ValueError):  # truncated or not an image (Pillow raises OSError subclasses)
+        return None
+    buffer.seek(0)
+    return Image(buffer, width, width * ratio)
 
 
 def _field_cell(result: ImageResult, styles: dict) -> list:
