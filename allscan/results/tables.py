@@ -131,22 +131,12 @@ def write_specimens_csv(path: Path, specimens: Iterable[SpecimenSummary]) -> Non
 def write_xlsx(out: Path, results: Callable[[], Iterable[ImageResult]], info: RunInfo, counts: RunCounts,
                specimens: list[SpecimenSummary] = ()) -> None:
     """Excel workbook with ``Results``, ``Specimens``, ``Run`` and ``Summary`` sheets, streamed row by row."""
-    widths = _fitted_widths(r.row() for r in results())
+    widths = _fitted_widths((r.row() for r in results()), COLUMNS, _PROB_COLUMNS)
 
     def write(tmp: Path) -> None:
         book = Workbook(write_only=True)
-        sheet = book.create_sheet("Results")
-        sheet.freeze_panes = "A2"
-        _print_setup(sheet, f"allscan {info.allscan_version} results, run started {info.started}"
-                            f" on {info.host}, models {info.models_digest}")
-        for i, column in enumerate(COLUMNS, start=1):
-            sheet.column_dimensions[get_column_letter(i)].width = widths[column]
-        header = []
-        for column in COLUMNS:
-            cell = WriteOnlyCell(sheet, value=column)
-            cell.font = Font(bold=True)
-            header.append(cell)
-        sheet.append(header)
+        sheet = _table_sheet(book, "Results", COLUMNS, widths, f"allscan {info.allscan_version} results, run"
+                             f" started {info.started} on {info.host}, models {info.models_digest}")
         n = 0
         for result in results():
             sheet.append(_xlsx_row(sheet, result))
@@ -161,43 +151,55 @@ def write_xlsx(out: Path, results: Callable[[], Iterable[ImageResult]], info: Ru
     atomic_write(Path(out), write)
 
 
-def _fitted_widths(rows: Iterable[dict]) -> dict[str, float]:
-    """Each column as wide as its header and its longest value (probabilities show 3 decimals), at most
-    its :data:`_MAX_WIDTHS`."""
-    widths = {c: max(len(c) + 2, 8) for c in COLUMNS}
+def _fitted_widths(rows: Iterable[dict], columns: tuple[str, ...], numbers: set[str] | tuple[str, ...]
+                   ) -> dict[str, float]:
+    """Each column as wide as its header and its longest value (``numbers`` show 3 decimals, so their
+    header sets their width), at most its :data:`_MAX_WIDTHS`."""
+    widths = {c: max(len(c) + 2, 8) for c in columns}
     for row in rows:
-        for column in COLUMNS:
-            if column not in _PROB_COLUMNS and row[column] is not None:
+        for column in columns:
+            if column not in numbers and row[column] is not None:
                 widths[column] = min(_MAX_WIDTHS.get(column, 30), max(widths[column], len(str(row[column])) + 2))
     return widths
 
 
-def _specimens_sheet(book: Workbook, specimens: list[SpecimenSummary], info: RunInfo) -> None:
-    """One row per specimen, ALL in red and flagged ones in yellow, printed like the Results sheet."""
-    sheet = book.create_sheet("Specimens")
+def _table_sheet(book: Workbook, title: str, columns: tuple[str, ...], widths: dict[str, float], identity: str):
+    """A sheet with a frozen bold header row, fitted column widths and the print set-up of a table."""
+    sheet = book.create_sheet(title)
     sheet.freeze_panes = "A2"
-    _print_setup(sheet, f"allscan {info.allscan_version} specimens, run started {info.started} on {info.host}")
-    rows = [s.row() for s in specimens]
-    for i, column in enumerate(SPECIMEN_COLUMNS, start=1):
-        longest = max([len(str(r[column])) for r in rows if r[column] is not None] + [len(column)])
-        sheet.column_dimensions[get_column_letter(i)].width = min(_MAX_WIDTHS.get(column, 30), longest + 2)
+    _print_setup(sheet, identity)
+    for i, column in enumerate(columns, start=1):
+        sheet.column_dimensions[get_column_letter(i)].width = widths[column]
     header = []
-    for column in SPECIMEN_COLUMNS:
+    for column in columns:
         cell = WriteOnlyCell(sheet, value=column)
         cell.font = Font(bold=True)
         header.append(cell)
     sheet.append(header)
+    return sheet
+
+
+def _cell(sheet, value: object, fill: PatternFill | None, number: bool) -> WriteOnlyCell:
+    """A data cell: text neutralised, numbers shown with 3 decimals, the row's fill."""
+    cell = WriteOnlyCell(sheet, value=neutralise(value))
+    if number:
+        cell.number_format = "0.000"
+    if fill is not None:
+        cell.fill = fill
+    return cell
+
+
+_SPECIMEN_NUMBERS = ("top_p_all", "rule_score")
+
+
+def _specimens_sheet(book: Workbook, specimens: list[SpecimenSummary], info: RunInfo) -> None:
+    """One row per specimen, ALL in red and flagged ones in yellow, printed like the Results sheet."""
+    rows = [s.row() for s in specimens]
+    sheet = _table_sheet(book, "Specimens", SPECIMEN_COLUMNS, _fitted_widths(rows, SPECIMEN_COLUMNS, _SPECIMEN_NUMBERS),
+                         f"allscan {info.allscan_version} specimens, run started {info.started} on {info.host}")
     for specimen, row in zip(specimens, rows):
         fill = _REVIEW_FILL if specimen.review else _ALL_FILL if specimen.verdict == "ALL" else None
-        cells = []
-        for column in SPECIMEN_COLUMNS:
-            cell = WriteOnlyCell(sheet, value=neutralise(row[column]))
-            if column in ("top_p_all", "rule_score"):
-                cell.number_format = "0.000"
-            if fill is not None:
-                cell.fill = fill
-            cells.append(cell)
-        sheet.append(cells)
+        sheet.append([_cell(sheet, row[c], fill, c in _SPECIMEN_NUMBERS) for c in SPECIMEN_COLUMNS])
     sheet.auto_filter.ref = f"A1:{get_column_letter(len(SPECIMEN_COLUMNS))}{len(rows) + 1}"
 
 
@@ -226,16 +228,9 @@ def _xlsx_row(sheet, result: ImageResult) -> list:
         fill = _REVIEW_FILL
     elif result.score.verdict == "ALL":
         fill = _ALL_FILL
-    cells = []
-    for column in COLUMNS:
-        cell = WriteOnlyCell(sheet, value=neutralise(row[column]))
-        if column in _PROB_COLUMNS:
-            cell.number_format = "0.000"
-        if fill is not None:
-            cell.fill = fill
-        if column == "verdict" and row[column] == "ALL":
-            cell.font = Font(bold=True, color="C00000")
-        cells.append(cell)
+    cells = [_cell(sheet, row[c], fill, c in _PROB_COLUMNS) for c in COLUMNS]
+    if row["verdict"] == "ALL":
+        cells[COLUMNS.index("verdict")].font = Font(bold=True, color="C00000")
     return cells
 
 
