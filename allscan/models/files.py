@@ -1,6 +1,5 @@
 """Saving trained models compactly and loading them only after their checksum matches."""
 
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -93,7 +92,3 @@ def _checked(path: Path, sha256: str, what: str) -> Path:
             " refusing to load it"
         )
     return path
-
-
-def copy_model(src: Path, dst: Path) -> None:
-    atomic_write(Path(dst), lambda tmp: shutil.copyfile(src, tmp))

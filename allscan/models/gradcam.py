@@ -14,6 +14,8 @@ from allscan._tf import keras, tf
 from allscan.models.preprocessing import get_preprocessor
 
 FEATURE_LAYER = "pool"
+"""The pooled-features layer every registry architecture names so: Grad-CAM differentiates the map that
+feeds it, and its output is the representation the out-of-domain guard and site heads use."""
 LOGIT_LAYER = "all_logit"
 
 

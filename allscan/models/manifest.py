@@ -25,6 +25,7 @@ RUNTIMES = ("auto", "openvino", "keras")
 """What can run a manifest's models: ``auto`` is OpenVINO when the manifest lists its files for every member,
 else Keras (kept here, with no heavy import, so the command line can check a choice before TensorFlow loads)."""
 
+
 @dataclass(frozen=True)
 class OpenVINOEntry:
     """A member's OpenVINO files, converted from its ``.keras`` file when the models shipped.

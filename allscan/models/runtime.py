@@ -13,12 +13,9 @@ from typing import Protocol
 import numpy as np
 
 from allscan._tf import keras, tf
+from allscan.models.gradcam import FEATURE_LAYER
 from allscan.models.manifest import RUNTIMES, Manifest, ManifestError
 from allscan.models.preprocessing import get_preprocessor
-
-FEATURE_LAYER = "pool"
-"""The pooled-features layer every registry architecture names so: the penultimate representation
-used by the out-of-domain guard and by site heads."""
 
 OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 """On CPUs with bfloat16 units (AVX512-BF16, AMX) OpenVINO otherwise runs float layers in bfloat16,
