@@ -209,3 +209,15 @@ def test_poll_mode_for_network_shares(ensemble, tmp_path):
         write_image(incoming / "polled.png", seed=5)
         run.wait_for(1)
     assert [r.path.name for r, _ in run.recorder.results] == ["polled.png"]
+
+
+def test_rows_appended_while_watching_carry_their_specimen(ensemble, tmp_path):
+    incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
+    incoming.mkdir()
+    with Running(ensemble, incoming, out) as run:
+        write_image(incoming / "P-001" / "f1.png", seed=1)
+        write_image(incoming / "f2.png", seed=2)
+        run.wait_for(2)
+        live = {r["file"]: r["specimen"] for r in _rows(out)}  # appended row by row, before any rewrite
+    assert live == {"f1.png": "P-001", "f2.png": "incoming"}
+    assert {r["file"]: r["specimen"] for r in _rows(out)} == live

@@ -166,10 +166,11 @@ class ResultStore:
             yield ImageResult(Path(path), sha, width, height, score, error, first, heatmap, specimen)
 
     def set_specimens(self, specimens: dict[str, str]) -> None:
-        """Record each path's specimen (``{path: specimen}``) in one transaction."""
+        """Record each path's specimen (``{path: specimen}``) in one transaction; rows that already hold it
+        are not rewritten (a watch records every row's at each rewrite of its outputs)."""
         with self._io(), self._db:
-            self._db.executemany("UPDATE files SET specimen=? WHERE digest=? AND path=?",
-                                 [(specimen, self.digest, path) for path, specimen in specimens.items()])
+            self._db.executemany("UPDATE files SET specimen=? WHERE digest=? AND path=? AND specimen!=?",
+                                 [(specimen, self.digest, path, specimen) for path, specimen in specimens.items()])
 
     def has_path(self, path: Path, sha256: str | None = None) -> bool:
         """Whether ``path`` already has a row under these models (for this content, when given)."""

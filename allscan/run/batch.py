@@ -85,8 +85,9 @@ def run_batch(
                          exclude_dirs=[heatmaps.folder] if heatmaps else [])
     started = datetime.now().astimezone()
     pipeline = as_pipeline(scoring)
+    specimens = specimens or Specimens(inputs)
     with ResultStore(store_file, pipeline.digest) as store:
-        committer = Committer(pipeline, store, batch_size, observer, heatmaps)
+        committer = Committer(pipeline, store, batch_size, observer, heatmaps, specimens)
         job = Job.of(pipeline, batch_size, heatmaps, rescore)
         observer.start(len(images))
         interrupted = False
@@ -95,5 +96,5 @@ def run_batch(
         except KeyboardInterrupt:
             interrupted = True
         counts = write_outputs(out, store, images, pipeline, started, committer.counts.skipped, command, report,
-                               specimens or Specimens(inputs), pdf)
+                               specimens, pdf)
     return RunSummary(out, store_file, counts, interrupted, tuple(images))

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from allscan.results.types import ImageResult, RunCounts, Score
 from allscan.run.job import Prepared, to_results
+from allscan.run.specimens import Specimens
 from allscan.scoring.heatmaps import HeatmapOptions
 from allscan.scoring.pipeline import Pipeline
 
@@ -86,12 +87,14 @@ class MemoryResults:
 
 
 class Committer:
-    """Scores prepared images in batches and commits each batch to the sink before reporting it."""
+    """Scores prepared images in batches and commits each batch to the sink before reporting it, each
+    result with its specimen when ``specimens`` assigns them."""
 
     def __init__(self, pipeline: Pipeline, sink: ResultSink, batch_size: int, observer: Observer | None = None,
-                 heatmaps: HeatmapOptions | None = None):
+                 heatmaps: HeatmapOptions | None = None, specimens: Specimens | None = None):
         self.pipeline = pipeline
         self.heatmaps = heatmaps
+        self.specimens = specimens
         self.sink = sink
         self.batch_size = batch_size
         self.observer = observer or Silent()
@@ -137,6 +140,8 @@ class Committer:
         """Store a batch of results (durable on return), then count and report them."""
         firsts: dict[str, str] = {}
         results = [self._mark_duplicate(r, firsts) for r in results]
+        if self.specimens is not None:  # stored and reported with its specimen, as a watch appends it to a CSV
+            results = [replace(r, specimen=self.specimens(r.path).specimen) for r in results]
         self.sink.add(results)
         for result in results:
             self.counts.add(result, skipped)

@@ -143,6 +143,7 @@ class Watcher:
         self._last_rewrite = 0.0
         self._dirty = False
         self._started = datetime.now().astimezone()
+        self._specimens = Specimens([config.folder])
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in flight, write outputs and return."""
@@ -204,7 +205,7 @@ class Watcher:
                 if self.on_ready is not None:
                     self.on_ready(len(missing))
                 committer = Committer(self.pipeline, store, self.config.batch_size, _Relay(self),
-                                      self.config.heatmaps)
+                                      self.config.heatmaps, self._specimens)
                 self._loop(committer, store)
                 self._write_all(store)
         finally:
@@ -307,7 +308,7 @@ class Watcher:
             self._csv = None
         paths = [r.path for r in store.results()]
         write_outputs(self.config.out, store, paths, self.pipeline, self._started, report=self.config.report,
-                      specimens=Specimens([self.config.folder]))
+                      specimens=self._specimens)
         if self._csv is None and self.config.out.suffix.lower() == ".csv" and not self._stop.is_set():
             try:
                 self._csv = open(self.config.out, "a", encoding="utf-8", newline="")
