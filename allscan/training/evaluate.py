@@ -201,9 +201,9 @@ def shortcut_check(pipeline: Pipeline, split_dir: Path, box: tuple[int, int, int
                    blanked: Evaluation) -> ShortcutCheck:
     """Score the split with the label box raw and swapped, count flips against each other and against
     ``blanked`` (the split's evaluation with the box blanked), and Grad-CAM the raw ALL verdicts."""
-    raw = evaluate(pipeline, split_dir, box, "raw")
+    paths, raw_images, labels = load_labelled(split_dir, box, "raw")  # decoded once: scored, then Grad-CAM'd
+    raw = evaluate_predictions(pipeline, predictions(pipeline, paths, raw_images, labels))
     swapped = evaluate(pipeline, split_dir, box, "swap")
-    _, raw_images, _ = load_labelled(split_dir, box, "raw")
     return ShortcutCheck(raw, swapped, count_flips(raw.predictions, swapped.predictions),
                          count_flips(blanked.predictions, raw.predictions),
                          heatmap_box_check(pipeline, raw_images, raw.predictions, box))
