@@ -7,7 +7,7 @@ import shutil
 import pytest
 from openpyxl import load_workbook
 
-from allscan.scoring.pipeline import Pipeline
+from allscan.scoring.pipeline import Pipeline, as_pipeline
 from allscan.run.batch import run_batch
 from allscan.results.types import COLUMNS
 from allscan.results.store import ResultStore, store_path_for
@@ -145,7 +145,7 @@ def test_crash_midway_then_rerun_loses_and_duplicates_nothing(slides, ensemble, 
     with pytest.raises(SystemExit):
         run_batch([slides], out, ensemble, batch_size=2, observer=_CrashAfter(3))
     # Every reported result was durable before it was reported.
-    with ResultStore(store_path_for(out), Pipeline(ensemble).digest) as store:
+    with ResultStore(store_path_for(out), as_pipeline(ensemble).digest) as store:
         assert len(list(store.results())) >= 3
     summary = run_batch([slides], out, ensemble, batch_size=2)
     rows = _csv_rows(out)

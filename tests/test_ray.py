@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import allscan
-from allscan.scoring.pipeline import Pipeline
+from allscan.scoring.pipeline import Pipeline, as_pipeline
 from allscan.cli import app
 from allscan.run.engines import EngineError
 from allscan.scoring.heatmaps import HeatmapOptions
@@ -71,7 +71,7 @@ def test_ray_engine_resumes_after_an_interrupted_run(ray_runtime, slides, models
     out = tmp_path / "r.csv"
     first = run_batch([slides], out, ensemble, batch_size=2, observer=_CtrlCAfter(3), engine=RayEngine())
     assert first.interrupted
-    with ResultStore(store_path_for(out), Pipeline(ensemble).digest) as store:
+    with ResultStore(store_path_for(out), as_pipeline(ensemble).digest) as store:
         stored = [r for r in store.results() if r.score is not None]
     assert 3 <= len(stored) < 11
     driver = Pipeline.load(models_dir, load_models=False)  # as the CLI's driver: the actors score
@@ -79,7 +79,7 @@ def test_ray_engine_resumes_after_an_interrupted_run(ray_runtime, slides, models
     assert not second.interrupted and second.counts.done == 12
     assert not any(m.loaded for m in driver.ensemble.members)
     assert second.counts.skipped == len(stored)
-    with ResultStore(store_path_for(out), Pipeline(ensemble).digest) as store:
+    with ResultStore(store_path_for(out), as_pipeline(ensemble).digest) as store:
         paths = [str(r.path) for r in store.results()]
     assert len(paths) == len(set(paths)) == 12
     local = allscan.predict([slides], models=models_dir, out=tmp_path / "local.csv")

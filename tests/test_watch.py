@@ -12,7 +12,7 @@ import time
 import pytest
 from openpyxl import load_workbook
 
-from allscan.scoring.pipeline import Pipeline
+from allscan.scoring.pipeline import Pipeline, as_pipeline
 from allscan.results.store import ResultStore, store_path_for
 from allscan.run.watch import WatchConfig, Watcher
 from tests.utils import jpeg_bytes, write_image
@@ -128,7 +128,7 @@ def test_move_to_moves_only_stored_images(ensemble, tmp_path):
         original_move = run.watcher._move
 
         def checked_move(result):
-            with ResultStore(store_path_for(out), Pipeline(ensemble).digest) as store:
+            with ResultStore(store_path_for(out), as_pipeline(ensemble).digest) as store:
                 seen_in_store.append(store.has_path(result.path, result.sha256))
             original_move(result)
 

@@ -15,9 +15,10 @@ from PIL import Image
 from allscan._tf import keras
 from allscan.models.manifest import EnsembleConfig, Manifest, ModelEntry, save_manifest, sha256_file
 from allscan.models.files import save_half_precision
-from allscan.models.registry import REGISTRY
+from allscan.models.registry import CELL_REGISTRY, REGISTRY
 
 TINY_SIZES = {"resnet50": 16, "efficientnet_b3": 20, "alexnet": 24, "vgg16": 16}
+TINY_CELL_SIZES = {"alexnet": 16, "vgg16": 12}
 
 
 def smear(seed: int = 0, size: int = 64, tint: tuple[int, int, int] = (180, 140, 200)) -> np.ndarray:
@@ -52,18 +53,27 @@ def tiny_model(name: str, size: int, seed: int):
     return keras.Model(inputs, keras.layers.Activation("sigmoid")(logit), name=name)
 
 
-def make_models_dir(folder: Path, threshold: float = 0.5, band: tuple[float, float] = (0.4, 0.6)) -> Path:
-    """A models folder in the shipped format holding four tiny untrained models."""
+def make_models_dir(folder: Path, threshold: float = 0.5, band: tuple[float, float] = (0.4, 0.6),
+                    cells: bool = True) -> Path:
+    """A models folder in the shipped format holding four tiny untrained models and, with ``cells``, a
+    cell classifier of two tiny models in ``cells/``."""
+    _tiny_ensemble(folder, TINY_SIZES, REGISTRY, threshold, band, seed=0)
+    if cells:
+        _tiny_ensemble(folder / "cells", TINY_CELL_SIZES, CELL_REGISTRY, 0.5, (0.4, 0.6), seed=10)
+    return folder
+
+
+def _tiny_ensemble(folder: Path, sizes: dict[str, int], registry, threshold: float, band: tuple[float, float],
+                   seed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     entries = {}
-    for i, (name, size) in enumerate(TINY_SIZES.items()):
+    for i, (name, size) in enumerate(sizes.items()):
         path = folder / f"{name}.keras"
-        save_half_precision(tiny_model(name, size, seed=i), path)
-        spec = REGISTRY[name]
+        save_half_precision(tiny_model(name, size, seed=seed + i), path)
+        spec = registry[name]
         entries[name] = ModelEntry(name, path.name, sha256_file(path), size, spec.preprocessing, "tiny test model")
-    weights = {name: 0.25 for name in entries}
+    weights = {name: 1 / len(entries) for name in entries}
     save_manifest(Manifest(entries, EnsembleConfig(weights, threshold, band)), folder)
-    return folder
 
 
 def disc_smear(diameter: float, size: tuple[int, int] = (224, 224), seed: int = 0, cells: int | None = None,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from allscan.domain.cells import CellCrops, cell_crops
 from allscan.domain.reference import DomainReference
 from allscan.domain.scale import analysis_copy, cell_mask, estimate_diameter
 from allscan.domain.stain import colour_stats, reinhard
@@ -27,10 +28,12 @@ class DomainOptions:
     Attributes:
         stain_norm: Normalise images whose colour lies far outside the training range.
         rbc_diameter: The lab's known red-cell diameter in pixels, overriding the estimate.
+        cells: Find and judge the white cells too (when the models come with a cell classifier).
     """
 
     stain_norm: bool = True
     rbc_diameter: float | None = None
+    cells: bool = True
 
     def key(self) -> dict:
         """What changes results, for the results-store key."""
@@ -55,6 +58,8 @@ class FieldSet:
         notes: Plain-language remarks for the results row.
         long_side: The decoded image's longest side, which sets its scale tolerance (see
             :meth:`~allscan.domain.reference.DomainChecks.tolerance`).
+        cells: Its white cells and their crops, in the decoded image's pixels; None when cells were not
+            looked for.
     """
 
     inputs: dict[int, np.ndarray]
@@ -68,6 +73,7 @@ class FieldSet:
     background_only: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
     long_side: int = 0
+    cells: CellCrops | None = None
 
     @property
     def tiles(self) -> int:
@@ -86,16 +92,33 @@ class FieldMaker:
         reference: The training domain, or None for models shipped without one (whole images).
         sizes: The models' input sizes.
         options: The run's domain options.
+        cells: Also find the white cells and cut their crops.
     """
 
     reference: DomainReference | None
     sizes: tuple[int, ...]
     options: DomainOptions = DomainOptions()
+    cells: bool = False
 
     def __call__(self, rgb: np.ndarray) -> "FieldSet":
         if self.reference is None:
-            return whole_image(rgb, self.sizes, notes=(NO_REFERENCE_NOTE,))
-        return prepare_fields(rgb, self.reference, self.sizes, self.options)
+            fields = whole_image(rgb, self.sizes, notes=(NO_REFERENCE_NOTE,))
+        else:
+            fields = prepare_fields(rgb, self.reference, self.sizes, self.options)
+        return with_cells(fields, rgb) if self.cells else fields
+
+
+NO_CELLS_NOTE = "no red-cell size estimate: white cells not looked for"
+
+
+def with_cells(fields: FieldSet, rgb: np.ndarray) -> FieldSet:
+    """``fields`` with the image's white cells, found at its red-cell size (estimated here if the
+    fields did not need it); without a size there is no scale to find cells at, and a note says so."""
+    diameter = fields.diameter or estimate_diameter(rgb).diameter
+    if diameter is None:
+        return replace(fields, cells=CellCrops((), np.zeros((0, 0, 0, 3), np.uint8), 0.0),
+                       notes=(*fields.notes, NO_CELLS_NOTE))
+    return replace(fields, cells=cell_crops(rgb, diameter))
 
 
 def whole_image(rgb: np.ndarray, sizes, colour: np.ndarray | None = None, notes: tuple[str, ...] = ()) -> FieldSet:
@@ -157,4 +180,5 @@ def in_original_pixels(fields: FieldSet, reduction: float) -> FieldSet:
     if reduction == 1.0:
         return fields
     return replace(fields, scale=None if fields.scale is None else fields.scale * reduction,
-                   diameter=None if fields.diameter is None else fields.diameter / reduction)
+                   diameter=None if fields.diameter is None else fields.diameter / reduction,
+                   cells=None if fields.cells is None else fields.cells.scaled(1 / reduction))

@@ -64,7 +64,7 @@ VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 """VGG16's five blocks as (filters, 3×3 convolutions); each ends in 2×2 max pooling."""
 
 
-def vgg16(input_size: int, weights: Path | None = None, dropout: float = HEAD_DROPOUT):
+def vgg16(input_size: int, weights: Path | None = None, dropout: float = HEAD_DROPOUT, width: float = 1.0):
     """VGG16 with batch normalisation (VGG16-BN, as torchvision's ``vgg16_bn``).
 
     The 13 convolutions of VGG16 (Simonyan & Zisserman 2015), each followed by batch
@@ -73,14 +73,14 @@ def vgg16(input_size: int, weights: Path | None = None, dropout: float = HEAD_DR
     layers (chance with Glorot init, validation AUC 0.876 with He init at 64 px);
     VGG16-BN is the standard way to train it from scratch. The convolutions have no
     bias (the batch norm's shift replaces it). ``weights`` is a Keras weights file of
-    this architecture.
+    this architecture. ``width`` scales every block's filters (the cell classifier uses a quarter).
     """
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = inputs
     he = keras.initializers.HeNormal(seed=0)
     for block, (filters, convs) in enumerate(VGG16_BLOCKS, start=1):
         for i in range(1, convs + 1):
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=he,
+            x = layers.Conv2D(max(8, round(filters * width)), 3, padding="same", use_bias=False, kernel_initializer=he,
                               name=f"block{block}_conv{i}")(x)
             x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"block{block}_bn{i}")(x)
             x = layers.ReLU(name=f"block{block}_relu{i}")(x)

@@ -7,11 +7,12 @@ from importlib import import_module
 from allscan.models.preprocessing import get_preprocessor
 
 
-def _builder(name: str) -> Callable:
-    """``allscan.models.architectures.<name>``, imported on first call: naming the models must not load TensorFlow."""
+def _builder(name: str, **settings) -> Callable:
+    """``allscan.models.architectures.<name>`` with ``settings``, imported on first call: naming the models must
+    not load TensorFlow."""
 
     def build(*args, **kwargs):
-        return getattr(import_module("allscan.models.architectures"), name)(*args, **kwargs)
+        return getattr(import_module("allscan.models.architectures"), name)(*args, **settings, **kwargs)
 
     return build
 
@@ -69,3 +70,18 @@ def get_spec(name: str) -> ModelSpec:
         return REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+CELL_REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("alexnet", "AlexNet (Krizhevsky et al. 2012) at cell scale: 64-px crops, fully connected layers"
+                  " 256 wide", _builder("alexnet", fc_width=256), 64, "symmetric", 10, 1e-3),
+        ModelSpec("vgg16", "VGG16-BN (VGG16 with batch normalisation) at a quarter of its width (16-128 filters),"
+                  " 64-px crops", _builder("vgg16", width=0.25), 64, "caffe", 10, 1e-3, onednn=False),
+    )
+}
+"""The cell classifier's members: two of the field architectures, made small for single-cell crops
+(a cell crop holds far less than a field; the pair stays under 10 MB)."""
+
+CELL_MODEL_NAMES: tuple[str, ...] = tuple(CELL_REGISTRY)

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from allscan.models.registry import MODEL_NAMES
+from allscan.models.registry import CELL_MODEL_NAMES, MODEL_NAMES
 
 VERDICT_ALL = "ALL"
 VERDICT_NORMAL = "normal"
@@ -29,8 +29,27 @@ COLUMNS: tuple[str, ...] = (
     "domain_score",
     "notes",
     "specimen",
+    "cells",
+    "blasts",
+    "blast_pct",
 )
 """The results schema, in order, shared by CSV and the Excel ``Results`` sheet."""
+
+CELL_COLUMNS: tuple[str, ...] = (
+    "path",
+    "sha256",
+    "cell",
+    "x",
+    "y",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "nucleus_area_px",
+    "p_blast",
+    *(f"p_blast_{name}" for name in CELL_MODEL_NAMES),
+)
+"""The cell table, in order: ``<out>.cells.csv`` and the Excel ``Cells`` sheet (one row per white cell)."""
 
 SPECIMEN_COLUMNS: tuple[str, ...] = (
     "specimen",
@@ -52,6 +71,71 @@ SPECIMEN_COLUMNS: tuple[str, ...] = (
 
 
 DOMAIN_IN, DOMAIN_OUT = "in", "out"
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One white cell of an image and how blast-like the cell classifier finds it.
+
+    Attributes:
+        cell: Its number within its image, from 1 (in the order found).
+        x, y: Centroid of its nucleus, in the image file's pixels.
+        x0, y0, x1, y1: Box around its nucleus (``x1``, ``y1`` exclusive).
+        nucleus_area_px: Nucleus area in the file's pixels.
+        p_blast: The cell classifier's calibrated probability that it is a blast.
+        per_model: Each cell model's calibrated probability, by name.
+    """
+
+    cell: int
+    x: float
+    y: float
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    nucleus_area_px: float
+    p_blast: float
+    per_model: dict[str, float]
+
+    def row(self, path: str, sha256: str) -> dict[str, object]:
+        """The row in :data:`CELL_COLUMNS` order."""
+        values: dict[str, object] = {"path": path, "sha256": sha256, "cell": self.cell, "x": round(self.x, 1),
+                                     "y": round(self.y, 1), "x0": self.x0, "y0": self.y0, "x1": self.x1,
+                                     "y1": self.y1, "nucleus_area_px": round(self.nucleus_area_px, 1),
+                                     "p_blast": self.p_blast}
+        for name in CELL_MODEL_NAMES:
+            values[f"p_blast_{name}"] = self.per_model.get(name)
+        return values
+
+
+@dataclass(frozen=True)
+class CellFindings:
+    """An image's white cells as the cell classifier judged them.
+
+    Attributes:
+        cells: Every cell found, in the order found.
+        threshold: p(blast) at or above which a cell counts as a blast.
+    """
+
+    cells: tuple[CellResult, ...]
+    threshold: float
+
+    @property
+    def count(self) -> int:
+        return len(self.cells)
+
+    @property
+    def blasts(self) -> int:
+        return sum(c.p_blast >= self.threshold for c in self.cells)
+
+    @property
+    def blast_pct(self) -> float | None:
+        """Blasts as a percentage of the cells found; None when none was found."""
+        return 100.0 * self.blasts / self.count if self.cells else None
+
+    def most_blast_like(self, k: int) -> list[CellResult]:
+        """The ``k`` cells with the highest p(blast), highest first."""
+        return sorted(self.cells, key=lambda c: -c.p_blast)[:k]
 
 
 @dataclass(frozen=True)
@@ -87,6 +171,7 @@ class Score:
         per_model: Each model's probability of ALL, by registry name.
         domain: Scale, fields and the out-of-domain guard's answer (an out-of-domain image is
             always flagged for review).
+        cells: Its white cells and the cell classifier's answers; None when cells were not looked for.
     """
 
     p_all: float
@@ -95,6 +180,7 @@ class Score:
     agreement: int
     per_model: dict[str, float]
     domain: DomainInfo | None = None
+    cells: CellFindings | None = None
 
     @property
     def out_of_domain(self) -> bool:
@@ -145,7 +231,16 @@ class ImageResult:
         values["domain_score"] = domain.domain_score if domain else None
         values["notes"] = domain.notes if domain else ""
         values["specimen"] = self.specimen
+        cells = score.cells if score else None
+        values["cells"] = cells.count if cells else None
+        values["blasts"] = cells.blasts if cells else None
+        values["blast_pct"] = cells.blast_pct if cells else None
         return values
+
+    def cell_rows(self) -> list[dict[str, object]]:
+        """Its cells' rows in :data:`CELL_COLUMNS` order (none when cells were not looked for)."""
+        cells = self.score.cells if self.score else None
+        return [c.row(str(self.path), self.sha256) for c in cells.cells] if cells else []
 
 
 @dataclass(frozen=True)

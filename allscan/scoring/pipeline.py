@@ -18,6 +18,7 @@ from allscan.domain.guard import assess
 from allscan.domain.reference import DomainReference
 from allscan.domain.site import SiteProfile, load_profile
 from allscan.results.types import DomainInfo, Score
+from allscan.scoring.cells import CellClassifier
 from allscan.scoring.specimens import SpecimenRule
 from allscan.scoring.vote import aggregate, combine
 
@@ -35,13 +36,14 @@ class Pipeline:
     """
 
     def __init__(self, ensemble: "Ensemble", options: DomainOptions = DomainOptions(), site: SiteProfile | None = None,
-                 site_dir: Path | None = None):
+                 site_dir: Path | None = None, cells: CellClassifier | None = None):
         self.ensemble = ensemble
         self.reference: DomainReference | None = DomainReference.for_models(ensemble.models_dir, ensemble.manifest)
         self.options = options
         self.site = site
         self.site_dir = site_dir
-        self.maker = FieldMaker(self.reference, ensemble.input_sizes, options)
+        self.cells = cells if options.cells else None
+        self.maker = FieldMaker(self.reference, ensemble.input_sizes, options, cells=self.cells is not None)
         self.specimen_rule = SpecimenRule.load(ensemble.models_dir)
         if site is not None:
             site.check_models(ensemble.manifest.digest)
@@ -51,6 +53,8 @@ class Pipeline:
         """Identifies models, site profile and options together: results are stored under it."""
         key = {"models": self.ensemble.digest, "site": self.site.digest if self.site else None,
                "options": self.options.key()}
+        if self.cells is not None:  # results without cells keep the key they had before cells existed
+            key["cells"] = self.cells.digest
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
@@ -72,7 +76,8 @@ class Pipeline:
         from allscan.models.ensemble import Ensemble  # TensorFlow loads with the models, not with this module
 
         ensemble = Ensemble.load(Path(models_dir), load_models=load_models, runtime=runtime)
-        return cls(ensemble, options, site, Path(site_dir) if site_dir is not None else None)
+        cells = CellClassifier.load(Path(models_dir), runtime, load_models) if options.cells else None
+        return cls(ensemble, options, site, Path(site_dir) if site_dir is not None else None, cells)
 
     def describe(self) -> dict:
         """Run metadata: options, the reference red-cell size, and the site profile if any."""
@@ -137,7 +142,25 @@ class Pipeline:
         for fs, (probs, feats) in zip(fieldsets, self.field_outputs(fieldsets, batch_size)):
             score = combine(aggregate(probs, config.weights), config)
             scores.append(self._judge(score, fs, feats))
-        return scores
+        return self._with_cells(scores, fieldsets)
+
+    def _with_cells(self, scores: list[Score], fieldsets: list[FieldSet]) -> list[Score]:
+        """The scores with their images' cells judged, flagged where the cells disagree with the verdict."""
+        looked = [i for i, fs in enumerate(fieldsets) if fs.cells is not None]
+        if self.cells is None or not looked:
+            return scores
+        judged = dict(zip(looked, self.cells.judge([fieldsets[i].cells for i in looked])))
+        out = []
+        for i, score in enumerate(scores):
+            if i in judged:
+                score = replace(score, cells=judged[i])
+                reason = self.cells.rule.disagreement(score)
+                if reason:
+                    notes = "; ".join(n for n in (reason, score.domain.notes if score.domain else "") if n)
+                    domain = replace(score.domain, notes=notes) if score.domain else DomainInfo(None, 0, notes=notes)
+                    score = replace(score, review=True, domain=domain)
+            out.append(score)
+        return out
 
     def _judge(self, score: Score, fs: FieldSet, feats: dict[str, np.ndarray]) -> Score:
         notes = list(fs.notes)
@@ -154,5 +177,8 @@ class Pipeline:
 
 
 def as_pipeline(scoring: "Ensemble | Pipeline") -> Pipeline:
-    """A bare ensemble becomes a pipeline with default options and no site profile."""
-    return scoring if isinstance(scoring, Pipeline) else Pipeline(scoring)
+    """A bare ensemble becomes a pipeline with default options, no site profile and the cell classifier
+    shipped beside it, if any."""
+    if isinstance(scoring, Pipeline):
+        return scoring
+    return Pipeline(scoring, cells=CellClassifier.load(scoring.models_dir, scoring.runtime))

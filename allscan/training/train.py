@@ -201,11 +201,26 @@ def train(
     Checkpoints go to ``run_dir``: ``last.keras`` after every epoch (so ``resume``
     continues a cut run) and ``best.keras``, the epoch with the lowest validation loss.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     train_set = load_split(Path(data_dir) / "train", config.input_size, config.blank_box)
     val_set = load_split(Path(data_dir) / "val", config.input_size, config.blank_box)
+    return fit(spec, train_set, val_set, run_dir, config, resume, report, on_start)
+
+
+def fit(
+    spec: ModelSpec,
+    train_set: LabelledSet,
+    val_set: LabelledSet,
+    run_dir: Path,
+    config: TrainConfig,
+    resume: bool = False,
+    report: Callable[[EpochLog], None] = lambda entry: None,
+    on_start: Callable[[int, int], None] = lambda epochs_done, epochs: None,
+) -> TrainResult:
+    """Train ``spec`` on images already loaded at its input size (see :func:`train`)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
     steps = len(train_set.labels) // config.batch_size
     if steps == 0:
         raise ValueError(f"batch size {config.batch_size} is larger than the training set ({len(train_set.labels)})")
