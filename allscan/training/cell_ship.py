@@ -1,0 +1,107 @@
+"""Shipping the cell classifier: its members' files and manifest in ``models/cells/``, calibrated and
+with its threshold and review rule fitted on the validation split's cells.
+
+- **Calibration**: a Platt scaling per member and one of their mean, fitted on round two's labels
+  (:func:`allscan.training.cell_train.refined_labels` by the members' mean): the top half of each ALL
+  field's cells are blasts, every benign field's cells are not.
+- **Threshold**: the lowest p(blast) at which at most :data:`BENIGN_RATE` of the benign fields' cells are
+  called blast (the target is 5% on test; half of it leaves room for the split's differences).
+- **Review rule** (:class:`allscan.scoring.cells.CellRule`): ``confident`` is the p(blast) that
+  :data:`RULE_QUANTILE` of benign cells stay below; ``min_blasts`` the fewest confident cells that at most
+  :data:`RULE_FIELDS` of benign fields hold.
+"""
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from allscan._tf import keras
+from allscan.fileio import atomic_write_text
+from allscan.models.calibration import Calibration, fit_platt, weighted_mean
+from allscan.models.files import save_half_precision
+from allscan.models.manifest import EnsembleConfig, Manifest, ModelEntry, equal_weights, save_manifest, sha256_file
+from allscan.models.registry import CELL_REGISTRY
+from allscan.scoring.cells import RULE_NAME, CellClassifier, CellRule
+from allscan.training.augment import RECIPE as AUGMENTATION_RECIPE
+from allscan.training.cell_data import CellBags
+from allscan.training.cell_evaluate import field_figures
+from allscan.training.cell_train import MIL_TOP, REFINE_RATE, refined_labels
+from allscan.training.ship import DATASET
+from allscan.training.train import TrainConfig, TrainResult
+
+BENIGN_RATE = 0.025
+RULE_QUANTILE = 0.995
+RULE_FIELDS = 0.02
+
+RECIPE = (f"multiple-instance learning from field labels: round one labels every cell with its field's label;"
+          f" round two fine-tunes (learning rate x{REFINE_RATE:g}) on the top {MIL_TOP:.0%} of each ALL field's"
+          f" cells by round one's model as blasts and every benign field's cells as not; AdamW, warm-up + cosine"
+          f" decay, balanced class weights, dropout, batch-norm statistics re-estimated on clean batches, best"
+          f" epoch by validation loss in each round")
+
+
+def cell_threshold(p: np.ndarray, benign: np.ndarray, rate: float = BENIGN_RATE) -> float:
+    """The lowest threshold at which at most ``rate`` of the benign cells (``benign`` mask) reach it."""
+    scores = np.sort(p[benign])[::-1]
+    allowed = int(np.floor(rate * len(scores)))
+    if allowed >= len(scores):
+        return float(scores[-1])
+    return float(np.nextafter(scores[allowed], 1.0))
+
+
+def fit_rule(p: np.ndarray, field: np.ndarray, labels: np.ndarray, described: str) -> CellRule:
+    """The review rule on the validation cells (see the module docstring)."""
+    benign_cells = labels[field] == 0
+    confident = float(min(0.999, np.quantile(p[benign_cells], RULE_QUANTILE)))
+    per_field = np.bincount(field[p >= confident], minlength=len(labels))[labels == 0]
+    min_blasts = 1
+    while (per_field >= min_blasts).mean() > RULE_FIELDS:
+        min_blasts += 1
+    return CellRule(min_blasts, round(confident, 4), described)
+
+
+def ship_cells(members: dict[str, tuple[TrainResult, TrainConfig]], val: CellBags, models_dir: Path,
+               data: str) -> Manifest:
+    """Save each member's best checkpoint (float16) in ``models_dir/cells``, then fit and record the
+    calibration, threshold and review rule on ``val``'s cells. Returns the manifest written."""
+    folder = Path(models_dir) / "cells"
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for name, (result, config) in members.items():
+        spec = CELL_REGISTRY[name]
+        target = folder / f"{name}.keras"
+        save_half_precision(keras.models.load_model(result.best_path, compile=False), target)
+        entries[name] = ModelEntry(
+            name, target.name, sha256_file(target), config.input_size, spec.preprocessing, spec.architecture,
+            training={"data": data, "epochs": result.epochs_run, "best_epoch": result.best_epoch,
+                      "seconds": round(result.seconds, 1), "config": _plain(asdict(config)), "recipe": RECIPE,
+                      "augmentation": AUGMENTATION_RECIPE})
+    save_manifest(Manifest(entries, EnsembleConfig(equal_weights(entries)), dataset=DATASET), folder)
+    (folder / RULE_NAME).unlink(missing_ok=True)
+    classifier = CellClassifier.load(models_dir, runtime="keras")
+    _, raw, _ = classifier.probabilities(val.crops)
+    keep, labels = refined_labels(val, np.mean(list(raw.values()), axis=0))
+    members_platt = {n: fit_platt(labels[keep], p[keep]) for n, p in raw.items()}
+    calibrated = {n: members_platt[n].apply(p) for n, p in raw.items()}
+    weights = equal_weights(entries)
+    mean = weighted_mean(calibrated, weights)
+    ensemble_platt = fit_platt(labels[keep], mean[keep])
+    p_blast = ensemble_platt.apply(mean)
+    threshold = cell_threshold(p_blast, val.cell_labels == 0)
+    described = f"val split ({len(val.paths)} fields, {len(val.field)} cells)"
+    calibration = Calibration(members_platt, ensemble_platt, "Platt on round two's labels of the val cells")
+    validation = field_figures(p_blast, val.field, val.labels, threshold).to_dict()
+    for name, p in calibrated.items():
+        entries[name] = replace(entries[name], validation=field_figures(p, val.field, val.labels, threshold).to_dict())
+    manifest = Manifest(entries, EnsembleConfig(weights, threshold, (threshold, threshold), described, calibration),
+                        dataset=DATASET)
+    save_manifest(manifest, folder)
+    rule = fit_rule(p_blast, val.field, val.labels, described)
+    atomic_write_text(folder / RULE_NAME, json.dumps(asdict(rule) | {"validation": validation}, indent=2) + "\n")
+    return manifest
+
+
+def _plain(values: dict) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
