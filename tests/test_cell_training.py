@@ -103,7 +103,7 @@ def test_weak_label_training_then_shipping_gives_a_loadable_calibrated_cell_clas
         result = train_member(spec, train, val, tmp_path / "runs" / name, config, refine_epochs=1)
         assert result.best_path == tmp_path / "runs" / name / "mil" / "best.keras" and result.best_path.is_file()
         members[name] = (result, config)
-    manifest = ship_cells(members, val, tmp_path / "models", "synthetic fields")
+    manifest = ship_cells(members, train, val, tmp_path / "models", "synthetic fields", convert=False)
     classifier = CellClassifier.load(tmp_path / "models", runtime="keras")
     assert set(manifest.models) == set(CELL_REGISTRY)
     assert 0 < classifier.threshold < 1 and classifier.ensemble.manifest.ensemble.calibration.members

@@ -27,6 +27,7 @@ from allscan.scoring.cells import RULE_NAME, CellClassifier, CellRule
 from allscan.training.augment import RECIPE as AUGMENTATION_RECIPE
 from allscan.training.cell_data import CellBags
 from allscan.training.cell_evaluate import field_figures
+from allscan.training.convert import calibration_sample, convert_member
 from allscan.training.cell_train import MIL_TOP, REFINE_RATE, refined_labels
 from allscan.training.ship import DATASET
 from allscan.training.train import TrainConfig, TrainResult
@@ -62,10 +63,12 @@ def fit_rule(p: np.ndarray, field: np.ndarray, labels: np.ndarray, described: st
     return CellRule(min_blasts, round(confident, 4), described)
 
 
-def ship_cells(members: dict[str, tuple[TrainResult, TrainConfig]], val: CellBags, models_dir: Path,
-               data: str) -> Manifest:
-    """Save each member's best checkpoint (float16) in ``models_dir/cells``, then fit and record the
-    calibration, threshold and review rule on ``val``'s cells. Returns the manifest written."""
+def ship_cells(members: dict[str, tuple[TrainResult, TrainConfig]], train: CellBags, val: CellBags,
+               models_dir: Path, data: str, convert: bool = True) -> Manifest:
+    """Save each member's best checkpoint (float16) in ``models_dir/cells``; with ``convert``, convert it to
+    OpenVINO, int8 where that keeps its answers on ``val`` (calibrated on ``train``'s cells; see
+    :mod:`allscan.training.convert`); then fit and record the calibration, threshold and review rule on
+    ``val``'s cells, from the outputs of the runtime that scores by default. Returns the manifest written."""
     folder = Path(models_dir) / "cells"
     folder.mkdir(parents=True, exist_ok=True)
     entries = {}
@@ -78,9 +81,16 @@ def ship_cells(members: dict[str, tuple[TrainResult, TrainConfig]], val: CellBag
             training={"data": data, "epochs": result.epochs_run, "best_epoch": result.best_epoch,
                       "seconds": round(result.seconds, 1), "config": _plain(asdict(config)), "recipe": RECIPE,
                       "augmentation": AUGMENTATION_RECIPE})
-    save_manifest(Manifest(entries, EnsembleConfig(equal_weights(entries)), dataset=DATASET), folder)
+    manifest = Manifest(entries, EnsembleConfig(equal_weights(entries)), dataset=DATASET)
+    save_manifest(manifest, folder)
     (folder / RULE_NAME).unlink(missing_ok=True)
-    classifier = CellClassifier.load(models_dir, runtime="keras")
+    if convert:
+        calibration_crops = train.crops[calibration_sample(len(train.field))]
+        for name, entry in manifest.models.items():
+            converted = convert_member(folder, entry, val.crops, val.cell_labels, calibration_crops)
+            entries[name] = replace(entry, openvino=converted)
+        save_manifest(replace(manifest, models=dict(entries)), folder)
+    classifier = CellClassifier.load(models_dir)
     _, raw, _ = classifier.probabilities(val.crops)
     keep, labels = refined_labels(val, np.mean(list(raw.values()), axis=0))
     members_platt = {n: fit_platt(labels[keep], p[keep]) for n, p in raw.items()}

@@ -97,14 +97,14 @@ def quantise(ov_model, fields: np.ndarray):
     return nncf.quantize(ov_model.clone(), dataset, subset_size=len(fields))
 
 
-def convert_member(models_dir: Path, entry: ModelEntry, val: tuple[list[Path], np.ndarray], train: list[Path],
-                   box) -> OpenVINOEntry:
-    """Convert one member, quantise it, apply the rule on ``val`` and write the files that ship into ``models_dir``.
+def convert_member(models_dir: Path, entry: ModelEntry, fields: np.ndarray, labels: np.ndarray,
+                   calibration: np.ndarray) -> OpenVINOEntry:
+    """Convert one member, quantise it, apply the rule on validation and write the files that ship into
+    ``models_dir``.
 
     Args:
-        val: Validation image paths and labels.
-        train: Training image paths to calibrate int8 on.
-        box: The label box to blank, in 224-px coordinates, or None.
+        fields: Validation inputs at the member's input size, uint8 ``(n, s, s, 3)``, and ``labels`` theirs.
+        calibration: Training inputs likewise, to calibrate int8 on.
 
     Raises:
         ConversionError: Float32 OpenVINO does not reproduce Keras on validation.
@@ -113,11 +113,9 @@ def convert_member(models_dir: Path, entry: ModelEntry, val: tuple[list[Path], n
 
     models_dir = Path(models_dir)
     model = load_keras_model(check_file(models_dir, entry))
-    paths, labels = val
-    fields = load_images(paths, entry.input_size, box)
     p_keras = _probabilities(KerasForward(model, entry.preprocessing, entry.input_size), fields)
     fp32 = to_openvino(model, entry.preprocessing, entry.input_size)
-    int8 = quantise(fp32, load_images(train, entry.input_size, box))
+    int8 = quantise(fp32, calibration)
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".convert-") as tmp:
         p = {}
         for precision, candidate in (("fp32", fp32), ("int8", int8)):
@@ -137,7 +135,7 @@ def convert_member(models_dir: Path, entry: ModelEntry, val: tuple[list[Path], n
             target = models_dir / f"{entry.name}{suffix}"
             os.replace(Path(tmp) / precision / target.name, target)
             targets[suffix] = target
-    figures = asdict(check) | {"split": "val", "calibration_fields": len(train), "fp32_max_abs_dp_vs_keras": drift}
+    figures = asdict(check) | {"split": "val", "calibration_fields": len(calibration), "fp32_max_abs_dp_vs_keras": drift}
     return OpenVINOEntry(targets[".xml"].name, sha256_file(targets[".xml"]), targets[".bin"].name,
                          sha256_file(targets[".bin"]), entry.sha256, precision, figures)
 
@@ -154,18 +152,25 @@ def convert_models(models_dir: Path, data_dir: Path, names: list[str] | None = N
     todo = names if names is not None else [n for n, e in manifest.models.items() if e.openvino is None]
     if not todo:
         return []
-    val = list_split(Path(data_dir) / "val")
+    val_paths, labels = list_split(Path(data_dir) / "val")
     train_paths, _ = list_split(Path(data_dir) / "train")
-    rng = np.random.default_rng(SEED)
-    chosen = rng.choice(len(train_paths), min(CALIBRATION_FIELDS, len(train_paths)), replace=False)
-    train = [train_paths[i] for i in sorted(chosen)]
+    train = [train_paths[i] for i in calibration_sample(len(train_paths))]
+    box = manifest.blank_box
     for name in todo:
         entry = manifest.models[name]
-        converted = convert_member(models_dir, entry, val, train, manifest.blank_box)
+        converted = convert_member(models_dir, entry, load_images(val_paths, entry.input_size, box), labels,
+                                   load_images(train, entry.input_size, box))
         manifest = manifest.with_model(replace(entry, openvino=converted))
         save_manifest(manifest, models_dir)
     _remove_strays(models_dir)
     return list(todo)
+
+
+def calibration_sample(count: int) -> np.ndarray:
+    """Which of ``count`` training inputs int8 is calibrated on: :data:`CALIBRATION_FIELDS` of them, drawn
+    with a fixed seed, in order."""
+    rng = np.random.default_rng(SEED)
+    return np.sort(rng.choice(count, min(CALIBRATION_FIELDS, count), replace=False))
 
 
 def _remove_strays(models_dir: Path) -> None:
