@@ -14,8 +14,9 @@ from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
-from allscan.domain.scale import cell_mask, disc, fill_holes, flatten_background
+from allscan.domain.scale import disc, fill_holes, flat_cell_mask, flatten_background
 
 RBC_UM = 7.5
 """A red cell's diameter in micrometres: the ruler for areas in µm²."""
@@ -101,8 +102,9 @@ def _reduce(rgb: np.ndarray, factor: float) -> np.ndarray:
 
 def nucleus_signal(rgb: np.ndarray) -> np.ndarray:
     """Optical density in green less that in blue, each relative to the image's background."""
-    flat = np.stack([flatten_background(rgb[..., c]) for c in (1, 2)], axis=-1).astype(np.float32)
-    background = ~cell_mask(rgb)
+    green, blue = flatten_background(rgb[..., 1]), flatten_background(rgb[..., 2])
+    flat = np.stack([green, blue], axis=-1).astype(np.float32)
+    background = ~flat_cell_mask(green)
     if not background.any():
         background[:] = True
     level = np.array([np.median(flat[..., c][background]) for c in range(2)], dtype=np.float32)
@@ -153,26 +155,35 @@ def _cells(mask: np.ndarray, diameter: float) -> np.ndarray:
     Splits are judged on the nuclei's own shape (the closing that joins lobes also fills the necks
     between touching nuclei). A blob with several nucleus centres is cut by their power diagram:
     each pixel goes to the centre ``c`` with the least ``|p - c|² - r²``, ``r`` the centre's
-    inscribed radius, which cuts two overlapping discs along their common chord.
+    inscribed radius, which cuts two overlapping discs along their common chord. Centres are looked
+    for blob by blob, inside each blob's box, and only in blobs wide enough to hold one.
     """
     joined = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, disc(max(1.0, LOBE_GAP * diameter / 2 + 0.5)))
     joined = fill_holes(joined.astype(bool)).astype(np.uint8)
-    count, blobs = cv2.connectedComponents(joined)
+    count, blobs, stats, _ = cv2.connectedComponentsWithStats(joined)
     inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    peaks = (inside >= SPLIT_RADIUS * diameter) & _domes(inside, SPLIT_DEPTH * diameter)
-    centres, markers = cv2.connectedComponents(peaks.astype(np.uint8))
+    radius = SPLIT_RADIUS * diameter
     labels = blobs.copy()
     next_label = count
-    split = {}
-    for marker in range(1, centres):
-        ys, xs = np.nonzero(markers == marker)
-        split.setdefault(int(blobs[ys[0], xs[0]]), []).append((xs.mean(), ys.mean(), inside[ys[0], xs[0]]))
-    for blob, found in split.items():
-        if len(found) < 2:
+    for blob in range(1, count):
+        x, y, w, h, area = stats[blob]
+        if area < np.pi * radius * radius:
             continue
-        ys, xs = np.nonzero(blobs == blob)
+        own = blobs[y:y + h, x:x + w] == blob
+        depth = np.where(own, inside[y:y + h, x:x + w], 0.0).astype(np.float32)
+        if depth.max() < radius:
+            continue
+        centres, markers = cv2.connectedComponents(((depth >= radius) & _domes(depth, SPLIT_DEPTH * diameter))
+                                                   .astype(np.uint8))
+        if centres < 3:
+            continue
+        found = []
+        for marker in range(1, centres):
+            ys, xs = np.nonzero(markers == marker)
+            found.append((xs.mean(), ys.mean(), depth[ys[0], xs[0]]))
+        ys, xs = np.nonzero(own)
         power = [(xs - cx) ** 2 + (ys - cy) ** 2 - r * r for cx, cy, r in found]
-        labels[ys, xs] = next_label + np.argmin(power, axis=0)
+        labels[ys + y, xs + x] = next_label + np.argmin(power, axis=0)
         next_label += len(found)
     return labels
 
@@ -195,11 +206,15 @@ def _describe(labels: np.ndarray, mask: np.ndarray, diameter: float, scale: floa
     (``scale`` of them to one of the label image's)."""
     min_area = np.pi / 4 * (MIN_NUCLEUS * diameter) ** 2
     max_area = np.pi / 4 * (MAX_NUCLEUS * diameter) ** 2
+    nuclei = np.where(mask, labels, 0).astype(np.int32)
     cells = []
-    for label in np.unique(labels[labels > 0]):
-        ys, xs = np.nonzero((labels == label) & mask)
+    for label, box in enumerate(ndimage.find_objects(nuclei), start=1):
+        if box is None:
+            continue
+        ys, xs = np.nonzero(nuclei[box] == label)
         if not min_area <= len(xs) <= max_area:
             continue
+        ys, xs = ys + box[0].start, xs + box[1].start
         if max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 > MAX_EXTENT * diameter:
             continue
         # Pixel centres: pixel i of the reduced image covers original pixels i*scale to (i+1)*scale.

@@ -55,7 +55,11 @@ def cell_mask(rgb: np.ndarray) -> np.ndarray:
     red cells, white-cell nuclei): a two-class split separates the dark nuclei from
     everything else on pale smears and loses the red cells.
     """
-    green = flatten_background(rgb[..., 1])
+    return flat_cell_mask(flatten_background(rgb[..., 1]))
+
+
+def flat_cell_mask(green: np.ndarray) -> np.ndarray:
+    """:func:`cell_mask` of a green channel already flattened by :func:`flatten_background`."""
     _, upper = otsu_thresholds_3(green)
     return fill_holes(green < upper)
 
