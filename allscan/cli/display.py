@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from allscan.cli.app import console, err
-from allscan.results.types import ImageResult, RunCounts
+from allscan.results.types import CellFindings, ImageResult, RunCounts
 
 if TYPE_CHECKING:
     from allscan.results.types import Score
@@ -213,8 +213,19 @@ def print_explanation(image: Path, score: "Score", with_site: bool) -> None:
     scale = "whole image (no scale estimate)" if info.scale is None else f"rescaled ×{info.scale:.3f}"
     console.print(f"{scale}; {info.tiles} field(s) scored; domain [bold]{info.domain or '-'}[/]"
                   + (f" (score {info.domain_score:.2f})" if info.domain_score is not None else ""))
+    if score.cells is not None:
+        console.print(_cell_line(score.cells))
     if info.notes:
         console.print(f"notes: {info.notes}")
+
+
+def _cell_line(cells: CellFindings) -> str:
+    """White cells found, blasts among them, and the highest p(blast)s."""
+    if not cells.cells:
+        return "white cells: none found"
+    top = ", ".join(f"{c.p_blast:.3f}" for c in cells.most_blast_like(5))
+    return (f"white cells: {cells.count}; blasts [bold]{cells.blasts}[/] ({cells.blast_pct:.1f}%) at p(blast) ≥ "
+            f"{cells.threshold:.2f}; most blast-like: {top}")
 
 
 def models_table(folder: Path, manifest, registry: dict) -> None:

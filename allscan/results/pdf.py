@@ -26,7 +26,7 @@ from reportlab.rl_config import TTFSearchPath
 from allscan.fileio import atomic_write
 from allscan.images import ImageError, decode_file
 from allscan.results.tables import RunInfo
-from allscan.results.types import VERDICT_ALL, ImageResult, RunCounts, SpecimenSummary
+from allscan.results.types import VERDICT_ALL, CellFindings, ImageResult, RunCounts, SpecimenSummary
 
 PAPERS = {"a4": A4, "letter": LETTER}
 NOTICE = ("Research use only. allscan is not a diagnostic device: its models were trained on one public dataset "
@@ -136,9 +136,18 @@ def _heatmap(path: str, width: float) -> Image | None:
     return Image(buffer, width, width * ratio)
 
 
+def _blasts(cells: int, blasts: int) -> str:
+    return f"{blasts} ({100 * blasts / cells:.1f}%)" if cells else "0"
+
+
+def _cell_counts(findings: CellFindings) -> str:
+    return f"cells {findings.count} · blasts {_blasts(findings.count, findings.blasts)}"
+
+
 def _field_cell(result: ImageResult, styles: dict) -> list:
     score = result.score
     caption = f"{_escape(result.path.name)}<br/>{score.verdict} p(ALL) {score.p_all:.3f}"
+    caption += f"<br/>{_cell_counts(score.cells)}" if score.cells is not None else ""
     caption += "<br/>review" if score.review else ""
     caption += "<br/>out of domain" if score.out_of_domain else ""
     thumb = _thumbnail(result.path, 40)
@@ -154,6 +163,11 @@ def _specimen_pages(summary: SpecimenSummary, results: list[ImageResult], width:
                [summary.images, summary.all_, summary.normal, summary.review_images, summary.out_of_domain,
                 summary.errors, "–" if summary.top_p_all is None else f"{summary.top_p_all:.3f}",
                 "–" if summary.rule_score is None else f"{summary.rule_score:.3f}"]]
+    found = [r.score.cells for r in results if r.score and r.score.cells is not None]
+    if found:  # summed over its images: a cell in two overlapping fields counts twice
+        cells, blasts = sum(f.count for f in found), sum(f.blasts for f in found)
+        figures[0] += ["white cells", "blasts"]
+        figures[1] += [cells, _blasts(cells, blasts)]
     story = [Paragraph(title, styles["heading"]), _table(figures)]
     if summary.notes:
         story.append(Paragraph(f"Notes: {_escape(summary.notes)}", styles["body"]))

@@ -1,27 +1,31 @@
-"""The HTML batch report: one self-contained file a hematologist can page through, flagged images first.
+"""The HTML batch report: one self-contained file a hematologist can page through, flagged images first,
+then the run's cell gallery.
 
-No network, no external scripts or fonts: thumbnails are embedded, heatmap figures are
-linked relative to the report, filtering is plain JavaScript, and printing gives one
-page per twelve cards.
+No network, no external scripts or fonts: thumbnails and cell crops are embedded, heatmap figures
+are linked relative to the report, filtering is plain JavaScript, and printing gives one page per
+twelve cards. A lab can mail the one file.
 """
 
-import base64
 import html
-import io
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from allscan.fileio import atomic_write_text
-from allscan.images import ImageError, decode_file
+from allscan.images import DECODE_MAX_SIDE, ImageError, decode_file
 from allscan.models.registry import MODEL_NAMES
-from allscan.results.types import ImageResult, RunCounts, SpecimenSummary
+from allscan.results.gallery import (GALLERY_SCRIPT, GALLERY_STYLE, colour_of, crop_cell, draw_cells, gallery_tiles,
+                                     jpeg_uri, render_gallery)
+from allscan.results.types import CellFindings, CellResult, ImageResult, RunCounts, SpecimenSummary
 from allscan.results.tables import RunInfo
 
 THUMBNAIL_SIDE = 160
 CARDS_PER_PAGE = 12
+STRIP_CELLS = 5
+"""Most blast-like cells shown on each card."""
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;margin:16px;color:#222}
@@ -42,6 +46,10 @@ table.meta td{border:1px solid #ccc;padding:2px 6px}
 .bar .track{flex:1;background:#eee;height:8px;border-radius:4px;overflow:hidden}
 .bar .fill{background:#8064a2;height:8px}
 .name{word-break:break-all;color:#555;margin-top:4px}
+.cells b.blast{color:#e4002b}
+.strip{display:flex;gap:3px;margin-top:3px}
+.strip figure{margin:0;width:20%;max-width:64px;text-align:center;font-size:10px}
+.strip img{width:100%;display:block;border:2px solid;border-radius:3px;box-sizing:border-box}
 table.specimens{border-collapse:collapse;font-size:13px;margin:6px 0 14px}
 table.specimens th,table.specimens td{border:1px solid #ccc;padding:3px 8px;text-align:left}
 table.specimens tr.s-ALL td.v{color:#c00000;font-weight:bold}table.specimens tr.s-normal td.v{color:#3a7d44}
@@ -77,17 +85,45 @@ document.addEventListener('DOMContentLoaded',function(){
 """
 
 
-def _thumbnail(path: Path) -> str:
-    """A small embedded JPEG of the image, or an empty string if it cannot be read any more."""
+@dataclass(frozen=True)
+class _Pictures:
+    """What a card embeds: its thumbnail (empty when the image cannot be read any more), with its cells'
+    boxes, and crops of some cells by number; ``note`` says why its cells are not drawn."""
+
+    thumbnail: str = ""
+    crops: dict[int, str] = field(default_factory=dict)
+    note: str = ""
+
+
+CHANGED_NOTE = "the image file changed since it was scored: its cells are not drawn"
+
+
+def _pictures(result: ImageResult, wanted: Collection[int]) -> _Pictures:
+    """Decode the image once for its thumbnail and the crops of the cells numbered in ``wanted``."""
     try:
-        rgb = decode_file(path).rgb
-    except ImageError:
-        return ""
-    image = Image.fromarray(rgb)
+        decoded = decode_file(result.path, DECODE_MAX_SIDE)
+    except (ImageError, OSError):
+        return _Pictures()
+    image = Image.fromarray(decoded.rgb)
     image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    findings = _findings(result)
+    if findings is None:
+        return _Pictures(jpeg_uri(image))
+    if result.sha256 and decoded.sha256 != result.sha256:  # the boxes belong to the old content
+        return _Pictures(jpeg_uri(image), note=CHANGED_NOTE)
+    draw_cells(image, findings, image.width / decoded.width)
+    scale = decoded.rgb.shape[1] / decoded.width  # below 1 when a large JPEG was decoded reduced
+    crops = {c.cell: jpeg_uri(crop_cell(decoded.rgb, c, scale)) for c in findings.cells if c.cell in wanted}
+    return _Pictures(jpeg_uri(image), crops)
+
+
+def _findings(result: ImageResult) -> CellFindings | None:
+    return result.score.cells if result.score else None
+
+
+def _strip(result: ImageResult) -> list[CellResult]:
+    findings = _findings(result)
+    return findings.most_blast_like(STRIP_CELLS) if findings else []
 
 
 def _sort_key(result: ImageResult):
@@ -95,7 +131,23 @@ def _sort_key(result: ImageResult):
     return (0 if score and score.review else 1, -(score.p_all if score else -1.0), str(result.path))
 
 
-def _card(result: ImageResult, report_dir: Path) -> str:
+def _cells_block(findings: CellFindings, pictures: _Pictures) -> str:
+    """The card's cell counts and its strip of most blast-like cells, each with its p(blast)."""
+    if not findings.cells:
+        return '<div class="cells">no white cells found</div>'
+    parts = [f'<div class="cells">cells <b>{findings.count}</b> · blasts <b class="blast">{findings.blasts}</b>'
+             f" ({findings.blast_pct:.1f}%)</div>"]
+    if pictures.note:
+        parts.append(f'<div class="notes">{html.escape(pictures.note)}</div>')
+    figures = [f'<figure><img alt="cell {c.cell}" src="{pictures.crops[c.cell]}" style="border-color:'
+               f'{colour_of(c, findings.threshold)}"><figcaption>{c.p_blast:.2f}</figcaption></figure>'
+               for c in findings.most_blast_like(STRIP_CELLS) if c.cell in pictures.crops]
+    if figures:
+        parts.append(f'<div class="strip" title="most blast-like cells, p(blast)">{"".join(figures)}</div>')
+    return "".join(parts)
+
+
+def _card(card: str, result: ImageResult, pictures: _Pictures, report_dir: Path) -> str:
     e = html.escape
     score = result.score
     review = bool(score and score.review)
@@ -103,9 +155,9 @@ def _card(result: ImageResult, report_dir: Path) -> str:
     heatmap = ""
     if result.heatmap:
         heatmap = Path(os.path.relpath(Path(result.heatmap).resolve(), report_dir.resolve())).as_posix()
-    thumb = _thumbnail(result.path)
+    thumb = pictures.thumbnail
     click = f' onclick="show(\'{e(heatmap)}\')" title="click for the heatmap"' if heatmap else ""
-    parts = [f'<div class="card v-{e(result.verdict)}{" review" if review else ""}" '
+    parts = [f'<div class="card v-{e(result.verdict)}{" review" if review else ""}" id="{card}" '
              f'data-verdict="{e(result.verdict)}" data-review="{"yes" if review else "no"}" '
              f'data-domain="{e(domain)}">']
     if thumb:
@@ -121,6 +173,8 @@ def _card(result: ImageResult, report_dir: Path) -> str:
                 parts.append(f'<div class="bar"><span class="n">{e(name)}</span><span class="track">'
                              f'<span class="fill" style="width:{100 * p:.1f}%;display:block"></span></span>'
                              f"<span>{p:.2f}</span></div>")
+        if score.cells is not None:
+            parts.append(_cells_block(score.cells, pictures))
         if score.domain is not None and score.domain.notes:
             parts.append(f'<div class="notes">{e(score.domain.notes)}</div>')
     else:
@@ -155,6 +209,34 @@ def _specimen_table(specimens: list[SpecimenSummary]) -> str:
             f'<table class="specimens"><tr>{head}</tr>{"".join(rows)}</table>')
 
 
+def _cell_summary(results: list[ImageResult]) -> list[tuple[str, object]]:
+    """The run's white cells and blasts, when cells were looked for in any image."""
+    found = [f for f in map(_findings, results) if f is not None]
+    if not found:
+        return []
+    cells, blasts = sum(f.count for f in found), sum(f.blasts for f in found)
+    return [("white cells", cells), ("blasts", f"{blasts} ({100 * blasts / cells:.1f}%)" if cells else "0")]
+
+
+def _cards_and_gallery(ordered: list[ImageResult], report_dir: Path) -> tuple[list[str], str]:
+    """Each image's card, and the run's cell gallery ("" when no image was looked at for cells).
+
+    Each image is decoded once, for its thumbnail, its strip and its cells in the gallery."""
+    cards = [(f"card-{i}", r) for i, r in enumerate(ordered, 1)]
+    looked = any(_findings(r) is not None for r in ordered)
+    tiles, total = gallery_tiles(cards) if looked else ([], 0)
+    in_gallery: dict[str, set[int]] = {}
+    for tile in tiles:
+        in_gallery.setdefault(tile.card, set()).add(tile.cell.cell)
+    rendered, crops = [], {}
+    for card, result in cards:
+        chosen = in_gallery.get(card, set())
+        pictures = _pictures(result, chosen | {c.cell for c in _strip(result)})
+        rendered.append(_card(card, result, pictures, report_dir))
+        crops.update({(card, n): uri for n, uri in pictures.crops.items() if n in chosen})
+    return rendered, render_gallery(tiles, total, crops) if looked else ""
+
+
 def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCounts, report_dir: Path,
                   specimens: list[SpecimenSummary] = ()) -> str:
     """The report's HTML text."""
@@ -166,24 +248,24 @@ def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCoun
     ]
     summary_rows = [("ALL", counts.all_), ("normal", counts.normal), ("flagged for review", counts.review),
                     ("out of domain (also flagged)", counts.out_of_domain), ("errors", counts.errors),
-                    ("images", counts.done)]
-    pages = []
-    for start in range(0, len(ordered), CARDS_PER_PAGE):
-        cards = "".join(_card(r, report_dir) for r in ordered[start : start + CARDS_PER_PAGE])
-        pages.append(f'<section class="page">{cards}</section>')
+                    ("images", counts.done), *_cell_summary(ordered)]
+    cards, gallery = _cards_and_gallery(ordered, report_dir)
+    pages = [f'<section class="page">{"".join(cards[start:start + CARDS_PER_PAGE])}</section>'
+             for start in range(0, len(cards), CARDS_PER_PAGE)]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>allscan report</title><style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>"
-        "<h1>allscan batch report</h1>"
+        f"<title>allscan report</title><style>{_STYLE}{GALLERY_STYLE}</style><script>{_SCRIPT}{GALLERY_SCRIPT}</script>"
+        "</head><body><h1>allscan batch report</h1>"
         "<p><b>Research use only; not a diagnostic device.</b> Flagged images first, then by p(ALL).</p>"
         f"{_meta_table(run_rows)}{_meta_table(summary_rows)}{_specimen_table(list(specimens))}"
         '<div class="controls">Verdict <select id="verdict"><option value="any">any</option>'
         '<option value="ALL">ALL</option><option value="normal">normal</option><option value="error">error</option>'
         '</select> <label><input type="checkbox" id="review"> flagged for review only</label> '
         '<label><input type="checkbox" id="ood"> out of domain only</label> · '
-        f'<span id="shown">{len(ordered)}</span> of {len(ordered)} shown</div>'
-        + "".join(pages)
+        f'<span id="shown">{len(ordered)}</span> of {len(ordered)} shown'
+        + (' · <a href="#gallery">cell gallery</a>' if gallery else "") + "</div>"
+        + "".join(pages) + gallery
         + '<div id="viewer" onclick="hide()"><img alt="heatmap"></div></body></html>\n'
     )
 

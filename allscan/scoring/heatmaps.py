@@ -89,19 +89,28 @@ def stitched_maps(pipeline: "Pipeline", fields: "FieldSet") -> dict[str, np.ndar
     return stitched
 
 
+def write_figure(pipeline: "Pipeline", fields: "FieldSet", display: np.ndarray, score: Score, target: Path,
+                 size: tuple[int, int] | None = None) -> None:
+    """Compute the image's stitched Grad-CAM and save its figure to ``target``; given the image file's
+    ``size`` (width, height), the figure also shows its cells, if they were looked for."""
+    from allscan.models.gradcam import ensemble_map
+    from allscan.results.figures import CellView, heatmap_figure, save_png
+
+    per_model = stitched_maps(pipeline, fields)
+    height, width = display.shape[:2]
+    combined = ensemble_map(per_model, pipeline.ensemble.manifest.ensemble.weights, width, height)
+    cells = None
+    if size is not None and score.cells is not None and fields.cells is not None:
+        cells = CellView(score.cells, width / size[0], fields.cells.crops)
+    save_png(heatmap_figure(display, combined, per_model, score.per_model, score.p_all, cells), target)
+
+
 def write_heatmaps(pipeline: "Pipeline", fieldsets: Sequence["FieldSet"], displays: Sequence[np.ndarray],
                    paths: Sequence[Path], hashes: Sequence[str], scores: Sequence[Score], folder: Path) -> list[str]:
-    """Compute each image's stitched Grad-CAM and save one figure per image; returns the figure paths."""
-    from allscan.models.gradcam import ensemble_map
-    from allscan.results.figures import heatmap_figure, save_png
-
-    weights = pipeline.ensemble.manifest.ensemble.weights
+    """Save one figure per image (see :func:`write_figure`); returns the figure paths."""
     written = []
     for fields, display, path, sha, score in zip(fieldsets, displays, paths, hashes, scores):
-        per_model = stitched_maps(pipeline, fields)
-        height, width = display.shape[:2]
-        combined = ensemble_map(per_model, weights, width, height)
         target = figure_path(folder, path, sha)
-        save_png(heatmap_figure(display, combined, per_model, score.per_model, score.p_all), target)
+        write_figure(pipeline, fields, display, score, target)
         written.append(str(target))
     return written
