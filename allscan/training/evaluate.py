@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from allscan.images import decode_file, resize
+from allscan.results.types import CellFindings
 from allscan.scoring.pipeline import Pipeline
+from allscan.training.cell_evaluate import FieldCellFigures, field_figures
 from allscan.training.dataset import blank_box, list_split, scale_box
 from allscan.training.metrics import Metrics, compute_metrics
 
@@ -28,6 +30,7 @@ class Predictions:
     ensemble: np.ndarray
     review: np.ndarray
     verdicts: np.ndarray
+    cells: tuple[CellFindings | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,11 @@ class Evaluation:
     models: dict[str, Metrics]
     ensemble: Metrics
     predictions: Predictions
+    cells: FieldCellFigures | None = None
 
     def to_dict(self) -> dict:
-        return {"models": {n: m.to_dict() for n, m in self.models.items()}, "ensemble": self.ensemble.to_dict()}
+        figures = {"models": {n: m.to_dict() for n, m in self.models.items()}, "ensemble": self.ensemble.to_dict()}
+        return figures | ({"cells": self.cells.to_dict()} if self.cells is not None else {})
 
 
 def swap_boxes(images: Sequence[np.ndarray], labels: np.ndarray, box: tuple[int, int, int, int]) -> list[np.ndarray]:
@@ -105,6 +110,7 @@ def predictions(pipeline: Pipeline, paths, images: Sequence[np.ndarray], labels,
         np.array([s.p_all for s in scores]),
         np.array([s.review for s in scores]),
         np.array([s.verdict for s in scores]),
+        tuple(s.cells for s in scores),
     )
 
 
@@ -114,7 +120,17 @@ def evaluate_predictions(pipeline: Pipeline, predictions: Predictions, intervals
     models = {n: compute_metrics(labels, p, 0.5, intervals=intervals) for n, p in predictions.per_model.items()}
     combined = compute_metrics(labels, predictions.ensemble, pipeline.config.threshold, predictions.review,
                                intervals=intervals)
-    return Evaluation(models, combined, predictions)
+    return Evaluation(models, combined, predictions, cell_figures(predictions))
+
+
+def cell_figures(predictions: Predictions) -> FieldCellFigures | None:
+    """The cell classifier's field-level figures (:mod:`allscan.training.cell_evaluate`), when cells were judged."""
+    found = predictions.cells
+    if not found or any(f is None for f in found):
+        return None
+    p = np.array([c.p_blast for f in found for c in f.cells])
+    field = np.array([i for i, f in enumerate(found) for _ in f.cells], dtype=int)
+    return field_figures(p, field, predictions.labels, found[0].threshold)
 
 
 def evaluate(pipeline: Pipeline, split_dir: Path, box: tuple[int, int, int, int] | None, mode: str = "blank",
