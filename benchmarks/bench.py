@@ -69,18 +69,21 @@ def actor_peaks_mb() -> list[float]:
 
 
 def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = "local",
-          runtime: str = "auto") -> None:
-    """One end-to-end run in a fresh process: prints timings and peak RSS as JSON.
+          runtime: str = "auto", cells: str = "on") -> None:
+    """One end-to-end run in a fresh process: prints timings, cells found and peak RSS as JSON.
 
     ``engine`` is ``local`` or ``ray:ACTORS:CPUS`` (a local Ray runtime of CPUS CPUs); ``runtime``
-    the models' runtime (``auto``, ``keras`` or ``openvino``).
+    the models' runtime (``auto``, ``keras`` or ``openvino``); ``cells`` ``on`` (the cell classifier
+    beside the models, as ``allscan predict`` runs by default) or ``off`` (``--no-cells``).
     """
     started = time.monotonic()
     from allscan.models.ensemble import Ensemble
     from allscan.run.batch import run_batch
+    from allscan.scoring.pipeline import Pipeline, as_pipeline
 
     load_started = time.monotonic()
     ensemble = Ensemble.load(models, runtime=runtime)
+    pipeline = as_pipeline(ensemble) if cells == "on" else Pipeline(ensemble)
     load_s = time.monotonic() - load_started
     runner = None
     if engine.startswith("ray:"):
@@ -91,7 +94,7 @@ def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = 
 
     class Timing:
         first = last = None
-        count = 0
+        count = cells = 0
         actor_peaks: list[float] = []
 
         def start(self, total):
@@ -99,6 +102,7 @@ def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = 
 
         def result(self, result, skipped):
             self.count += 1
+            self.cells += result.score.cells.count if result.score and result.score.cells else 0
             self.last = time.monotonic()
             if self.first is None:
                 self.first = self.last
@@ -107,22 +111,24 @@ def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = 
 
     observer = Timing()
     run_started = time.monotonic()
-    summary = run_batch([images], out, ensemble, batch_size=batch_size, observer=observer, engine=runner)
+    summary = run_batch([images], out, pipeline, batch_size=batch_size, observer=observer, engine=runner)
     run_s = time.monotonic() - run_started
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     flowing = (observer.count - 1) / (observer.last - observer.first) if observer.count > 1 else None
     print(json.dumps({"n": summary.counts.done, "errors": summary.counts.errors, "seconds": run_s,
                       "load_s": load_s, "first_result_s": observer.first - started,
                       "first_result_after_load_s": observer.first - run_started, "flowing_img_s": flowing,
-                      "peak_rss_mb": peak_kb / 1024, "actor_peak_rss_mb": observer.actor_peaks}))
+                      "peak_rss_mb": peak_kb / 1024, "actor_peak_rss_mb": observer.actor_peaks,
+                      "cells": observer.cells}))
 
 
 def end_to_end(images: Path, models: Path, batch_size: int, workdir: Path, engine: str = "local",
-               runtime: str = "auto") -> dict:
+               runtime: str = "auto", cells: str = "on") -> dict:
     out = workdir / f"e2e-{images.name}.xlsx"
     for stale in workdir.glob(f"e2e-{images.name}.xlsx*"):
         stale.unlink()
-    cmd = [sys.executable, __file__, "--child", str(images), str(out), str(models), str(batch_size), engine, runtime]
+    cmd = [sys.executable, __file__, "--child", str(images), str(out), str(models), str(batch_size), engine, runtime,
+           cells]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if done.returncode != 0:
         raise SystemExit(f"{engine} run failed:\n{done.stderr[-3000:]}")
@@ -188,11 +194,11 @@ def main() -> None:
     parser.add_argument("--ray-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray runtime")
     parser.add_argument("--runtime", choices=("keras", "openvino", "both"), default="both",
                         help="the models' runtime to measure; both: Keras and OpenVINO in the same run")
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        images, out, models, batch, engine, runtime = args.child
-        child(Path(images), Path(out), Path(models), int(batch), engine, runtime)
+        images, out, models, batch, engine, runtime, cells = args.child
+        child(Path(images), Path(out), Path(models), int(batch), engine, runtime, cells)
         return
     if args.engine == "ray":
         engines_benchmark(args)
@@ -220,12 +226,14 @@ def main() -> None:
             rss = {n: end_to_end(rss_dirs[n], args.models, args.batch_size, work, runtime=runtime)
                    for n in rss_counts}
             measured[runtime] = (e2e, rss, compute_only(paths, args.models, args.batch_size, runtime))
+        without_cells = end_to_end(speed_dir, args.models, args.batch_size, work, runtime=runtimes[-1], cells="off")
         naive_rate = naive(paths[: args.naive_count], args.models)
 
     figures = {
         "naive_img_s": naive_rate,
         "runtimes": {runtime: runtime_figures(e2e, rss, compute, naive_rate)
                      for runtime, (e2e, rss, compute) in measured.items()},
+        "cells": cell_figures(measured[runtimes[-1]][0], without_cells, runtimes[-1]),
         "images": len(paths),
         "batch_size": args.batch_size,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()}"
@@ -263,7 +271,24 @@ def main() -> None:
             lambda f: f"{100 * (f[f'peak_rss_mb_{b}'] / f[f'peak_rss_mb_{a}'] - 1):.1f}%", "≤ 10%")
     row("start to first result", lambda f: f"{f['first_result_s']:.1f} s", "< 20 s")
     row("load four models", lambda f: f"{f['models_load_s']:.1f} s")
+    cells = figures["cells"]
+    if cells["cells_found"]:
+        table.add_row(f"cells ({cells['runtime']}): end to end without / with cells",
+                      *[f"{cells['without_cells_img_s']:.2f} / {cells['with_cells_img_s']:.2f} img/s"] * len(rows),
+                      "")
+        table.add_row("cells: added end-to-end time", *[f"{100 * cells['added_time']:.1f}%"] * len(rows), "≤ 40%")
+        table.add_row("cells: found and judged per second", *[f"{cells['cells_per_s']:.0f} cells/s"] * len(rows),
+                      "")
     Console().print(table)
+
+
+def cell_figures(with_cells: dict, without_cells: dict, runtime: str) -> dict:
+    """What finding and judging the cells adds to a run's time, and cells per second."""
+    with_rate = with_cells["n"] / with_cells["seconds"]
+    without_rate = without_cells["n"] / without_cells["seconds"]
+    return {"runtime": runtime, "cells_found": with_cells["cells"], "with_cells_img_s": with_rate,
+            "without_cells_img_s": without_rate, "added_time": without_rate / with_rate - 1,
+            "cells_per_s": with_cells["cells"] / with_cells["seconds"]}
 
 
 def runtime_figures(e2e: dict, rss: dict[int, dict], compute: dict, naive_rate: float) -> dict:
