@@ -5,7 +5,9 @@
     screener = allscan.load(site="lab-profile/")      # load the ensemble (and a site profile) once
     df = screener.predict([rgb_array, "field.png"])   # files, folders or RGB uint8 arrays
     df = screener.predict(["slides/"], out="r.csv")   # as `allscan predict`: store, resume, CSV/Excel
+    df, cells = screener.predict(["slides/"], cells=True)  # and one row per white cell
     df = allscan.read_results("r.csv")                # or .xlsx, or r.csv.allscan.sqlite
+    df, cells = allscan.read_results("r.csv", cells=True)
 
 The ``allscan predict`` command runs :meth:`Screener.run`, the same path as ``out=``.
 """
@@ -20,7 +22,7 @@ import pandas as pd
 from allscan.domain.fields import DomainOptions
 from allscan.images import find_images
 from allscan.paths import default_models_dir
-from allscan.results.frames import read_results, results_frame
+from allscan.results.frames import cells_frame, read_results, results_frame
 from allscan.results.pdf import PdfReport
 from allscan.results.store import ResultStore
 from allscan.run.batch import RunSummary, run_batch
@@ -35,6 +37,8 @@ __all__ = ["Screener", "load", "predict", "read_results"]
 
 ImageInput = str | Path | np.ndarray
 """An image file, a folder of them, or an RGB uint8 array of shape ``(height, width, 3)``."""
+Frames = pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]
+"""The results, or with ``cells=True`` the results and their cells."""
 
 
 class Screener:
@@ -47,8 +51,12 @@ class Screener:
 
     def predict(self, images: ImageInput | Iterable[ImageInput], out: Path | str | None = None, *,
                 names: Sequence[str] | None = None, recursive: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
-                workers: int = DEFAULT_WORKERS, rescore: bool = False, engine: str | Engine = "local") -> pd.DataFrame:
-        """Score images and return one row per image with the columns of :data:`allscan.results.types.COLUMNS`.
+                workers: int = DEFAULT_WORKERS, rescore: bool = False, engine: str | Engine = "local",
+                cells: bool = False) -> Frames:
+        """Score images and return one row per image with the columns of :data:`allscan.results.types.COLUMNS`;
+        with ``cells``, return ``(results, cells)``, ``cells`` holding one row per white cell of those images in
+        the results' order (:data:`allscan.results.types.CELL_COLUMNS`; empty when the screener does not look
+        for cells).
 
         Without ``out`` nothing is written and rows follow the input order (a folder's
         images sorted by path); an image that cannot be scored is an error row, and a
@@ -68,6 +76,7 @@ class Screener:
             workers: Threads reading and decoding images.
             rescore: With ``out``: score again what the store already holds.
             engine: With ``out``: the engine that runs the job.
+            cells: Also return the white cells as a second DataFrame.
 
         Without ``out``, files and arrays are judged alike: a path that does not exist, like an
         array that is not an RGB image or is under 64 pixels a side, is an error row, and the
@@ -83,7 +92,7 @@ class Screener:
         _refuse_misfits(items, out, engine)
         if out is None:
             sources = _sources(items, names, recursive)
-            return results_frame(self._score_in_memory(sources, batch_size, workers) if sources else [])
+            return _frames(self._score_in_memory(sources, batch_size, workers) if sources else [], cells)
         if isinstance(engine, str):
             engine = make_engine(engine, workers)
         summary = self.run(items, Path(out), recursive=recursive, batch_size=batch_size, workers=workers,
@@ -91,16 +100,17 @@ class Screener:
         if summary.interrupted:
             raise KeyboardInterrupt
         with ResultStore(summary.store, self.pipeline.digest, writer=False) as store:
-            return results_frame(store.results(summary.images))
+            return _frames(list(store.results(summary.images)), cells)
 
     def run(self, images: Sequence[Path], out: Path, *, recursive: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
             workers: int = DEFAULT_WORKERS, rescore: bool = False, engine: Engine | None = None,
             observer: Observer | None = None, heatmaps: HeatmapOptions | None = None, report: Path | None = None,
             command: str | None = None, specimens: Specimens | None = None,
-            pdf: PdfReport | None = None) -> RunSummary:
-        """Run ``allscan predict``: score ``images`` (files and folders) through the store and write ``out``."""
+            pdf: PdfReport | None = None, cells_geojson: Path | None = None) -> RunSummary:
+        """Run ``allscan predict``: score ``images`` (files and folders) through the store and write ``out``
+        (and each image's cells as GeoJSON in ``cells_geojson``, if given)."""
         return run_batch(images, out, self.pipeline, recursive, batch_size, workers, rescore, observer, command,
-                         heatmaps, report, engine, specimens, pdf)
+                         heatmaps, report, engine, specimens, pdf, cells_geojson)
 
     def _score_in_memory(self, sources: list[Source], batch_size: int, workers: int) -> list:
         """The same engine and committer as a run, into memory: rows in the order of ``sources``."""
@@ -110,7 +120,7 @@ class Screener:
 
 
 def load(models: Path | str | None = None, site: Path | str | None = None, stain_norm: bool = True,
-         rbc_diameter: float | None = None, runtime: str = "auto") -> Screener:
+         rbc_diameter: float | None = None, runtime: str = "auto", find_cells: bool = True) -> Screener:
     """Load the ensemble in ``models`` [default: ``$ALLSCAN_MODELS`` or the shipped models] once,
     with a site profile made by ``allscan adapt`` [default: ``$ALLSCAN_SITE``, if set].
 
@@ -121,6 +131,7 @@ def load(models: Path | str | None = None, site: Path | str | None = None, stain
         rbc_diameter: Red-cell diameter in pixels in the images (overrides the estimate).
         runtime: What runs the models: ``auto`` (OpenVINO where the models ship converted), ``openvino``
             or ``keras``.
+        find_cells: Find and judge the white cells (when the models come with a cell classifier).
 
     Raises:
         ManifestError: No models there, a model file that fails its checksum, or a site profile
@@ -130,19 +141,24 @@ def load(models: Path | str | None = None, site: Path | str | None = None, stain
     origin = "" if site is not None else "$ALLSCAN_SITE"
     site = site if site is not None else os.environ.get("ALLSCAN_SITE") or None
     return Screener(Pipeline.load(models if models is not None else default_models_dir(), site,
-                                  DomainOptions(stain_norm, rbc_diameter), site_origin=origin, runtime=runtime))
+                                  DomainOptions(stain_norm, rbc_diameter, find_cells), site_origin=origin,
+                                  runtime=runtime))
 
 
 def predict(images: ImageInput | Iterable[ImageInput], models: Path | str | None = None, out: Path | str | None = None,
-            site: Path | str | None = None, runtime: str = "auto", **options) -> pd.DataFrame:
+            site: Path | str | None = None, runtime: str = "auto", **options) -> Frames:
     """Load the models (and a site profile) and score ``images``: :func:`load` then
-    :meth:`Screener.predict` (same options). A call with nothing to score returns the empty frame
-    without loading the models."""
+    :meth:`Screener.predict` (same options; ``cells=True`` returns ``(results, cells)``). A call with
+    nothing to score returns the empty frame(s) without loading the models."""
     items = _items(images)
     _refuse_misfits(items, out, options.get("engine", "local"))
     if out is None and not _sources(items, options.get("names"), options.get("recursive", True)):
-        return results_frame([])
+        return _frames([], options.get("cells", False))
     return load(models, site, runtime=runtime).predict(items, out, **options)
+
+
+def _frames(results: list, cells: bool) -> Frames:
+    return (results_frame(results), cells_frame(results)) if cells else results_frame(results)
 
 
 def _items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:

@@ -43,6 +43,11 @@ def specimens_path(out: Path) -> Path:
     return Path(str(out) + ".specimens.csv")
 
 
+def cells_path(out: Path) -> Path:
+    """The CSV's cell table: ``results.csv`` → ``results.csv.cells.csv``."""
+    return Path(str(out) + ".cells.csv")
+
+
 def store_path_for(out: Path) -> Path:
     """The store beside an output file: ``results.xlsx`` → ``results.xlsx.allscan.sqlite``."""
     return Path(str(out) + ".allscan.sqlite")

@@ -67,7 +67,7 @@ def test_excel_has_four_formatted_sheets(slides, ensemble, tmp_path):
     out = tmp_path / "results.xlsx"
     run_batch([slides], out, ensemble)
     book = load_workbook(out)
-    assert book.sheetnames == ["Results", "Specimens", "Run", "Summary"]
+    assert book.sheetnames == ["Results", "Specimens", "Cells", "Run", "Summary"]
     sheet = book["Results"]
     assert [c.value for c in sheet[1]] == list(COLUMNS)
     assert sheet.max_row == 9

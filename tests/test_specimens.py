@@ -145,7 +145,7 @@ def test_store_of_the_previous_schema_gains_the_specimen_column(tmp_path):
         assert row.error == "not an image" and row.specimen == ""
         opened.set_specimens({"a.png": "S1"})
         assert next(opened.results()).specimen == "S1"
-    assert sqlite3.connect(store).execute("PRAGMA user_version").fetchone()[0] == 3
+    assert sqlite3.connect(store).execute("PRAGMA user_version").fetchone()[0] == store_schema.schema_version()
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
@@ -161,11 +161,14 @@ def test_read_results_gives_the_specimens_table_and_reads_files_from_before_spec
     assert tuple(table.columns) == SPECIMEN_COLUMNS and list(table.specimen) == ["p1", "p2"]
     assert str(table.images.dtype) == "Int64" and str(table.review.dtype) == "boolean"
     if suffix == ".csv":
-        old = tmp_path / "old.csv"
-        with open(out, newline="") as source, open(old, "w", newline="") as target:
-            csv.writer(target).writerows(row[:-1] for row in csv.reader(source))
-        frame = allscan.read_results(old)
-        assert tuple(frame.columns) == COLUMNS and set(frame.specimen) == {""}
+        for before, added in (("specimen", ("specimen", "cells", "blasts", "blast_pct")),
+                              ("cells", ("cells", "blasts", "blast_pct"))):
+            old = tmp_path / f"before-{before}.csv"
+            with open(out, newline="") as source, open(old, "w", newline="") as target:
+                csv.writer(target).writerows(row[:COLUMNS.index(before)] for row in csv.reader(source))
+            frame = allscan.read_results(old)
+            assert tuple(frame.columns) == COLUMNS and list(frame.file) == ["a.png", "b.png"]
+            assert all(frame[column].isna().all() or set(frame[column]) == {""} for column in added)
     with pytest.raises(ValueError, match="specimens table"):
         allscan.read_results(f"{out}.allscan.sqlite", specimens=True)
 

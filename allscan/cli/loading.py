@@ -60,6 +60,11 @@ def check_heatmap_flags(folder: Path | None, every: bool) -> None:
         raise usage_error("--heatmaps-all needs --heatmaps DIR")
 
 
+def check_cell_flags(cells: bool, geojson: Path | None) -> None:
+    if geojson is not None and not cells:
+        raise usage_error("--cells-geojson needs the cells: drop --no-cells")
+
+
 def heatmap_options(folder: Path | None, every: bool):
     from allscan.scoring.heatmaps import HeatmapOptions
 
@@ -101,20 +106,27 @@ def ensemble(models: Path | None):
 
 
 def pipeline(models: Path | None, site: Path | None = None, stain_norm: bool = True,
-             rbc_diameter: float | None = None, load_models: bool = True, site_origin: str = "", runtime: str = "auto"):
+             rbc_diameter: float | None = None, load_models: bool = True, site_origin: str = "", runtime: str = "auto",
+             cells: bool = True, need_cells: bool = False):
     """The scoring pipeline: the site profile (checked first), models (checked, and loaded unless
-    ``load_models`` is False, by ``runtime``) and domain options; ``site_origin`` names where ``site`` came
-    from."""
+    ``load_models`` is False, by ``runtime``) and domain options (``cells``: find and judge the white cells);
+    ``site_origin`` names where ``site`` came from. With ``need_cells``, models without a cell classifier
+    are refused before they load."""
     manifest(models)
     from allscan.domain.fields import DomainOptions
     from allscan.models.manifest import RUNTIMES, ManifestError
+    from allscan.scoring.cells import CELLS_DIR
     from allscan.scoring.pipeline import Pipeline
+
+    folder = models or default_models_dir()
+    if need_cells and not (Path(folder) / CELLS_DIR).is_dir():
+        raise usage_error(f"--cells-geojson: the models in {folder} come without a cell classifier ({CELLS_DIR}/)")
 
     if runtime not in RUNTIMES:
         raise usage_error(f"--runtime must be one of {', '.join(RUNTIMES)}")
 
     with refusing(ManifestError):
-        return Pipeline.load(models or default_models_dir(), site, DomainOptions(stain_norm, rbc_diameter),
+        return Pipeline.load(folder, site, DomainOptions(stain_norm, rbc_diameter, cells),
                              load_models, site_origin, runtime)
 
 

@@ -23,6 +23,12 @@ Heatmaps = Annotated[
                  rich_help_panel=OUTPUT, show_default=False),
 ]
 HeatmapsAll = Annotated[bool, typer.Option("--heatmaps-all", help="Heatmaps for every image.", rich_help_panel=OUTPUT)]
+Cells = Annotated[bool, typer.Option("--cells/--no-cells", help="Find the white cells and judge each one: the cells, "
+                                     "blasts and blast_pct columns and a cell table (OUT.cells.csv beside a CSV, a "
+                                     "Cells sheet in a workbook).", rich_help_panel=OUTPUT)]
+CellsGeojson = Annotated[Path | None, typer.Option(
+    "--cells-geojson", help="Write each image's cells here as GeoJSON (boxes classed Blast or Other, with p_blast) "
+    "for QuPath: File > Import objects.", rich_help_panel=OUTPUT, show_default=False)]
 Site = Annotated[
     Path | None,
     typer.Option("--site", envvar="ALLSCAN_SITE", help="Score with a site profile made by allscan adapt.",

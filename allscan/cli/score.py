@@ -16,7 +16,8 @@ def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("result
             heatmaps_all: o.HeatmapsAll = False, report: o.Report = None, specimen_pattern: o.SpecimenPattern = None,
             specimens: o.SpecimenMap = None, pdf: o.Pdf = None, paper: o.Paper = "a4", engine: o.Engine = "local",
             address: o.Address = None, actors: o.Actors = 1, actor_cpus: o.ActorCpus = 1.0, runtime: o.Runtime = "auto",
-            site: o.Site = None, stain_norm: o.StainNorm = True, rbc_diameter: o.RbcDiameter = None) -> None:
+            site: o.Site = None, stain_norm: o.StainNorm = True, rbc_diameter: o.RbcDiameter = None,
+            cells: o.Cells = True, cells_geojson: o.CellsGeojson = None) -> None:
     """Score images with the ensemble and write one row per image to CSV or Excel.
 
     Exit code: 0 every image scored, 1 some images failed (their rows say why), 2 usage error (nothing was
@@ -24,9 +25,11 @@ def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("result
     130 interrupted.
     """
     loading.check_heatmap_flags(heatmaps, heatmaps_all)
+    loading.check_cell_flags(cells, cells_geojson)
     assign = loading.specimens(paths, specimen_pattern, specimens)
     printable = loading.pdf_report(pdf, paper)
-    with loading.preflight(out, report, paths, [("heatmaps folder", heatmaps)], pdf=pdf):
+    folders = [("heatmaps folder", heatmaps), ("cells GeoJSON folder", cells_geojson)]
+    with loading.preflight(out, report, paths, folders, pdf=pdf):
         from allscan.api import Screener
         from allscan.cli.display import LiveProgress
         from allscan.run.engines import EngineError, make_engine
@@ -35,12 +38,14 @@ def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("result
             runner = make_engine(engine, workers, address, actors, actor_cpus)
         # Ray's actors load their own models: the driver only checks them.
         pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, load_models=engine == "local",
-                                    site_origin=loading.site_origin(ctx), runtime=runtime)
+                                    site_origin=loading.site_origin(ctx), runtime=runtime, cells=cells,
+                                    need_cells=cells_geojson is not None)
         with loading.refusing(EngineError), LiveProgress(console, quiet) as live:
             summary = Screener(pipeline).run(paths, out, recursive=recursive, batch_size=batch_size,
                                              workers=workers, rescore=rescore, engine=runner, observer=live,
                                              heatmaps=loading.heatmap_options(heatmaps, heatmaps_all),
-                                             report=report, specimens=assign, pdf=printable)
+                                             report=report, specimens=assign, pdf=printable,
+                                             cells_geojson=cells_geojson)
     if not quiet:
         print_run_summary(summary, report, pdf)
     raise typer.Exit(summary.exit_code)
@@ -53,10 +58,11 @@ def watch(ctx: typer.Context, folder: o.Watched, out: o.WatchOut = Path("results
           xlsx_every: o.XlsxEvery = 30.0, move_to: o.MoveTo = None, models: o.Models = None, quiet: o.WatchQuiet = False,
           heatmaps: o.Heatmaps = None, heatmaps_all: o.HeatmapsAll = False, report: o.WatchReport = None,
           runtime: o.Runtime = "auto", site: o.Site = None, stain_norm: o.StainNorm = True,
-          rbc_diameter: o.RbcDiameter = None) -> None:
+          rbc_diameter: o.RbcDiameter = None, cells: o.Cells = True, cells_geojson: o.CellsGeojson = None) -> None:
     """Score images as they land in FOLDER, each exactly once, until Ctrl-C or SIGTERM."""
     loading.check_heatmap_flags(heatmaps, heatmaps_all)
-    writable = [("heatmaps folder", heatmaps), ("--move-to folder", move_to)]
+    loading.check_cell_flags(cells, cells_geojson)
+    writable = [("heatmaps folder", heatmaps), ("cells GeoJSON folder", cells_geojson), ("--move-to folder", move_to)]
     if move_to is not None:
         writable.append(("watched folder (images are moved out of it)", folder))
     with loading.preflight(out, report, folders=writable, watched=folder):
@@ -64,9 +70,10 @@ def watch(ctx: typer.Context, folder: o.Watched, out: o.WatchOut = Path("results
         from allscan.run.watch import WatchConfig, Watcher
 
         pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, site_origin=loading.site_origin(ctx),
-                                    runtime=runtime)
+                                    runtime=runtime, cells=cells, need_cells=cells_geojson is not None)
         config = WatchConfig(folder, out, recursive, poll, settle, max_delay, batch_size, xlsx_every, move_to,
-                             heatmaps=loading.heatmap_options(heatmaps, heatmaps_all), report=report)
+                             heatmaps=loading.heatmap_options(heatmaps, heatmaps_all), report=report,
+                             cells_geojson=cells_geojson)
         members = [m.name for m in pipeline.ensemble.members]
         watcher = Watcher(config, pipeline,
                           on_ready=lambda catch_up: watch_ready_line(folder, out, members, site, catch_up))

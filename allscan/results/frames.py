@@ -1,9 +1,10 @@
 """Results as pandas DataFrames: built from results, or read back from a CSV, an Excel workbook or a store.
 
-Every frame has exactly the columns of :data:`allscan.results.types.COLUMNS`, in order, with
-the same dtypes whatever it came from: text as strings (empty when missing), sizes and
-agreement as nullable integers, probabilities as floats (NaN for error rows) and
-``review`` as a nullable boolean.
+Every results frame has exactly the columns of :data:`allscan.results.types.COLUMNS`, in order,
+with the same dtypes whatever it came from: text as strings (empty when missing), sizes,
+agreement and cell counts as nullable integers, probabilities and ``blast_pct`` as floats (NaN
+for error rows) and ``review`` as a nullable boolean. A cells frame has the columns of
+:data:`~allscan.results.types.CELL_COLUMNS`: one row per white cell.
 """
 
 import math
@@ -14,14 +15,18 @@ from pathlib import Path
 import pandas as pd
 
 from allscan.models.registry import MODEL_NAMES
-from allscan.paths import specimens_path
+from allscan.paths import cells_path, specimens_path
 from allscan.results.tables import restore
-from allscan.results.types import (COLUMNS, DOMAIN_IN, DOMAIN_OUT, SPECIMEN_COLUMNS, VERDICT_ALL, VERDICT_ERROR,
-                                   VERDICT_NORMAL, ImageResult, SpecimenSummary)
+from allscan.results.types import (CELL_COLUMNS, COLUMNS, DOMAIN_IN, DOMAIN_OUT, SPECIMEN_COLUMNS, VERDICT_ALL,
+                                   VERDICT_ERROR, VERDICT_NORMAL, ImageResult, SpecimenSummary)
 
 STORE_SUFFIX = ".allscan.sqlite"
-_INTEGER = ("width", "height", "agreement")
+_INTEGER = ("width", "height", "agreement", "cells", "blasts")
 _FLOAT = tuple(c for c in COLUMNS if c.startswith("p_all"))
+_PERCENT = ("blast_pct",)
+_EARLIER_COLUMNS = (COLUMNS[:COLUMNS.index("specimen")], COLUMNS[:COLUMNS.index("cells")])
+"""The columns of results files written before specimens and before cells: the schema has only grown at its end,
+so such a file reads with the later columns empty."""
 _CHOICES = {"verdict": (VERDICT_ALL, VERDICT_NORMAL, VERDICT_ERROR), "domain": ("", DOMAIN_IN, DOMAIN_OUT)}
 _HEADER_ROWS = 1
 """Rows above the first result in a CSV or the Results sheet: row numbers in messages count them, as a
@@ -38,50 +43,110 @@ def results_frame(results: Iterable[ImageResult]) -> pd.DataFrame:
     return _typed(pd.DataFrame([r.row() for r in results], columns=list(COLUMNS), dtype=object))
 
 
+def cells_frame(results: Iterable[ImageResult]) -> pd.DataFrame:
+    """One row per white cell of the results, in the order given (none for images whose cells were not looked
+    for)."""
+    rows = [row for result in results for row in result.cell_rows()]
+    return _typed_cells(pd.DataFrame(rows, columns=list(CELL_COLUMNS), dtype=object))
+
+
 def specimens_frame(specimens: Iterable[SpecimenSummary]) -> pd.DataFrame:
     """One row per specimen, columns :data:`~allscan.results.types.SPECIMEN_COLUMNS`."""
     return _typed_specimens(pd.DataFrame([s.row() for s in specimens], columns=list(SPECIMEN_COLUMNS), dtype=object))
 
 
-def read_results(path: Path | str, digest: str | None = None, specimens: bool = False) -> pd.DataFrame:
+def read_results(path: Path | str, digest: str | None = None, specimens: bool = False, cells: bool = False
+                 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Read a results CSV, Excel workbook or results store (``*.allscan.sqlite``) into a DataFrame.
 
     A store may hold results of several model sets: ``digest`` picks one [default: the
     set whose row was recorded last]. Rows come in the file's order (a store's: by path).
     A CSV or workbook may have been edited by hand, so every value is checked: probabilities
-    in [0, 1], sizes positive, agreement 0 to the number of models, ``review`` true, false or
-    empty, verdict and domain among their values. A file written before allscan had specimens
-    (no ``specimen`` column) reads with that column empty.
+    in [0, 1], sizes positive, agreement 0 to the number of models, cell counts not negative,
+    ``blast_pct`` in [0, 100], ``review`` true, false or empty, verdict and domain among their
+    values. A file written before allscan had specimens or cells reads with those columns empty.
 
-    With ``specimens`` it reads the specimens table instead (one row per specimen,
+    With ``cells`` it returns ``(results, cells)``, as :meth:`allscan.Screener.predict` does: the
+    cells frame (:data:`~allscan.results.types.CELL_COLUMNS`, one row per white cell, checked
+    likewise) from the ``<out>.cells.csv`` beside a CSV, the ``Cells`` sheet of a workbook, or the
+    store. With ``specimens`` it reads the specimens table instead (one row per specimen,
     :data:`~allscan.results.types.SPECIMEN_COLUMNS`): the ``Specimens`` sheet of a workbook, or the
     ``<out>.specimens.csv`` beside a CSV.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist, or the table asked for is not beside it (a run with
+            ``--no-cells`` writes no cell table).
         ResultsFileError: (a ValueError) Not a results file: unknown suffix, empty, columns other than the
             schema's (missing, extra or out of order; named), or a value that cannot be read or is out of
             range (its row and column named).
+        ValueError: Both ``specimens`` and ``cells``.
     """
     path = Path(path)
+    if specimens and cells:
+        raise ValueError("read the specimens table or the results with their cells, not both at once")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     name = path.name.lower()
     if specimens:
         return _read_specimens(path)
     if name.endswith(STORE_SUFFIX):
-        return _read_store(path, digest)
+        return _read_store(path, digest, cells)
     if not name.endswith((".csv", ".xlsx")):
         raise ResultsFileError(f"cannot read {path}: expected a .csv, .xlsx or {STORE_SUFFIX} file")
     if path.stat().st_size == 0:
         raise ResultsFileError(f"{path} is empty: not an allscan results file")
-    raw = _read_table(path)
-    if list(raw.columns) == list(COLUMNS[:-1]):  # written before specimens: the trailing column is new
-        raw["specimen"] = ""
+    raw = _with_later_columns(_read_table(path))
     problem = _columns_problem(list(raw.columns))
     if problem:
         raise ResultsFileError(f"{path} is not an allscan results file: {problem}")
-    return _typed(raw, str(path))
+    results = _typed(raw, str(path))
+    return (results, _read_cells(path)) if cells else results
+
+
+def _with_later_columns(raw: pd.DataFrame) -> pd.DataFrame:
+    """A table in one of the :data:`_EARLIER_COLUMNS` schemas with the columns added since, empty."""
+    for earlier in _EARLIER_COLUMNS:
+        if list(raw.columns) == list(earlier):
+            return raw.assign(**{column: "" for column in COLUMNS[len(earlier):]})
+    return raw
+
+
+def _read_cells(path: Path) -> pd.DataFrame:
+    """The cell table of a results CSV (the ``.cells.csv`` beside it) or workbook (its ``Cells`` sheet)."""
+    if path.name.lower().endswith(".csv"):
+        table = cells_path(path)
+        if not table.is_file():
+            raise FileNotFoundError(f"no cell table beside {path}: {table} does not exist (a run with --no-cells"
+                                    " writes none)")
+        raw, source = _read_table(table), str(table)
+    else:
+        raw, source = _read_table(path, "Cells"), f"{path}, sheet Cells"
+    if list(raw.columns) != list(CELL_COLUMNS):
+        raise ResultsFileError(f"{source}: the cell table's columns are not {', '.join(CELL_COLUMNS)}")
+    return _typed_cells(raw, source)
+
+
+_CELL_INTEGERS = {"cell": 1, "x0": 0, "y0": 0, "x1": 0, "y1": 0}
+"""The cell table's whole-number columns and their least value."""
+_CELL_NUMBERS = ("x", "y", "nucleus_area_px")
+
+
+def _typed_cells(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+    """The cell table's dtypes, each value checked as :func:`_typed` checks results."""
+    typed = pd.DataFrame(index=range(len(frame)))
+    for column in CELL_COLUMNS:
+        if column in _CELL_INTEGERS:
+            convert, dtype = (lambda v, low=_CELL_INTEGERS[column]: None if v is None else _integer(v, low, None),
+                              "Int64")
+        elif column in _CELL_NUMBERS:
+            convert, dtype = (lambda v: None if v is None else _bounded(v, 0.0)), "float64"
+        elif column.startswith("p_blast"):
+            convert, dtype = (lambda v: None if v is None else _probability(v)), "float64"
+        else:
+            convert, dtype = (lambda v: _text(v, None)), None
+        values = _converted(frame, column, convert, source)
+        typed[column] = pd.array(values, dtype=dtype) if dtype else values
+    return typed
 
 
 def _read_specimens(path: Path) -> pd.DataFrame:
@@ -161,14 +226,15 @@ def _columns_problem(columns: list) -> str:
             "(the columns must be in the schema's order)")
 
 
-def _read_store(path: Path, digest: str | None) -> pd.DataFrame:
+def _read_store(path: Path, digest: str | None, cells: bool) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     from allscan.results.store import ResultStore, latest_digest
 
     digest = digest or latest_digest(path)
-    if digest is None:
-        return results_frame([])
-    with ResultStore(path, digest, writer=False) as store:
-        return results_frame(store.results())
+    results: list[ImageResult] = []
+    if digest is not None:
+        with ResultStore(path, digest, writer=False) as store:
+            results = list(store.results())
+    return (results_frame(results), cells_frame(results)) if cells else results_frame(results)
 
 
 def _typed(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
@@ -178,7 +244,7 @@ def _typed(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
         values = _converted(frame, column, _converter(column), source)
         if column in _INTEGER:
             typed[column] = pd.array(values, dtype="Int64")
-        elif column in _FLOAT:
+        elif column in _FLOAT or column in _PERCENT:
             typed[column] = pd.array(values, dtype="float64")
         elif column == "review":
             typed[column] = pd.array(values, dtype="boolean")
@@ -190,10 +256,12 @@ def _typed(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
 def _converter(column: str) -> Callable[[object], object]:
     """The function that turns one cell of ``column`` into its typed value, raising ValueError if it cannot."""
     if column in _INTEGER:
-        low, high = (0, len(MODEL_NAMES)) if column == "agreement" else (1, None)
+        low, high = {"agreement": (0, len(MODEL_NAMES)), "cells": (0, None), "blasts": (0, None)}.get(column, (1, None))
         return lambda value: None if value is None else _integer(value, low, high)
     if column in _FLOAT:
         return lambda value: None if value is None else _probability(value)
+    if column in _PERCENT:
+        return lambda value: None if value is None else _bounded(value, 0.0, 100.0)
     if column == "review":
         return _boolean
     choices = _CHOICES.get(column)
@@ -220,13 +288,28 @@ def _integer(value: object, low: int, high: int | None) -> int:
     return whole
 
 
-def _probability(value: object) -> float:
+def _number(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a number")
     try:
         number = float(value)
     except ValueError:
         raise ValueError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
+
+
+def _bounded(value: object, low: float, high: float = math.inf) -> float:
+    number = _number(value)
+    if not low <= number <= high:
+        raise ValueError(f"{value!r} is out of range ({low:g} to {high:g})" if high < math.inf else
+                         f"{value!r} is out of range (at least {low:g})")
+    return number
+
+
+def _probability(value: object) -> float:
+    number = _number(value)
     if not 0 <= number <= 1:
         raise ValueError(f"{value!r} is not a probability (0 to 1)")
     return number

@@ -58,6 +58,25 @@ MIGRATIONS: list[Migration] = [
     """
     ALTER TABLE files ADD COLUMN specimen TEXT NOT NULL DEFAULT '';
     """,
+    # 4: cells: each score's cell threshold (NULL: cells were not looked for) and its white cells, one row each.
+    """
+    ALTER TABLE scores ADD COLUMN cell_threshold REAL;
+    CREATE TABLE IF NOT EXISTS cells (
+        digest TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        cell INTEGER NOT NULL,
+        x REAL NOT NULL,
+        y REAL NOT NULL,
+        x0 INTEGER NOT NULL,
+        y0 INTEGER NOT NULL,
+        x1 INTEGER NOT NULL,
+        y1 INTEGER NOT NULL,
+        nucleus_area_px REAL NOT NULL,
+        p_blast REAL NOT NULL,
+        per_model TEXT NOT NULL,
+        PRIMARY KEY (digest, sha256, cell)
+    );
+    """,
 ]
 
 

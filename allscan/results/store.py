@@ -1,8 +1,8 @@
 """The results store: an SQLite file beside the output where each result lands as it is computed.
 
 Scores are keyed by the image's sha256 and the results digest (models, site profile, options), so an image
-is never scored twice by the same models, whatever its name; file rows are keyed by
-path. Every batch is committed before it is reported, so a killed run loses nothing
+is never scored twice by the same models, whatever its name; a score's white cells are stored with it, one
+row each; file rows are keyed by path. Every batch is committed before it is reported, so a killed run loses nothing
 that was reported, and a rerun picks up where it stopped.
 """
 
@@ -15,19 +15,31 @@ from pathlib import Path
 
 from allscan.fileio import OutputError
 from allscan.paths import store_path_for
-from allscan.results.types import DomainInfo, ImageResult, Score
+from allscan.results.types import CellFindings, CellResult, DomainInfo, ImageResult, Score
 from allscan.results.lock import StoreLock
 from allscan.results.schema import open_database
 
 __all__ = ["ResultStore", "store_path_for"]
 
-_SCORE_COLUMNS = "p_all, verdict, review, agreement, per_model, scale, tiles, domain, domain_score, notes"
+_SCORE_COLUMNS = ("p_all, verdict, review, agreement, per_model, scale, tiles, domain, domain_score, notes,"
+                  " cell_threshold")
+_CELL_COLUMNS = "cell, x, y, x0, y0, x1, y1, nucleus_area_px, p_blast, per_model"
 
 
-def _score(row) -> Score:
-    p_all, verdict, review, agreement, per_model, scale, tiles, domain, domain_score, notes = row
+def _score(row, cells: tuple[CellResult, ...]) -> Score:
+    """A score from its row; ``cells`` are its stored cells (read only when its cell threshold says they were
+    looked for)."""
+    p_all, verdict, review, agreement, per_model, scale, tiles, domain, domain_score, notes, cell_threshold = row
     info = DomainInfo(scale, tiles, domain, domain_score, notes) if tiles is not None else None
-    return Score(p_all, verdict, bool(review), agreement, json.loads(per_model), info)
+    findings = CellFindings(cells, cell_threshold) if cell_threshold is not None else None
+    return Score(p_all, verdict, bool(review), agreement, json.loads(per_model), info, findings)
+
+
+def _cell_row(cell: CellResult) -> tuple:
+    """A cell's values in :data:`_CELL_COLUMNS` order, as plain Python numbers (SQLite binds no numpy ints)."""
+    return (int(cell.cell), float(cell.x), float(cell.y), int(cell.x0), int(cell.y0), int(cell.x1), int(cell.y1),
+            float(cell.nucleus_area_px), float(cell.p_blast),
+            json.dumps({name: float(p) for name, p in cell.per_model.items()}))
 
 
 def latest_digest(path: Path) -> str | None:
@@ -100,7 +112,17 @@ class ResultStore:
             row = self._db.execute(
                 f"SELECT {_SCORE_COLUMNS} FROM scores WHERE digest=? AND sha256=?", (self.digest, sha256)
             ).fetchone()
-        return None if row is None else _score(row)
+            return None if row is None else self._stored_score(row, sha256)
+
+    def _stored_score(self, row, sha256: str) -> Score:
+        """A score row with its cells, if they were looked for."""
+        looked = row[-1] is not None
+        return _score(row, self._cells(sha256) if looked else ())
+
+    def _cells(self, sha256: str) -> tuple[CellResult, ...]:
+        rows = self._db.execute(f"SELECT {_CELL_COLUMNS} FROM cells WHERE digest=? AND sha256=? ORDER BY cell",
+                                (self.digest, sha256))
+        return tuple(CellResult(*values, json.loads(per_model)) for *values, per_model in rows)
 
     def scored_hashes(self) -> frozenset[str]:
         """Every image content already scored by these models."""
@@ -118,7 +140,7 @@ class ResultStore:
         return row[0] if row else None
 
     def add(self, results: Iterable[ImageResult]) -> None:
-        """Store a batch of results in one transaction (durable on return)."""
+        """Store a batch of results, with their cells, in one transaction (durable on return)."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
         with self._io(), self._db:
             seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM files").fetchone()[0]
@@ -128,12 +150,14 @@ class ResultStore:
                     s = result.score
                     d = s.domain
                     domain = (d.scale, d.tiles, d.domain, d.domain_score, d.notes) if d else (None, None, "", None, "")
+                    threshold = float(s.cells.threshold) if s.cells is not None else None
                     self._db.execute(
                         f"INSERT OR REPLACE INTO scores (digest, sha256, {_SCORE_COLUMNS})"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (self.digest, result.sha256, s.p_all, s.verdict, int(s.review), s.agreement,
-                         json.dumps(s.per_model), *domain),
+                         json.dumps(s.per_model), *domain, threshold),
                     )
+                    self._replace_cells(result.sha256, s.cells)
                 self._db.execute(
                     "INSERT INTO files (digest, path, sha256, width, height, error, first_path, heatmap, seq,"
                     " recorded_at, specimen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest, path)"
@@ -143,6 +167,13 @@ class ResultStore:
                     (self.digest, str(result.path), result.sha256, result.width, result.height, result.error,
                      result.duplicate_of, result.heatmap, seq, now, result.specimen),
                 )
+
+    def _replace_cells(self, sha256: str, cells: CellFindings | None) -> None:
+        """Make the stored cells of this content ``cells``' (none when they were not looked for)."""
+        self._db.execute("DELETE FROM cells WHERE digest=? AND sha256=?", (self.digest, sha256))
+        if cells is not None:
+            self._db.executemany(f"INSERT INTO cells (digest, sha256, {_CELL_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+                                 [(self.digest, sha256, *_cell_row(c)) for c in cells.cells])
 
     def results(self, paths: Iterable[Path] | None = None) -> Iterator[ImageResult]:
         """Stored results, in path order; only ``paths`` when given."""
@@ -162,7 +193,7 @@ class ResultStore:
         for path, sha, width, height, error, first, heatmap, specimen, *score_row in rows:
             if wanted is not None and path not in wanted:
                 continue
-            score = _score(score_row) if not error and score_row[0] is not None else None
+            score = self._stored_score(score_row, sha) if not error and score_row[0] is not None else None
             yield ImageResult(Path(path), sha, width, height, score, error, first, heatmap, specimen)
 
     def set_specimens(self, specimens: dict[str, str]) -> None:

@@ -1,4 +1,5 @@
-"""Writing results to CSV (plus a run sidecar) or to an Excel workbook, atomically."""
+"""Writing results to CSV (plus a run sidecar, a specimens table and a cell table) or to an Excel workbook,
+atomically."""
 
 import csv
 import io
@@ -12,14 +13,16 @@ from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 
-from allscan.fileio import atomic_write
-from allscan.paths import OUTPUT_SUFFIXES, check_output_suffix, sidecar_path, specimens_path
-from allscan.results.types import COLUMNS, SPECIMEN_COLUMNS, ImageResult, RunCounts, SpecimenSummary
+from allscan.fileio import OutputError, atomic_write, describe
+from allscan.paths import OUTPUT_SUFFIXES, cells_path, check_output_suffix, sidecar_path, specimens_path
+from allscan.results.types import (CELL_COLUMNS, COLUMNS, SPECIMEN_COLUMNS, ImageResult, RunCounts,
+                                   SpecimenSummary)
 
 __all__ = ["OUTPUT_SUFFIXES", "RunInfo", "check_output_suffix", "csv_line", "neutralise", "sidecar_path",
-           "write_csv", "write_results", "write_xlsx"]
+           "write_cells_csv", "write_csv", "write_results", "write_xlsx"]
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _PROB_COLUMNS = {c for c in COLUMNS if c.startswith("p_all")}
+_CELL_PROB_COLUMNS = {c for c in CELL_COLUMNS if c.startswith("p_blast")}
 _ALL_FILL = PatternFill("solid", fgColor="F8CBAD")
 _REVIEW_FILL = PatternFill("solid", fgColor="FFE699")
 _ERROR_FILL = PatternFill("solid", fgColor="D9D9D9")
@@ -46,6 +49,13 @@ class RunInfo:
     results_digest: str = ""
     domain: dict = field(default_factory=dict)
     """Domain options, the reference's red-cell size and the site profile (if any)."""
+    cells: dict = field(default_factory=dict)
+    """Whether the white cells were looked for (``looked_for``) and, when they were, the cell classifier's
+    ``models_digest``, ``threshold`` and ``models``."""
+
+    @property
+    def looked_for_cells(self) -> bool:
+        return bool(self.cells.get("looked_for"))
 
 
 def neutralise(value: object) -> object:
@@ -66,14 +76,29 @@ def write_results(
     out: Path, results: Callable[[], Iterable[ImageResult]], info: RunInfo, counts: RunCounts,
     specimens: list[SpecimenSummary] = (),
 ) -> None:
-    """Write the results file chosen by ``out``'s suffix (a CSV with its specimens table beside it, or a
-    workbook with a ``Specimens`` sheet); ``results`` is called for each pass needed."""
+    """Write the results file chosen by ``out``'s suffix (a CSV with its specimens table and, when the run looked
+    for cells, its cell table beside it; or a workbook with ``Specimens`` and ``Cells`` sheets); ``results`` is
+    called for each pass needed.
+
+    A cell table left beside a CSV by an earlier run is removed when this run did not look for cells: it would
+    not describe these results."""
     check_output_suffix(out)
     if Path(out).suffix.lower() == ".csv":
         write_csv(out, results(), info)
         write_specimens_csv(specimens_path(out), specimens)
+        if info.looked_for_cells:
+            write_cells_csv(cells_path(out), results())
+        else:
+            _remove_stale(cells_path(out))
     else:
         write_xlsx(out, results, info, counts, specimens)
+
+
+def _remove_stale(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:
+        raise OutputError(path, describe(err)) from err
 
 
 def _csv_value(column: str, value: object) -> object:
@@ -128,9 +153,30 @@ def write_specimens_csv(path: Path, specimens: Iterable[SpecimenSummary]) -> Non
     atomic_write(Path(path), write)
 
 
+def _cell_value(column: str, value: object) -> object:
+    if column in _CELL_PROB_COLUMNS and value is not None:
+        return f"{value:.4f}"
+    return _csv_value(column, value)
+
+
+def write_cells_csv(path: Path, results: Iterable[ImageResult]) -> None:
+    """The cell table as UTF-8 CSV with a header row (:data:`CELL_COLUMNS`): every cell of every result, in the
+    results' order (a header alone when no cell was found)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CELL_COLUMNS)
+            for result in results:
+                writer.writerows([_cell_value(c, row[c]) for c in CELL_COLUMNS] for row in result.cell_rows())
+
+    atomic_write(Path(path), write)
+
+
 def write_xlsx(out: Path, results: Callable[[], Iterable[ImageResult]], info: RunInfo, counts: RunCounts,
                specimens: list[SpecimenSummary] = ()) -> None:
-    """Excel workbook with ``Results``, ``Specimens``, ``Run`` and ``Summary`` sheets, streamed row by row."""
+    """Excel workbook with ``Results``, ``Specimens``, ``Cells`` (when the run looked for cells), ``Run`` and
+    ``Summary`` sheets, streamed row by row."""
     widths = _fitted_widths((r.row() for r in results()), COLUMNS, _PROB_COLUMNS)
 
     def write(tmp: Path) -> None:
@@ -143,6 +189,8 @@ def write_xlsx(out: Path, results: Callable[[], Iterable[ImageResult]], info: Ru
             n += 1
         sheet.auto_filter.ref = f"A1:{get_column_letter(len(COLUMNS))}{n + 1}"
         _specimens_sheet(book, specimens, info)
+        if info.looked_for_cells:
+            _cells_sheet(book, results, info)
         identity = f"allscan {info.allscan_version} run started {info.started} on {info.host}"
         _key_value_sheet(book, "Run", _run_rows(info), identity, header=False)
         _key_value_sheet(book, "Summary", _summary_rows(counts), identity, header=True)
@@ -203,6 +251,21 @@ def _specimens_sheet(book: Workbook, specimens: list[SpecimenSummary], info: Run
     sheet.auto_filter.ref = f"A1:{get_column_letter(len(SPECIMEN_COLUMNS))}{len(rows) + 1}"
 
 
+def _cells_sheet(book: Workbook, results: Callable[[], Iterable[ImageResult]], info: RunInfo) -> None:
+    """One row per white cell, blasts (at or above the cell threshold) in red, printed like the Results sheet."""
+    widths = _fitted_widths((row for r in results() for row in r.cell_rows()), CELL_COLUMNS, _CELL_PROB_COLUMNS)
+    sheet = _table_sheet(book, "Cells", CELL_COLUMNS, widths,
+                         f"allscan {info.allscan_version} cells, run started {info.started} on {info.host}")
+    n = 0
+    for result in results():
+        findings = result.score.cells if result.score else None
+        for cell, row in zip(findings.cells if findings else (), result.cell_rows()):
+            fill = _ALL_FILL if cell.p_blast >= findings.threshold else None
+            sheet.append([_cell(sheet, row[c], fill, c in _CELL_PROB_COLUMNS) for c in CELL_COLUMNS])
+            n += 1
+    sheet.auto_filter.ref = f"A1:{get_column_letter(len(CELL_COLUMNS))}{n + 1}"
+
+
 def _print_setup(sheet, identity: str, landscape: bool = True, header: bool = True) -> None:
     """Print one page wide (landscape for tables), the first row on every page, the run in the page header
     and page numbers in the footer: a printed workbook reads as a table, not eleven one-column pages."""
@@ -254,12 +317,24 @@ def _run_rows(info: RunInfo) -> list[tuple]:
         ("threshold", info.threshold),
         ("review band", f"{info.review_band[0]:.3f} – {info.review_band[1]:.3f}"),
     ]
-    rows += [(f"model {m['name']}", f"{m['file']} sha256 {m['sha256']} weight {m['weight']:.3f}"
-              + (f" runtime {m['runtime']}" if m.get("runtime") else "")) for m in info.models]
+    rows += [(f"model {m['name']}", _model_line(m)) for m in info.models]
     rows += [(f"count {k}", v) for k, v in info.counts.items()]
     rows.append(("results digest", info.results_digest))
     rows += [(f"domain {k}", json.dumps(v) if isinstance(v, dict) else str(v)) for k, v in info.domain.items()]
-    return rows
+    return rows + _cell_run_rows(info.cells)
+
+
+def _cell_run_rows(cells: dict) -> list[tuple]:
+    if not cells.get("looked_for"):
+        return [("cells", "not looked for")]
+    rows: list[tuple] = [("cells", "looked for"), ("cell models digest", cells["models_digest"]),
+                         ("cell threshold", cells["threshold"])]
+    return rows + [(f"cell model {m['name']}", _model_line(m)) for m in cells["models"]]
+
+
+def _model_line(model: dict) -> str:
+    runtime = f" runtime {model['runtime']}" if model.get("runtime") else ""
+    return f"{model['file']} sha256 {model['sha256']} weight {model['weight']:.3f}{runtime}"
 
 
 def _summary_rows(counts: RunCounts) -> list[tuple]:

@@ -293,6 +293,8 @@ class RunCounts:
     errors: int = 0
     skipped: int = 0
     out_of_domain: int = 0
+    cells: int = 0
+    blasts: int = 0
     per_folder: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def add(self, result: ImageResult, skipped: bool = False) -> None:
@@ -304,6 +306,9 @@ class RunCounts:
         if result.score is None:
             self.errors += 1
             return
+        if result.score.cells is not None:
+            self.cells += result.score.cells.count
+            self.blasts += result.score.cells.blasts
         if result.score.verdict == VERDICT_ALL:
             self.all_ += 1
         else:

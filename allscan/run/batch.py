@@ -64,6 +64,7 @@ def run_batch(
     engine: Engine | None = None,
     specimens: Specimens | None = None,
     pdf: PdfReport | None = None,
+    cells_geojson: Path | None = None,
 ) -> RunSummary:
     """Score every image in ``inputs`` and write ``out`` (.csv or .xlsx), and optionally an HTML report.
 
@@ -71,7 +72,7 @@ def run_batch(
     profile) or a bare ensemble, scored with the default options and no site profile. ``engine``
     runs the per-image steps [default: this process, ``workers`` threads decoding]; ``specimens``
     assigns images to specimens [default: by folder, relative to the input it was found under]; ``pdf``
-    asks for the printable report.
+    asks for the printable report; ``cells_geojson`` is a folder for each image's cells as GeoJSON.
 
     Raises:
         FileNotFoundError: An input path does not exist.
@@ -87,7 +88,7 @@ def run_batch(
     pipeline = as_pipeline(scoring)
     specimens = specimens or Specimens(inputs)
     with ResultStore(store_file, pipeline.digest) as store:
-        committer = Committer(pipeline, store, batch_size, observer, heatmaps, specimens)
+        committer = Committer(pipeline, store, batch_size, observer, heatmaps, specimens, cells_geojson)
         job = Job.of(pipeline, batch_size, heatmaps, rescore)
         observer.start(len(images))
         interrupted = False

@@ -1,5 +1,6 @@
 """Committing results: each batch is scored, marked for duplicate contents, written to a sink (the
-results store, or memory for the API's in-memory calls) and only then reported.
+results store, or memory for the API's in-memory calls), its cells written as GeoJSON if asked, and only then
+reported.
 
 One committer serves ``allscan predict``, ``watch``, the API and every engine: engines hand it
 prepared images (:meth:`Committer.add`) or finished results (:meth:`Committer.commit`) and ask it
@@ -12,10 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
+from allscan.results.geojson import write_geojson
 from allscan.results.types import ImageResult, RunCounts, Score
 from allscan.run.job import Prepared, to_results
 from allscan.run.specimens import Specimens
-from allscan.scoring.heatmaps import HeatmapOptions
+from allscan.scoring.heatmaps import HeatmapOptions, figure_path
 from allscan.scoring.pipeline import Pipeline
 
 
@@ -86,15 +88,23 @@ class MemoryResults:
                 taken[name] += 1
 
 
+def geojson_path(folder: Path, result: ImageResult) -> Path:
+    """``folder/STEM-SHA.geojson``: named as the image's heatmap figure is, so the two sort together."""
+    return figure_path(folder, result.path, result.sha256).with_suffix(".geojson")
+
+
 class Committer:
     """Scores prepared images in batches and commits each batch to the sink before reporting it, each
-    result with its specimen when ``specimens`` assigns them."""
+    result with its specimen when ``specimens`` assigns them; with ``cells_geojson``, each committed image's
+    cells are written there as GeoJSON (:func:`geojson_path`), stored ones included."""
 
     def __init__(self, pipeline: Pipeline, sink: ResultSink, batch_size: int, observer: Observer | None = None,
-                 heatmaps: HeatmapOptions | None = None, specimens: Specimens | None = None):
+                 heatmaps: HeatmapOptions | None = None, specimens: Specimens | None = None,
+                 cells_geojson: Path | None = None):
         self.pipeline = pipeline
         self.heatmaps = heatmaps
         self.specimens = specimens
+        self.cells_geojson = cells_geojson
         self.sink = sink
         self.batch_size = batch_size
         self.observer = observer or Silent()
@@ -132,7 +142,8 @@ class Committer:
         self.commit(to_results(self.pipeline, batch, self.heatmaps, self.batch_size))
 
     def already_stored(self, result: ImageResult) -> None:
-        """Report a row the sink already holds for this path, without scoring or writing it again."""
+        """Report a row the sink already holds for this path, without scoring or storing it again."""
+        self._write_geojson([result])
         self.counts.add(result, skipped=True)
         self.observer.result(result, True)
 
@@ -143,9 +154,17 @@ class Committer:
         if self.specimens is not None:  # stored and reported with its specimen, as a watch appends it to a CSV
             results = [replace(r, specimen=self.specimens(r.path).specimen) for r in results]
         self.sink.add(results)
+        self._write_geojson(results)
         for result in results:
             self.counts.add(result, skipped)
             self.observer.result(result, skipped)
+
+    def _write_geojson(self, results: list[ImageResult]) -> None:
+        if self.cells_geojson is None:
+            return
+        for result in results:
+            if result.score is not None and result.score.cells is not None:
+                write_geojson(geojson_path(self.cells_geojson, result), result.score.cells)
 
     def _mark_duplicate(self, result: ImageResult, batch_firsts: dict[str, str]) -> ImageResult:
         """Mark a file whose content was already stored (or seen earlier in this batch) under another path."""

@@ -6,6 +6,7 @@ import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from allscan import __version__
 from allscan.results.pdf import PdfReport, write_pdf
@@ -17,12 +18,13 @@ from allscan.run.specimens import Specimens
 from allscan.scoring.pipeline import Pipeline
 from allscan.scoring.specimens import summarise
 
+if TYPE_CHECKING:
+    from allscan.models.ensemble import Ensemble
+
 
 def run_info(pipeline: Pipeline, started: datetime, counts: RunCounts, command: str | None = None) -> RunInfo:
     """The run's metadata: version, times, host, command, models (with the runtime that ran each), operating
-    point, counts, domain."""
-    manifest = pipeline.ensemble.manifest
-    runtimes = {m.name: m.runtime for m in pipeline.ensemble.members}
+    point, counts, domain, and whether the white cells were looked for (with the cell models, if they were)."""
     config = pipeline.config
     return RunInfo(
         allscan_version=__version__,
@@ -30,12 +32,8 @@ def run_info(pipeline: Pipeline, started: datetime, counts: RunCounts, command: 
         finished=datetime.now().astimezone().isoformat(timespec="seconds"),
         host=platform.node(),
         command=command or " ".join(shlex.quote(a) for a in sys.argv),
-        models_digest=manifest.digest,
-        models=[
-            {"name": m.name, "file": m.file, "sha256": m.sha256, "weight": manifest.ensemble.weights.get(m.name, 0.0),
-             "runtime": runtimes[m.name]}
-            for m in manifest.models.values()
-        ],
+        models_digest=pipeline.ensemble.manifest.digest,
+        models=_models(pipeline.ensemble),
         threshold=config.threshold,
         review_band=config.review_band,
         counts={
@@ -46,10 +44,28 @@ def run_info(pipeline: Pipeline, started: datetime, counts: RunCounts, command: 
             "out of domain": counts.out_of_domain,
             "errors": counts.errors,
             "skipped (already scored)": counts.skipped,
+            **({"cells": counts.cells, "blasts": counts.blasts} if pipeline.cells is not None else {}),
         },
         results_digest=pipeline.digest,
         domain=pipeline.describe(),
+        cells=_cells(pipeline),
     )
+
+
+def _models(ensemble: "Ensemble") -> list[dict]:
+    """Each member's file, checksum, vote weight and the runtime that ran it."""
+    manifest = ensemble.manifest
+    runtimes = {m.name: m.runtime for m in ensemble.members}
+    return [{"name": m.name, "file": m.file, "sha256": m.sha256, "weight": manifest.ensemble.weights.get(m.name, 0.0),
+             "runtime": runtimes[m.name]} for m in manifest.models.values()]
+
+
+def _cells(pipeline: Pipeline) -> dict:
+    classifier = pipeline.cells
+    if classifier is None:
+        return {"looked_for": False}
+    return {"looked_for": True, "models_digest": classifier.ensemble.manifest.digest,
+            "threshold": classifier.threshold, "models": _models(classifier.ensemble)}
 
 
 def write_outputs(out: Path, store: ResultStore, images: list[Path], pipeline: Pipeline, started: datetime,

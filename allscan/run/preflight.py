@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from allscan.fileio import describe
-from allscan.paths import check_output_suffix, sidecar_path, specimens_path, store_path_for
+from allscan.paths import cells_path, check_output_suffix, sidecar_path, specimens_path, store_path_for
 from allscan.results.lock import StoreBusy, StoreLock
 from allscan.results.schema import StoreError, prepare_store
 
@@ -45,8 +45,8 @@ def check_watched_folder(folder: Path) -> None:
 
 def check_outputs(out: Path, report: Path | None = None, folders: Iterable[tuple[str, Path | None]] = (),
                   pdf: Path | None = None) -> None:
-    """The results file, its sidecar, specimens table and store, the reports and ``(what, folder)`` pairs can
-    all be written."""
+    """The results file, its sidecar, specimens and cell tables and store, the reports and ``(what, folder)``
+    pairs can all be written."""
     try:
         check_output_suffix(out)
     except ValueError as exc:
@@ -55,6 +55,7 @@ def check_outputs(out: Path, report: Path | None = None, folders: Iterable[tuple
     if Path(out).suffix.lower() == ".csv":
         check_writable_file(sidecar_path(out), "run metadata file")
         check_writable_file(specimens_path(out), "specimens table")
+        check_writable_file(cells_path(out), "cell table")
     check_writable_file(store_path_for(out), "results store")
     if report is not None:
         check_writable_file(report, "report")

@@ -60,6 +60,7 @@ class WatchConfig:
         poll_interval: Seconds between checks of pending files.
         heatmaps: Grad-CAM figures to write, or None.
         report: HTML report rewritten with the outputs, or None.
+        cells_geojson: Folder for each image's cells as GeoJSON, or None.
     """
 
     folder: Path
@@ -74,6 +75,7 @@ class WatchConfig:
     poll_interval: float = 0.1
     heatmaps: HeatmapOptions | None = None
     report: Path | None = None
+    cells_geojson: Path | None = None
 
 
 @dataclass
@@ -205,7 +207,7 @@ class Watcher:
                 if self.on_ready is not None:
                     self.on_ready(len(missing))
                 committer = Committer(self.pipeline, store, self.config.batch_size, _Relay(self),
-                                      self.config.heatmaps, self._specimens)
+                                      self.config.heatmaps, self._specimens, self.config.cells_geojson)
                 self._loop(committer, store)
                 self._write_all(store)
         finally:
