@@ -19,6 +19,7 @@ from allscan.results.geojson import feature_collection
 from allscan.results.store import ResultStore
 from allscan.results.types import CELL_COLUMNS, COLUMNS, CellFindings, CellResult, ImageResult, Score
 from allscan.run.batch import run_batch
+from tests.test_watch import Running
 from tests.utils import cli_process, disc_smear
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -142,6 +143,19 @@ def test_geojson_classes_each_cell_by_the_cell_threshold():
     assert feature_collection(CellFindings((), 0.5)) == {"type": "FeatureCollection", "features": []}
 
 
+def test_watch_writes_each_arrivals_geojson_as_it_is_stored_and_the_cell_table_at_stop(tmp_path, ensemble):
+    incoming, out, folder = tmp_path / "incoming", tmp_path / "r.csv", tmp_path / "geojson"
+    incoming.mkdir()
+    with Running(ensemble, incoming, out, cells_geojson=folder) as run:
+        _smears(tmp_path / "staging")
+        for name in NUCLEI:
+            shutil.move(tmp_path / "staging" / name, incoming / name)
+        run.wait_for(len(NUCLEI))
+        assert len(list(folder.glob("*.geojson"))) == len(NUCLEI)
+    table = _csv(f"{out}.cells.csv")
+    assert {Path(p).name: n for p, n in pd.Series([c["path"] for c in table]).value_counts().items()} == NUCLEI
+
+
 # ---- the store ---------------------------------------------------------------------------------------------
 
 
@@ -220,6 +234,8 @@ def test_no_cells_writes_no_cell_table_and_removes_one_left_by_a_run_with_cells(
     xlsx = tmp_path / "r.xlsx"
     assert _invoke("predict", slides, "-o", xlsx, "--models", models_dir, "-q", "--no-cells").exit_code == 0
     assert "Cells" not in load_workbook(xlsx).sheetnames
+    with pytest.raises(ResultsFileError, match="has no Cells sheet"):
+        allscan.read_results(xlsx, cells=True)
 
 
 def test_api_returns_the_cells_as_a_second_frame(tmp_path, models_dir):

@@ -120,6 +120,8 @@ def _read_cells(path: Path) -> pd.DataFrame:
                                     " writes none)")
         raw, source = _read_table(table), str(table)
     else:
+        if "Cells" not in _sheet_names(path):
+            raise ResultsFileError(f"{path} has no Cells sheet (a run with --no-cells writes none)")
         raw, source = _read_table(path, "Cells"), f"{path}, sheet Cells"
     if list(raw.columns) != list(CELL_COLUMNS):
         raise ResultsFileError(f"{source}: the cell table's columns are not {', '.join(CELL_COLUMNS)}")
@@ -196,6 +198,14 @@ def _converted(frame: pd.DataFrame, column: str, convert: Callable[[object], obj
         except (ValueError, TypeError, OverflowError) as err:
             raise ResultsFileError(f"{source}, row {row + 1 + _HEADER_ROWS}, column {column}: {err}") from None
     return values
+
+
+def _sheet_names(path: Path) -> list[str]:
+    try:
+        with pd.ExcelFile(path) as book:
+            return [str(name) for name in book.sheet_names]
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as err:
+        raise ResultsFileError(f"cannot read {path} as a results file: {err}") from None
 
 
 def _read_table(path: Path, sheet: str = "Results") -> pd.DataFrame:

@@ -1,5 +1,5 @@
-"""A run's output files, written from the results store: the CSV or workbook with its run metadata,
-and the HTML report."""
+"""A run's output files, written from the results store: the CSV or workbook with its run metadata, specimens
+and cell tables, and the HTML and PDF reports."""
 
 import platform
 import shlex
