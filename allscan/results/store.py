@@ -2,8 +2,8 @@
 
 Scores are keyed by the image's sha256 and the results digest (models, site profile, options), so an image
 is never scored twice by the same models, whatever its name; a score's white cells are stored with it, one
-row each; file rows are keyed by path. Every batch is committed before it is reported, so a killed run loses nothing
-that was reported, and a rerun picks up where it stopped.
+row each; file rows are keyed by path. Every batch is committed before it is reported, so a killed run loses
+nothing that was reported, and a rerun picks up where it stopped.
 """
 
 import json
