@@ -4,12 +4,16 @@ One FeatureCollection per image; each cell is a Feature whose geometry is its bo
 image file's pixels (origin at the top-left corner, as QuPath places its objects), and whose ``properties``
 are those QuPath reads: ``objectType`` ``detection``, a ``classification`` (``Blast`` at or above the cell
 threshold, else ``Other``, each with its colour as ``[r, g, b]``) and ``measurements`` (a name → number
-object, as QuPath 0.4 and later write it). The format follows QuPath's documentation on GeoJSON
+object, the form QuPath 0.4 and later write and read).
+
+Sources: QuPath's documentation on GeoJSON
 (https://qupath.readthedocs.io/en/stable/docs/advanced/exporting_annotations.html: pixel units, origin at
-the top-left, a FeatureCollection carrying the objects' properties) and its reader,
-``qupath.lib.io.PathObjectTypeAdapters`` (``objectType``, ``classification`` with ``name`` and ``color``,
-``measurements``). Rings run x0,y0 → x1,y0 → x1,y1 → x0,y1: counterclockwise as RFC 7946 asks, taking
-y upward.
+the top-left of the full-resolution image, a FeatureCollection so that properties such as classifications
+come along) and on objects (https://qupath.readthedocs.io/en/0.4/docs/concepts/objects.html: cells are
+detection objects), and QuPath's reader, ``PathObjectTypeAdapters`` in
+https://github.com/qupath/qupath/blob/main/qupath-core/src/main/java/qupath/lib/io/PathObjectTypeAdapters.java
+(``objectType``, ``classification`` with ``name`` and ``color``, ``measurements``). Rings run
+x0,y0 → x1,y0 → x1,y1 → x0,y1: counterclockwise as RFC 7946 asks, taking y upward.
 """
 
 import json
