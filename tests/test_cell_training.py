@@ -111,3 +111,23 @@ def test_weak_label_training_then_shipping_gives_a_loadable_calibrated_cell_clas
     p, members_p, features = classifier.probabilities(val.crops)
     assert p.shape == (len(val.field),) and set(members_p) == set(features) == set(CELL_REGISTRY)
     assert (p[val.cell_labels == 0] >= classifier.threshold).mean() <= BENIGN_RATE  # fitted on these cells
+
+
+def test_train_cells_command_trains_and_ships_a_converted_calibrated_cell_classifier(tmp_path):
+    from typer.testing import CliRunner
+
+    from allscan.cli import app
+
+    data = tmp_path / "data"
+    for split, seed in (("train", 0), ("val", 50), ("test", 90)):
+        write_dataset(data / split, counts={"normal": 4, "ALL": 4}, seed=seed)
+    models = tmp_path / "models"
+    runner = CliRunner()
+    result = runner.invoke(app, ["train-cells", str(data), "--out", str(models), "--runs-dir", str(tmp_path / "runs"),
+                                 "--epochs", "1", "--refine-epochs", "1", "--batch-size", "4", "--blank-box", "none"])
+    assert result.exit_code == 0, result.output
+    assert "shipped the cell classifier" in result.output and "alexnet weak epoch  1" in result.output
+    manifest = CellClassifier.load(models).ensemble.manifest
+    assert all(e.openvino is not None and e.training["epochs"] == 1 for e in manifest.models.values())
+    assert manifest.ensemble.tuned_on.startswith("val split")
+

@@ -1,5 +1,5 @@
-"""Model commands: list the shipped ``models``; ``train``, ``ship``, ``tune``, ``evaluate`` and
-``fit-domain`` (the ``train`` extra)."""
+"""Model commands: list the shipped ``models``; ``train``, ``train-cells``, ``ship``, ``tune``, ``evaluate``
+and ``fit-domain`` (the ``train`` extra)."""
 
 import json
 from pathlib import Path
@@ -9,6 +9,7 @@ from allscan.cli.app import app, console, usage_error
 from allscan.cli.display import (
     TrainingProgress,
     models_table,
+    print_cells_shipped,
     print_evaluation,
     print_shipped,
     print_shortcut_check,
@@ -52,6 +53,35 @@ def train(data_dir: o.TrainData, model: o.ModelName = "all", out: o.ShipInto = P
         with TrainingProgress(spec.name, config.epochs) as progress:
             result = train_model(spec, data_dir, runs / spec.name, config, resume, progress.epoch, progress.started)
         print_shipped(ship(spec, result, config, data_dir, out), result, out)
+
+
+@app.command("train-cells")
+def train_cells(data_dir: o.TrainData, out: o.ShipInto = Path("models"), runs_dir: o.RunsDir = None,
+                epochs: o.Epochs = None, refine_epochs: o.RefineEpochs = 4, batch_size: o.CellBatch = 32,
+                seed: o.Seed = 1, resume: o.Resume = False, blank_box: o.TrainBlankBox = None) -> None:
+    """Train the cell classifier from the fields' labels (two rounds of multiple-instance learning per member)
+    and ship it into --out/cells with its calibration, threshold and review rule."""
+    loading.require_train_extra(shipping=True)
+    from allscan.models.registry import CELL_MODEL_NAMES
+    from allscan.paths import default_runs_dir
+    from allscan.training.cell_ship import train_cell_classifier
+    from allscan.training.dataset import ARIA_LABEL_BOX
+    from allscan.training.train import TrainConfig
+
+    loading.require_splits(data_dir)
+    box = loading.label_box(blank_box, ARIA_LABEL_BOX)
+    runs = runs_dir or default_runs_dir()
+
+    def config(spec) -> TrainConfig:
+        return TrainConfig(epochs=epochs or spec.epochs, batch_size=batch_size, input_size=spec.input_size,
+                           learning_rate=spec.learning_rate, seed=seed, blank_box=box)
+
+    def report(name, stage, e) -> None:
+        console.print(f"{name} {stage} epoch {e.epoch:>2}  loss {e.loss:.4f}  val_loss {e.val_loss:.4f}"
+                      f"  val_auc {e.val_auc:.4f}  ({e.seconds:.0f}s)")
+
+    manifest = train_cell_classifier(data_dir, out, runs, CELL_MODEL_NAMES, config, refine_epochs, resume, report)
+    print_cells_shipped(out / "cells", manifest)
 
 
 @app.command("ship")

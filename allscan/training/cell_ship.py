@@ -12,6 +12,7 @@ with its threshold and review rule fitted on the validation split's cells.
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -21,17 +22,22 @@ from allscan._tf import keras
 from allscan.fileio import atomic_write_text
 from allscan.models.calibration import Calibration, fit_platt, weighted_mean
 from allscan.models.files import save_half_precision
-from allscan.models.manifest import EnsembleConfig, Manifest, ModelEntry, equal_weights, save_manifest, sha256_file
-from allscan.models.registry import CELL_REGISTRY
+from allscan.domain.reference import DomainReference
+from allscan.models.manifest import (EnsembleConfig, Manifest, ModelEntry, equal_weights, load_or_empty, save_manifest,
+                                     sha256_file)
+from allscan.models.registry import CELL_REGISTRY, ModelSpec
 from allscan.scoring.cells import RULE_NAME, CellClassifier, CellRule
 from allscan.training.augment import RECIPE as AUGMENTATION_RECIPE
-from allscan.training.cell_data import CellBags
+from allscan.training.cell_data import CellBags, load_cell_bags
 from allscan.training.cell_evaluate import field_figures
 from allscan.training.convert import calibration_sample, convert_member
-from allscan.training.cell_train import MIL_TOP, REFINE_RATE, refined_labels
+from allscan.training.cell_train import MIL_TOP, REFINE_RATE, refined_labels, train_member
 from allscan.training.ship import DATASET
-from allscan.training.train import TrainConfig, TrainResult
+from allscan.training.train import EpochLog, TrainConfig, TrainResult
 
+DEFAULT_RBC_DIAMETER = 15.5
+"""Red-cell diameter (px) of a training field whose size cannot be estimated, when the models came without
+a domain reference to take it from (Aria's fields measure 15.5)."""
 BENIGN_RATE = 0.025
 RULE_QUANTILE = 0.995
 RULE_FIELDS = 0.02
@@ -115,3 +121,24 @@ def ship_cells(members: dict[str, tuple[TrainResult, TrainConfig]], train: CellB
 
 def _plain(values: dict) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
+
+
+def train_cell_classifier(data_dir: Path, models_dir: Path, runs_dir: Path, names: tuple[str, ...],
+                          config: Callable[[ModelSpec], TrainConfig], refine_epochs: int, resume: bool = False,
+                          report: Callable[[str, str, EpochLog], None] = lambda name, stage, entry: None) -> Manifest:
+    """Find and crop the cells of ``data_dir/train`` and ``data_dir/val`` (label box blanked), train each
+    member in ``names`` (:func:`allscan.training.cell_train.train_member`, checkpoints in
+    ``runs_dir/cells/<name>``), then :func:`ship_cells` into ``models_dir``."""
+    box = config(CELL_REGISTRY[names[0]]).blank_box
+    fallback = DomainReference.for_models(models_dir, load_or_empty(models_dir))
+    diameter = fallback.checks.rbc_diameter if fallback is not None else DEFAULT_RBC_DIAMETER
+    train = load_cell_bags(Path(data_dir) / "train", box, diameter)
+    val = load_cell_bags(Path(data_dir) / "val", box, diameter)
+    members = {}
+    for name in names:
+        spec = CELL_REGISTRY[name]
+        settings = config(spec)
+        result = train_member(spec, train, val, Path(runs_dir) / "cells" / name, settings, refine_epochs, resume,
+                              lambda stage, entry, name=name: report(name, stage, entry))
+        members[name] = (result, settings)
+    return ship_cells(members, train, val, models_dir, str(data_dir))
