@@ -280,6 +280,17 @@ def print_shipped(entry, result, out: Path) -> None:
                   f" val accuracy {v['accuracy']:.4f}, balanced {v['balanced_accuracy']:.4f}, AUC {v['roc_auc']:.4f}")
 
 
+def print_cells_shipped(folder: Path, manifest) -> None:
+    """The cell classifier shipped, and its field-level figures on validation at its threshold."""
+    config = manifest.ensemble
+    console.print(f"[green]shipped[/] the cell classifier in {folder}: {', '.join(manifest.models)};"
+                  f" threshold {config.threshold:.3f} ({config.tuned_on})")
+    for name, entry in manifest.models.items():
+        v = entry.validation
+        console.print(f"  {name}: ALL fields with a blast {v['all_fields_with_blast']['rate']:.3f}, benign cells"
+                      f" called blast {v['benign_cells_called_blast']['rate']:.3f}, field AUC {v['top_p_auc']:.4f}")
+
+
 def _figure(d: dict, key: str) -> str:
     interval = d["intervals"].get(key)
     return f"{d[key]:.4f}" + (f"\n{interval[0]:.3f}-{interval[1]:.3f}" if interval else "")

@@ -116,6 +116,9 @@ InputSize = Annotated[int | None, typer.Option("--input-size", help="Square inpu
 LearningRate = Annotated[float | None, typer.Option("--lr", help="Peak learning rate \\[default: registry].",
                                                     rich_help_panel=TRAIN, show_default=False)]
 Seed = Annotated[int, typer.Option(help="Random seed.", rich_help_panel=TRAIN)]
+RefineEpochs = Annotated[int, typer.Option("--refine-epochs", min=1, help="Epochs of the second (refining) round "
+                                           "of multiple-instance learning.", rich_help_panel=TRAIN)]
+CellBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Cell crops per step.", rich_help_panel=TRAIN)]
 Weights = Annotated[Path | None, typer.Option("--weights", help="Start the backbone from this weights file (e.g. "
                                               "ImageNet weights on disk; nothing is downloaded).",
                                               rich_help_panel=TRAIN, show_default=False)]
