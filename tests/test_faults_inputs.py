@@ -19,7 +19,7 @@ import allscan
 from allscan.cli import app
 from allscan.domain.gaussian import Gaussian
 from allscan.domain.reference import DomainChecks, DomainError
-from allscan.domain.site import DIGEST_KEY, PROFILE_JSON, Head, SiteProfile, load_profile, meta_digest
+from allscan.domain.site import DIGEST_KEY, PROFILE_JSON, FieldPart, Head, SiteProfile, load_profile, meta_digest
 from allscan.models.manifest import EnsembleConfig
 from allscan.models.registry import MODEL_NAMES
 from allscan.results.frames import ResultsFileError
@@ -40,7 +40,7 @@ def _write_profile(folder, models_digest="0" * 16, threshold=0.4, band=(0.3, 0.5
              for n in MODEL_NAMES}
     checks = DomainChecks(16.0, 1.3, _gaussian(6), _gaussian(FEATURES * len(MODEL_NAMES)))
     config = EnsembleConfig({n: 1 / len(MODEL_NAMES) for n in MODEL_NAMES}, threshold, band)
-    SiteProfile(models_digest, heads, config, checks, {"source": "test"}).save(folder)
+    SiteProfile(FieldPart(models_digest, heads, config, checks, {"source": "test"})).save(folder)
     return folder
 
 
@@ -66,7 +66,7 @@ def _error_lines(output):
 
 def test_a_hand_edited_profile_is_refused_naming_the_digest(tmp_path, models_dir):
     profile = _write_profile(tmp_path / "site")
-    assert load_profile(profile).ensemble.threshold == 0.4
+    assert load_profile(profile).fields.ensemble.threshold == 0.4
     text = (profile / PROFILE_JSON).read_text()
     (profile / PROFILE_JSON).write_text(text.replace('"threshold": 0.4', '"threshold": 7'))
     with pytest.raises(DomainError, match="profile.json does not match the digest recorded in it"):
@@ -78,20 +78,21 @@ def test_a_hand_edited_profile_is_refused_naming_the_digest(tmp_path, models_dir
 
 
 @pytest.mark.parametrize("change, field", [
-    (lambda m: m.update(threshold=7, review_band=[0.9, 0.1]), "threshold"),
-    (lambda m: m.update(threshold=0.99, review_band=[0.9, 0.1]), "review_band"),
-    (lambda m: m["weights"].update(resnet50=-0.5), "weights"),
-    (lambda m: m["weights"].update(resnet50=float("nan")), "weights"),
-    (lambda m: m["weights"].pop("alexnet"), "weights"),
-    (lambda m: m.update(threshold="0.5"), "threshold"),
-    (lambda m: m.update(threshold=True), "threshold"),
-    (lambda m: m.update(review_band=[0.5, 0.3]), "review_band"),
-    (lambda m: m.update(models=["resnet50", "resnet50"]), "models"),
-    (lambda m: m.update(models=["lenet"]), "models"),
-    (lambda m: m.update(rbc_diameter=-3), "rbc_diameter"),
-    (lambda m: m.update(scale_tolerance=0.5), "scale_tolerance"),
+    (lambda m: m["fields"].update(threshold=7, review_band=[0.9, 0.1]), "threshold"),
+    (lambda m: m["fields"].update(threshold=0.99, review_band=[0.9, 0.1]), "review_band"),
+    (lambda m: m["fields"]["weights"].update(resnet50=-0.5), "weights"),
+    (lambda m: m["fields"]["weights"].update(resnet50=float("nan")), "weights"),
+    (lambda m: m["fields"]["weights"].pop("alexnet"), "weights"),
+    (lambda m: m["fields"].update(threshold="0.5"), "threshold"),
+    (lambda m: m["fields"].update(threshold=True), "threshold"),
+    (lambda m: m["fields"].update(review_band=[0.5, 0.3]), "review_band"),
+    (lambda m: m["fields"].update(models=["resnet50", "resnet50"]), "models"),
+    (lambda m: m["fields"].update(models=["lenet"]), "models"),
+    (lambda m: m["fields"].update(rbc_diameter=-3), "rbc_diameter"),
+    (lambda m: m["fields"].update(scale_tolerance=0.5), "scale_tolerance"),
     (lambda m: m.update(arrays="../elsewhere.npz"), "arrays"),
     (lambda m: m.update(format=1), "format"),
+    (lambda m: m.pop("fields"), "neither"),
 ])
 def test_a_setting_out_of_range_is_refused_even_with_a_recomputed_digest(change, field, tmp_path):
     profile = _write_profile(tmp_path / "site")
@@ -120,7 +121,9 @@ _ODD_VALUES = [None, True, False, -1, 0, 1, 7, -0.25, 0.5, 0.999, 1e308, float("
 
 
 def _fuzz_edit(rng, meta):
-    """One random edit of one field of a parsed profile.json: a replacement, a jitter, a removal."""
+    """One random edit of one field of a parsed profile.json, mostly of its field part: a replacement, a
+    jitter, a removal."""
+    meta = meta["fields"] if rng.random() < 0.8 else meta
     key = list(meta)[rng.integers(len(meta))]
     value, kind = meta[key], rng.integers(3)
     if kind == 0:
@@ -150,7 +153,7 @@ def test_a_fuzzed_profile_is_refused_or_loads_within_range_never_silently_change
     byte flips. A load either fails with DomainError or gives settings in range; one whose digest was
     left as written gives exactly the original settings."""
     original = _write_profile(tmp_path / "original")
-    reference = load_profile(original).ensemble
+    reference = load_profile(original).fields.ensemble
     rng = np.random.default_rng(2020)
     outcomes = {"refused": 0, "accepted": 0}
     for case in range(200):
@@ -165,7 +168,7 @@ def test_a_fuzzed_profile_is_refused_or_loads_within_range_never_silently_change
         else:
             _edit(profile, lambda meta: _fuzz_edit(rng, meta), resign)
         try:
-            loaded = load_profile(profile).ensemble
+            loaded = load_profile(profile).fields.ensemble
         except DomainError as refused:
             assert str(profile) in str(refused) and "\n" not in str(refused)
             outcomes["refused"] += 1

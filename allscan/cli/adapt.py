@@ -1,30 +1,70 @@
-"""``allscan adapt``: fit a site profile on a lab's own labelled images."""
+"""``allscan adapt``: fit a site profile on a lab's own labelled images, its labelled cell crops, or both."""
 
 from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
 
 from allscan.cli import loading, options as o
-from allscan.cli.app import app, usage_error
+from allscan.cli.app import app, console, err, usage_error
 from allscan.cli.display import print_adapted
+from allscan.paths import default_models_dir
+
+Labelled = Annotated[Path | None, typer.Argument(
+    help="Folder with ALL/ and normal/ sub-folders of your lab's labelled images (at least 5 each): fits the "
+         "profile's field part.", show_default=False)]
+CellCropsDir = Annotated[Path | None, typer.Option(
+    "--cells", help="Folder with blast/ and normal/ sub-folders of your lab's cell crops (one cell centred, any "
+                    "size; at least 10 each): fits the profile's cell part.",
+    rich_help_panel=o.INPUT, show_default=False)]
 
 
 @app.command()
-def adapt(labelled: o.Labelled, out: o.ProfileOut, models: o.Models = None, stain_norm: o.StainNorm = True,
-          rbc_diameter: o.RbcDiameter = None) -> None:
-    """Fit a site profile on your lab's labelled images: light heads on the models' features, the site's
-    threshold and review band, and its domain. Prints cross-validated figures with 95% intervals."""
+def adapt(labelled: Labelled = None, *, cells: CellCropsDir = None, out: o.ProfileOut, models: o.Models = None,
+          stain_norm: o.StainNorm = True, rbc_diameter: o.RbcDiameter = None) -> None:
+    """Fit a site profile on your lab's labelled images (light heads on the models' features, the site's
+    threshold, review band and domain), on its labelled cell crops (--cells: heads on the cell classifier's
+    features and the site's cell threshold), or on both. Prints cross-validated figures with 95% intervals."""
     from allscan.models.manifest import ManifestError
-    from allscan.training.adapt import LabelledSetError, adapt as fit_profile, list_labelled
+    from allscan.training.adapt import LabelledSetError, adapt as fit_fields, list_labelled, site_profile
+    from allscan.training.adapt_cells import adapt_cells, list_crops, read_crops
 
-    if not labelled.is_dir():
-        raise usage_error(f"no such folder: {labelled}")
+    if labelled is None and cells is None:
+        raise usage_error("give LABELLED (a folder of labelled images), --cells CELLS_DIR (labelled cell crops) "
+                          "or both")
     with loading.refusing(LabelledSetError):
-        images = list_labelled(labelled)
+        images = list_labelled(_folder(labelled)) if labelled is not None else None
+        listed_crops = list_crops(_folder(cells)) if cells is not None else None
     check_profile_out(out)
-    pipeline = loading.pipeline(models, None, stain_norm, rbc_diameter)
-    with loading.refusing(ManifestError, LabelledSetError):
-        result = fit_profile(pipeline, images)
-    result.profile.save(out)
-    print_adapted(out, result)
+    models_dir = models or default_models_dir()
+    if images is not None:
+        loading.manifest(models)
+    crops = None
+    if listed_crops is not None:
+        check_cell_models(models_dir)
+        with loading.refusing(LabelledSetError):
+            crops = read_crops(listed_crops)
+    field_result = cell_result = classifier = None
+    if images is not None:
+        pipeline = loading.pipeline(models, None, stain_norm, rbc_diameter)
+        with loading.refusing(ManifestError, LabelledSetError):
+            field_result = fit_fields(pipeline, images)
+        classifier = pipeline.cells
+    if crops is not None:
+        cell_result = adapt_cells(classifier or cell_classifier(models_dir), crops)
+    site_profile(field_result, cell_result).save(out)
+    if field_result is not None:
+        print_adapted(out, field_result)
+    if cell_result is not None:
+        print_cell_heads(out, cell_result)
+
+
+def _folder(path: Path) -> Path:
+    if not path.is_dir():
+        raise usage_error(f"no such folder: {path}")
+    return path
 
 
 def check_profile_out(out: Path) -> None:
@@ -37,3 +77,44 @@ def check_profile_out(out: Path) -> None:
             raise PreflightError(f"site profile folder {out} is a file; --out takes a folder")
         for name in (PROFILE_JSON, PROFILE_NPZ):
             check_writable_file(out / name, "site profile file")
+
+
+def check_cell_models(models_dir: Path) -> None:
+    """Refuse, before TensorFlow loads, models without a cell classifier or with a malformed one."""
+    from allscan.models.manifest import ManifestError, load_manifest
+    from allscan.scoring.cells import CELLS_DIR
+
+    if not (models_dir / CELLS_DIR).is_dir():
+        raise usage_error(f"the models in {models_dir} come without a cell classifier ({CELLS_DIR}/); "
+                          "adapt --cells fits on its features")
+    with loading.refusing(ManifestError):
+        load_manifest(models_dir / CELLS_DIR)
+
+
+def cell_classifier(models_dir: Path):
+    """The cell classifier of ``models_dir`` (checked by :func:`check_cell_models`), loaded."""
+    from allscan.models.manifest import ManifestError
+    from allscan.scoring.cells import CellClassifier
+
+    with loading.refusing(ManifestError):
+        return CellClassifier.load(models_dir)
+
+
+def print_cell_heads(out: Path, result) -> None:
+    """What ``adapt --cells`` left out, its cross-validated figures with intervals, and its warnings."""
+    for path, reason in result.skipped:
+        err.print(f"[yellow]left out[/] {escape(str(path))}: {escape(reason)}")
+    f = result.figures
+    console.print(f"cell heads of site profile {escape(str(out))}: cross-validated on {f['n_blast']} blast + "
+                  f"{f['n_normal']} normal crops", soft_wrap=True)
+    table = Table()
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("95% interval", justify="right")
+    for name in ("roc_auc", "sensitivity", "specificity"):
+        low, high = f[f"{name}_95ci"]
+        table.add_row(name.replace("_", " "), f"{f[name]:.3f}", f"{low:.3f} – {high:.3f}")
+    console.print(table)
+    console.print(f"cell threshold {f['threshold']:.2f}; {f['method']}; {result.seconds:.0f} s")
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")

@@ -1,33 +1,45 @@
-"""Site profiles: a lab's own light heads on the models' features, its operating point and its domain.
+"""Site profiles: a lab's own light heads on the models' features, its operating points and its domain.
 
-A profile is a folder holding ``profile.json`` (figures, settings, provenance, the arrays'
-sha256 and its own) and ``profile.npz`` (per-model head weights and the site's domain
-statistics; no pickle). It records the digest of the base models it was fitted on and is
-refused with any others. A profile comes from elsewhere (another machine, a colleague, a
-hand edit), so loading checks everything before it is used: both digests, then every setting's
-type and range and every array's shape. Fitting lives in :mod:`allscan.training.adapt`.
+A profile holds a field part (heads on the field models' features, their threshold and review
+band, the site's domain statistics), a cell part (heads on the cell classifier's features and the
+site's cell threshold) or both. It is a folder holding ``profile.json`` (figures, settings,
+provenance, the arrays' sha256 and its own) and ``profile.npz`` (head weights and domain
+statistics; no pickle). Each part records the digest of the models it was fitted on and is refused
+with any others. A profile comes from elsewhere (another machine, a colleague, a hand edit), so
+loading checks everything before it is used: both digests, then every setting's type and range and
+every array's shape. Fitting lives in :mod:`allscan.training.adapt` and
+:mod:`allscan.training.adapt_cells`.
 """
 
 import hashlib
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from allscan.domain.gaussian import Gaussian
 from allscan.domain.reference import DomainChecks, DomainError, load_checked_pair
 from allscan.fileio import atomic_write_bytes, atomic_write_text
-from allscan.domain.gaussian import Gaussian
+from allscan.models.calibration import weighted_mean
 from allscan.models.manifest import EnsembleConfig, sha256_file
-from allscan.models.registry import MODEL_NAMES
+from allscan.models.registry import CELL_MODEL_NAMES, MODEL_NAMES
 
 PROFILE_JSON = "profile.json"
 PROFILE_NPZ = "profile.npz"
-PROFILE_FORMAT = 2
-"""Format 2 added the digest of ``profile.json`` itself (:data:`DIGEST_KEY`)."""
+PROFILE_FORMAT = 3
+"""Format 3 holds a field part, a cell part or both, each under its own key (:data:`PARTS`)."""
+FIELD_ONLY_FORMAT = 2
+"""Format 2 (which added the digest of ``profile.json`` itself, :data:`DIGEST_KEY`) held the field
+part's settings at the top level; it is still read, as a profile with a field part only."""
 DIGEST_KEY = "profile_sha256"
+FIELDS, CELLS = "fields", "cells"
+PARTS = (FIELDS, CELLS)
+HEAD_PREFIX = {FIELDS: "head", CELLS: "cell_head"}
+"""How each part's head arrays are named in ``profile.npz``: ``<prefix>_<model>_<mean|std|coef|intercept>``."""
+HEAD_ARRAYS = ("mean", "std", "coef", "intercept")
 
 
 @dataclass(frozen=True)
@@ -44,32 +56,43 @@ class Head:
         return 1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50)))
 
 
+def _head_arrays(prefix: str, heads: dict[str, Head]) -> dict[str, np.ndarray]:
+    arrays = {}
+    for name, head in heads.items():
+        arrays |= {f"{prefix}_{name}_mean": head.mean, f"{prefix}_{name}_std": head.std,
+                   f"{prefix}_{name}_coef": head.coef, f"{prefix}_{name}_intercept": np.asarray(head.intercept)}
+    return arrays
+
+
+def _heads_from(prefix: str, models: list[str], arrays: dict[str, np.ndarray]) -> dict[str, Head]:
+    return {model: Head(*(arrays[f"{prefix}_{model}_{part}"] for part in HEAD_ARRAYS[:3]),
+                        float(arrays[f"{prefix}_{model}_intercept"])) for model in models}
+
+
 @dataclass(frozen=True)
-class SiteProfile:
-    """A fitted site profile.
+class FieldPart:
+    """Heads on the field models' features, their vote and the site's domain.
 
     Attributes:
-        models_digest: Digest of the models it was fitted on.
+        models_digest: Digest of the field models it was fitted on.
         heads: One head per model.
         ensemble: Weights, threshold and review band for the heads' vote.
         checks: The site's domain statistics (its images define "in domain").
-        meta: Everything else recorded in ``profile.json`` (figures, counts, provenance).
-        digest: sha256 of ``profile.json`` (which records the arrays' sha256).
+        meta: Everything else recorded for it (source, figures, counts, options).
     """
 
     models_digest: str
     heads: dict[str, Head]
     ensemble: EnsembleConfig
     checks: DomainChecks
-    meta: dict
-    digest: str = ""
+    meta: dict = field(default_factory=dict)
 
     def probabilities(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each head's p(ALL) for its model's features ``(n, d)``."""
         return {name: head.probabilities(features[name]) for name, head in self.heads.items()}
 
     def check_models(self, digest: str) -> None:
-        """Refuse models other than the ones the profile was fitted on.
+        """Refuse models other than the ones the part was fitted on.
 
         Raises:
             DomainError: The digests differ.
@@ -78,19 +101,9 @@ class SiteProfile:
             raise DomainError(f"site profile was fitted on models {self.models_digest}, not on these ({digest}); "
                               "run allscan adapt again with these models")
 
-    def save(self, folder: Path) -> str:
-        """Write the profile folder; returns its digest."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        arrays = self.checks.arrays()
-        for name, head in self.heads.items():
-            arrays |= {f"head_{name}_mean": head.mean, f"head_{name}_std": head.std,
-                       f"head_{name}_coef": head.coef, f"head_{name}_intercept": np.asarray(head.intercept)}
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        atomic_write_bytes(folder / PROFILE_NPZ, buffer.getvalue())
-        meta = self.meta | {
-            "format": PROFILE_FORMAT,
+    def settings(self) -> dict:
+        """Its ``profile.json`` entry."""
+        return self.meta | {
             "models_digest": self.models_digest,
             "models": list(self.heads),
             "weights": self.ensemble.weights,
@@ -98,9 +111,121 @@ class SiteProfile:
             "review_band": list(self.ensemble.review_band),
             "rbc_diameter": self.checks.rbc_diameter,
             "scale_tolerance": self.checks.scale_tolerance,
-            "arrays": PROFILE_NPZ,
-            "arrays_sha256": sha256_file(folder / PROFILE_NPZ),
         }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self.checks.arrays() | _head_arrays(HEAD_PREFIX[FIELDS], self.heads)
+
+    @classmethod
+    def read(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "FieldPart":
+        """The part from its checked ``profile.json`` entry and ``profile.npz``'s arrays."""
+        ensemble = EnsembleConfig({k: float(v) for k, v in meta["weights"].items()}, float(meta["threshold"]),
+                                  (float(meta["review_band"][0]), float(meta["review_band"][1])))
+        checks = DomainChecks.from_arrays(arrays, float(meta["rbc_diameter"]), float(meta["scale_tolerance"]))
+        return cls(str(meta["models_digest"]), _heads_from(HEAD_PREFIX[FIELDS], meta["models"], arrays), ensemble,
+                   checks, meta)
+
+
+@dataclass(frozen=True)
+class CellPart:
+    """Heads on the cell classifier's members' features and the site's cell threshold.
+
+    Attributes:
+        models_digest: Digest of the cell models it was fitted on.
+        heads: One head per cell model.
+        weights: Each head's weight in p(blast).
+        threshold: p(blast) at or above which a cell counts as a blast.
+        meta: Everything else recorded for it (source, figures, counts).
+    """
+
+    models_digest: str
+    heads: dict[str, Head]
+    weights: dict[str, float]
+    threshold: float
+    meta: dict = field(default_factory=dict)
+
+    def probabilities(self, features: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """p(blast) ``(n,)`` and each head's p ``{name: (n,)}`` for the members' features ``{name: (n, d)}``."""
+        members = {name: head.probabilities(features[name]) for name, head in self.heads.items()}
+        return np.asarray(weighted_mean(members, self.weights), dtype=float).reshape(-1), members
+
+    def check_models(self, digest: str) -> None:
+        """Refuse cell models other than the ones the part was fitted on.
+
+        Raises:
+            DomainError: The digests differ.
+        """
+        if digest != self.models_digest:
+            raise DomainError(f"site profile's cell heads were fitted on cell models {self.models_digest}, not on "
+                              f"these ({digest}); run allscan adapt --cells again with these models")
+
+    def settings(self) -> dict:
+        """Its ``profile.json`` entry."""
+        return self.meta | {"models_digest": self.models_digest, "models": list(self.heads),
+                            "weights": self.weights, "threshold": self.threshold}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return _head_arrays(HEAD_PREFIX[CELLS], self.heads)
+
+    @classmethod
+    def read(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "CellPart":
+        """The part from its checked ``profile.json`` entry and ``profile.npz``'s arrays."""
+        return cls(str(meta["models_digest"]), _heads_from(HEAD_PREFIX[CELLS], meta["models"], arrays),
+                   {k: float(v) for k, v in meta["weights"].items()}, float(meta["threshold"]), meta)
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    """A fitted site profile: a field part, a cell part or both.
+
+    Attributes:
+        fields: Heads, operating point and domain for the field models, if fitted.
+        cells: Heads and threshold for the cell classifier, if fitted.
+        created: When it was fitted (ISO 8601).
+        digest: sha256 of ``profile.json`` (which records the arrays' sha256).
+    """
+
+    fields: FieldPart | None = None
+    cells: CellPart | None = None
+    created: str = ""
+    digest: str = ""
+
+    def __post_init__(self):
+        if self.fields is None and self.cells is None:
+            raise ValueError("a site profile needs a field part, a cell part or both")
+
+    def parts(self) -> dict[str, FieldPart | CellPart]:
+        """The parts it holds, by name."""
+        return {name: part for name, part in ((FIELDS, self.fields), (CELLS, self.cells)) if part is not None}
+
+    def check_models(self, digest: str) -> None:
+        """Refuse field models other than the ones its field part was fitted on (any, without one).
+
+        Raises:
+            DomainError: The digests differ.
+        """
+        if self.fields is not None:
+            self.fields.check_models(digest)
+
+    def describe(self) -> dict:
+        """For the run metadata: its digest, where each part was fitted and their cross-validated figures."""
+        parts = self.parts()
+        return {"digest": self.digest, "source": "; ".join(str(p.meta.get("source", "")) for p in parts.values()),
+                "cross_validated": {name: p.meta.get("cross_validated", {}) for name, p in parts.items()}}
+
+    def save(self, folder: Path) -> str:
+        """Write the profile folder; returns its digest."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {}
+        for part in self.parts().values():
+            arrays |= part.arrays()
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(folder / PROFILE_NPZ, buffer.getvalue())
+        meta = {"format": PROFILE_FORMAT, "created": self.created,
+                **{name: part.settings() for name, part in self.parts().items()},
+                "arrays": PROFILE_NPZ, "arrays_sha256": sha256_file(folder / PROFILE_NPZ)}
         meta = json.loads(json.dumps(meta))  # the values as they will read back (tuples as lists, numpy as floats)
         meta[DIGEST_KEY] = meta_digest(meta)
         atomic_write_text(folder / PROFILE_JSON, json.dumps(meta, indent=2) + "\n")
@@ -132,17 +257,22 @@ def load_profile(folder: Path, origin: str = "") -> SiteProfile:
         raise DomainError(f"{name} is {'not a folder' if folder.exists() else 'missing'}")
     try:
         meta, arrays = load_checked_pair(folder / PROFILE_JSON, None, _refuse_bad_meta)
-        problem = _arrays_problem(meta["models"], arrays)
+        parts = part_settings(meta)
+        problem = _arrays_problem(parts, arrays)
         if problem:
             raise DomainError(problem)
-        heads = {model: Head(arrays[f"head_{model}_mean"], arrays[f"head_{model}_std"], arrays[f"head_{model}_coef"],
-                             float(arrays[f"head_{model}_intercept"])) for model in meta["models"]}
-        ensemble = EnsembleConfig({k: float(v) for k, v in meta["weights"].items()}, float(meta["threshold"]),
-                                  (float(meta["review_band"][0]), float(meta["review_band"][1])))
-        checks = DomainChecks.from_arrays(arrays, float(meta["rbc_diameter"]), float(meta["scale_tolerance"]))
+        fields = FieldPart.read(parts[FIELDS], arrays) if FIELDS in parts else None
+        cells = CellPart.read(parts[CELLS], arrays) if CELLS in parts else None
     except DomainError as err:
         raise DomainError(f"{name}: {err}; run allscan adapt again to make a new one") from None
-    return SiteProfile(str(meta["models_digest"]), heads, ensemble, checks, meta, sha256_file(folder / PROFILE_JSON))
+    return SiteProfile(fields, cells, str(meta.get("created", "")), sha256_file(folder / PROFILE_JSON))
+
+
+def part_settings(meta: dict) -> dict[str, dict]:
+    """Each part's entry of a parsed ``profile.json``, by name (a format-2 profile's top level is its field part)."""
+    if meta.get("format") == FIELD_ONLY_FORMAT:
+        return {FIELDS: meta}
+    return {name: meta[name] for name in PARTS if name in meta}
 
 
 def _refuse_bad_meta(meta: object) -> None:
@@ -157,36 +287,67 @@ def _meta_problem(meta: object) -> str:
     each setting (a digest recomputed after an edit must not let a value out of range through)."""
     if not isinstance(meta, dict):
         return f"{PROFILE_JSON} is not a JSON object"
-    if meta.get("format") != PROFILE_FORMAT or isinstance(meta.get("format"), bool):
-        return f"{PROFILE_JSON} has format {meta.get('format')!r}; this allscan reads format {PROFILE_FORMAT}"
+    fmt = meta.get("format")
+    if isinstance(fmt, bool) or fmt not in (FIELD_ONLY_FORMAT, PROFILE_FORMAT):
+        return f"{PROFILE_JSON} has format {fmt!r}; this allscan reads formats {FIELD_ONLY_FORMAT} and {PROFILE_FORMAT}"
     if meta.get(DIGEST_KEY) != meta_digest(meta):
         return f"{PROFILE_JSON} does not match the digest recorded in it: it was altered after allscan adapt wrote it"
     return _settings_problem(meta)
 
 
 def _settings_problem(meta: dict) -> str:
-    """What is out of range among the settings that decide verdicts and domain, or an empty string."""
-    models, weights = meta.get("models"), meta.get("weights")
-    if not isinstance(meta.get("models_digest"), str):
-        return f"models_digest must be text, not {meta.get('models_digest')!r}"
-    if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)
-            and len(set(models)) == len(models) and set(models) <= set(MODEL_NAMES)):
-        return f"models must list distinct models of {', '.join(MODEL_NAMES)}, not {models!r}"
-    if not (isinstance(weights, dict) and set(weights) == set(models)
-            and all(_real(w) and w >= 0 for w in weights.values()) and sum(weights.values()) > 0):
-        return f"weights must give each of models a finite weight of 0 or more, not all 0; got {weights!r}"
-    threshold, band = meta.get("threshold"), meta.get("review_band")
-    if not (_real(threshold) and 0 < threshold < 1):
-        return f"threshold must lie between 0 and 1 (exclusive), not {threshold!r}"
+    """What is out of range among the settings that decide verdicts, cell calls and domain, or an empty string."""
+    if meta.get("arrays") != PROFILE_NPZ or not isinstance(meta.get("arrays_sha256"), str):
+        return f"arrays must be {PROFILE_NPZ} with its sha256, not {meta.get('arrays')!r}"
+    if meta["format"] == FIELD_ONLY_FORMAT:
+        return _field_problem(meta)
+    if not any(name in meta for name in PARTS):
+        return f"{PROFILE_JSON} holds neither a {FIELDS} nor a {CELLS} part"
+    for name, check in ((FIELDS, _field_problem), (CELLS, _cell_problem)):
+        if name not in meta:
+            continue
+        part = meta[name]
+        problem = check(part) if isinstance(part, dict) else f"must be an object, not {part!r}"
+        if problem:
+            return f"{name}: {problem}"
+    return ""
+
+
+def _field_problem(part: dict) -> str:
+    """What is out of range in the field part's settings, or an empty string."""
+    problem = _heads_problem(part, MODEL_NAMES)
+    if problem:
+        return problem
+    threshold, band = part["threshold"], part.get("review_band")
     if not (isinstance(band, list) and len(band) == 2 and all(_real(v) for v in band)
             and 0 <= band[0] <= threshold <= band[1] <= 1):
         return f"review_band must be [low, high] with 0 ≤ low ≤ threshold ({threshold}) ≤ high ≤ 1, not {band!r}"
-    if not (_real(meta.get("rbc_diameter")) and meta["rbc_diameter"] >= 0):
-        return f"rbc_diameter must be a size in pixels (0 for none), not {meta.get('rbc_diameter')!r}"
-    if not (_real(meta.get("scale_tolerance")) and meta["scale_tolerance"] >= 1):
-        return f"scale_tolerance must be a factor of 1 or more, not {meta.get('scale_tolerance')!r}"
-    if meta.get("arrays") != PROFILE_NPZ or not isinstance(meta.get("arrays_sha256"), str):
-        return f"arrays must be {PROFILE_NPZ} with its sha256, not {meta.get('arrays')!r}"
+    if not (_real(part.get("rbc_diameter")) and part["rbc_diameter"] >= 0):
+        return f"rbc_diameter must be a size in pixels (0 for none), not {part.get('rbc_diameter')!r}"
+    if not (_real(part.get("scale_tolerance")) and part["scale_tolerance"] >= 1):
+        return f"scale_tolerance must be a factor of 1 or more, not {part.get('scale_tolerance')!r}"
+    return ""
+
+
+def _cell_problem(part: dict) -> str:
+    """What is out of range in the cell part's settings, or an empty string."""
+    return _heads_problem(part, CELL_MODEL_NAMES)
+
+
+def _heads_problem(part: dict, known: tuple[str, ...]) -> str:
+    """What is wrong with a part's models digest, models (of ``known``), weights and threshold, or an empty string."""
+    models, weights = part.get("models"), part.get("weights")
+    if not isinstance(part.get("models_digest"), str):
+        return f"models_digest must be text, not {part.get('models_digest')!r}"
+    if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)
+            and len(set(models)) == len(models) and set(models) <= set(known)):
+        return f"models must list distinct models of {', '.join(known)}, not {models!r}"
+    if not (isinstance(weights, dict) and set(weights) == set(models)
+            and all(_real(w) and w >= 0 for w in weights.values()) and sum(weights.values()) > 0):
+        return f"weights must give each of models a finite weight of 0 or more, not all 0; got {weights!r}"
+    threshold = part.get("threshold")
+    if not (_real(threshold) and 0 < threshold < 1):
+        return f"threshold must lie between 0 and 1 (exclusive), not {threshold!r}"
     return ""
 
 
@@ -195,18 +356,14 @@ def _real(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _arrays_problem(models: list[str], arrays: dict[str, np.ndarray]) -> str:
-    """What is wrong with ``profile.npz``'s heads and domain statistics, or an empty string."""
-    for model in models:
-        try:
-            mean, std, coef, intercept = (np.asarray(arrays[f"head_{model}_{part}"])
-                                          for part in ("mean", "std", "coef", "intercept"))
-        except KeyError as err:
-            return f"{PROFILE_NPZ} lacks {err}"
-        if not (mean.ndim == 1 and mean.size and mean.shape == std.shape == coef.shape and intercept.size == 1):
-            return f"{PROFILE_NPZ}: the head of {model} has mismatched shapes"
-        if not (all(_finite(a) for a in (mean, std, coef, intercept)) and (std > 0).all()):
-            return f"{PROFILE_NPZ}: the head of {model} holds values that are not finite, or a spread of 0 or less"
+def _arrays_problem(parts: dict[str, dict], arrays: dict[str, np.ndarray]) -> str:
+    """What is wrong with ``profile.npz``'s heads and domain statistics for the parts it serves, or an empty string."""
+    for name, part in parts.items():
+        problem = _head_arrays_problem(HEAD_PREFIX[name], part["models"], arrays)
+        if problem:
+            return f"{PROFILE_NPZ}: {problem}" + (" (cell heads)" if name == CELLS else "")
+    if FIELDS not in parts:
+        return ""
     for prefix in ("colour", "features"):
         try:
             problem = _gaussian_problem(Gaussian.from_arrays(arrays, prefix))
@@ -214,6 +371,19 @@ def _arrays_problem(models: list[str], arrays: dict[str, np.ndarray]) -> str:
             problem = f"cannot be read ({err})"
         if problem:
             return f"{PROFILE_NPZ}: the {prefix} statistics {problem}"
+    return ""
+
+
+def _head_arrays_problem(prefix: str, models: list[str], arrays: dict[str, np.ndarray]) -> str:
+    for model in models:
+        try:
+            mean, std, coef, intercept = (np.asarray(arrays[f"{prefix}_{model}_{part}"]) for part in HEAD_ARRAYS)
+        except KeyError as err:
+            return f"lacks {err}"
+        if not (mean.ndim == 1 and mean.size and mean.shape == std.shape == coef.shape and intercept.size == 1):
+            return f"the head of {model} has mismatched shapes"
+        if not (all(_finite(a) for a in (mean, std, coef, intercept)) and (std > 0).all()):
+            return f"the head of {model} holds values that are not finite, or a spread of 0 or less"
     return ""
 
 

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from allscan.domain.cells import CellCrops
+from allscan.domain.site import CellPart
 from allscan.models.calibration import weighted_mean
 from allscan.models.manifest import ManifestError
 from allscan.results.types import VERDICT_NORMAL, CellFindings, CellResult, Score
@@ -69,11 +70,13 @@ class CellRule:
 
 
 class CellClassifier:
-    """The cell models of a models folder, their calibrated vote, threshold and review rule."""
+    """The cell models of a models folder, their calibrated vote, threshold and review rule; or, adapted to
+    a site, the site profile's cell heads on the members' features and its threshold."""
 
-    def __init__(self, ensemble, rule: CellRule):
+    def __init__(self, ensemble, rule: CellRule, site: CellPart | None = None):
         self.ensemble = ensemble
         self.rule = rule
+        self.site = site
 
     @classmethod
     def load(cls, models_dir: Path, runtime: str = "auto", load_models: bool = True) -> "CellClassifier | None":
@@ -90,18 +93,28 @@ class CellClassifier:
 
         return cls(Ensemble.load(folder, load_models=load_models, runtime=runtime), CellRule.load(folder))
 
+    def adapted(self, site: CellPart) -> "CellClassifier":
+        """This classifier judging by a site profile's cell heads and threshold.
+
+        Raises:
+            DomainError: The heads were fitted on other cell models.
+        """
+        site.check_models(self.ensemble.manifest.digest)
+        return CellClassifier(self.ensemble, self.rule, site)
+
     @property
     def digest(self) -> str:
         return self.ensemble.digest
 
     @property
     def threshold(self) -> float:
-        return self.ensemble.manifest.ensemble.threshold
+        return self.site.threshold if self.site is not None else self.ensemble.manifest.ensemble.threshold
 
     def probabilities(self, crops: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray],
                                                                                dict[str, np.ndarray]]:
         """Calibrated p(blast) ``(n,)``, each member's calibrated p ``{name: (n,)}`` and pooled features
-        ``{name: (n, d)}`` for crops ``(n, s, s, 3)`` uint8 (resized to each member's input size)."""
+        ``{name: (n, d)}`` for crops ``(n, s, s, 3)`` uint8 (resized to each member's input size); adapted to a
+        site, p(blast) and each member's p are its heads' answers."""
         config = self.ensemble.manifest.ensemble
         probs: dict[str, list] = {}
         feats: dict[str, list] = {}
@@ -115,6 +128,8 @@ class CellClassifier:
         features = {n: np.concatenate(v) for n, v in feats.items()}
         if not members:
             return np.zeros(0), {}, {}
+        if self.site is not None:
+            return *self.site.probabilities(features), features
         p_blast = np.asarray(config.calibration.ensemble.apply(weighted_mean(members, config.weights)), dtype=float)
         return p_blast.reshape(-1), members, features
 

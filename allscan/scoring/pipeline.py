@@ -15,7 +15,7 @@ import numpy as np
 
 from allscan.domain.fields import DomainOptions, FieldMaker, FieldSet
 from allscan.domain.guard import assess
-from allscan.domain.reference import DomainReference
+from allscan.domain.reference import DomainError, DomainReference
 from allscan.domain.site import SiteProfile, load_profile
 from allscan.results.types import DomainInfo, Score
 from allscan.scoring.cells import CellClassifier
@@ -32,7 +32,8 @@ class Pipeline:
 
     Raises:
         ManifestError: The domain reference is tampered or was fitted for other models, or the site
-            profile was fitted on other models (DomainError).
+            profile was fitted on other models or other cell models, or holds cell heads for models
+            without a cell classifier (DomainError).
     """
 
     def __init__(self, ensemble: "Ensemble", options: DomainOptions = DomainOptions(), site: SiteProfile | None = None,
@@ -41,12 +42,13 @@ class Pipeline:
         self.reference: DomainReference | None = DomainReference.for_models(ensemble.models_dir, ensemble.manifest)
         self.options = options
         self.site = site
+        self.site_fields = site.fields if site is not None else None
         self.site_dir = site_dir
-        self.cells = cells if options.cells else None
-        self.maker = FieldMaker(self.reference, ensemble.input_sizes, options, cells=self.cells is not None)
-        self.specimen_rule = SpecimenRule.load(ensemble.models_dir)
         if site is not None:
             site.check_models(ensemble.manifest.digest)
+        self.cells = _site_cells(cells, site) if options.cells else None
+        self.maker = FieldMaker(self.reference, ensemble.input_sizes, options, cells=self.cells is not None)
+        self.specimen_rule = SpecimenRule.load(ensemble.models_dir)
 
     @property
     def digest(self) -> str:
@@ -86,8 +88,7 @@ class Pipeline:
             info["reference_rbc_diameter_px"] = round(self.reference.checks.rbc_diameter, 2)
             info["reference"] = self.ensemble.manifest.domain
         if self.site is not None:
-            info["site"] = {"digest": self.site.digest, "source": self.site.meta.get("source", ""),
-                            "cross_validated": self.site.meta.get("cross_validated", {})}
+            info["site"] = self.site.describe()
         return info
 
     @property
@@ -101,7 +102,7 @@ class Pipeline:
     @property
     def config(self):
         """The :class:`~allscan.models.manifest.EnsembleConfig` in force: the site profile's, else the models'."""
-        return self.site.ensemble if self.site is not None else self.ensemble.manifest.ensemble
+        return self.site_fields.ensemble if self.site_fields is not None else self.ensemble.manifest.ensemble
 
     def field_outputs(self, fieldsets: list[FieldSet], batch_size: int
                       ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
@@ -122,8 +123,8 @@ class Pipeline:
                 feats.setdefault(name, []).append(f[name])
         all_p = {n: np.concatenate(v) for n, v in probs.items()}
         all_f = {n: np.concatenate(v) for n, v in feats.items()}
-        if self.site is not None:
-            all_p = self.site.probabilities(all_f)
+        if self.site_fields is not None:
+            all_p = self.site_fields.probabilities(all_f)
         bounds = np.cumsum([0, *counts])
         return [({n: v[a:b] for n, v in all_p.items()}, {n: v[a:b] for n, v in all_f.items()})
                 for a, b in zip(bounds[:-1], bounds[1:])]
@@ -166,7 +167,7 @@ class Pipeline:
         notes = list(fs.notes)
         if self.reference is None:
             return replace(score, domain=DomainInfo(fs.scale, fs.tiles, "", None, "; ".join(notes)))
-        checks = self.site.checks if self.site is not None else self.reference.checks
+        checks = self.site_fields.checks if self.site_fields is not None else self.reference.checks
         features = np.concatenate([feats[n] for n in self.reference.feature_models], axis=1)
         verdict = assess(checks, fs.diameter, fs.colour, features, fs.background_only, fs.long_side)
         if verdict.reasons:
@@ -174,6 +175,20 @@ class Pipeline:
         info = DomainInfo(None if fs.scale is None else round(fs.scale, 4), fs.tiles, verdict.domain,
                           verdict.score, "; ".join(notes))
         return replace(score, review=score.review or verdict.domain == "out", domain=info)
+
+
+def _site_cells(cells: CellClassifier | None, site: SiteProfile | None) -> CellClassifier | None:
+    """The cell classifier, judging by the site profile's cell heads when it holds them.
+
+    Raises:
+        DomainError: The profile holds cell heads and the models no cell classifier, or other cell models.
+    """
+    if site is None or site.cells is None:
+        return cells
+    if cells is None:
+        raise DomainError("site profile holds cell heads, but these models come without a cell classifier; "
+                          "use --no-cells, or a profile fitted without --cells")
+    return cells.adapted(site.cells)
 
 
 def as_pipeline(scoring: "Ensemble | Pipeline") -> Pipeline:

@@ -1,6 +1,7 @@
 """``allscan adapt``: fit a site profile on a lab's own labelled images.
 
-The base models stay frozen. For each model a logistic regression with strong L2
+This module fits a profile's field part (:mod:`allscan.training.adapt_cells` its cell part, on the
+same rules). The base models stay frozen. For each model a logistic regression with strong L2
 regularisation is fitted on its pooled features of the lab's fields (each field carries
 its image's label; each image weighs the same whatever its number of fields). At
 prediction the heads score every field and the usual aggregation rule (mean of the
@@ -26,7 +27,7 @@ from allscan.domain.fields import FieldSet
 from allscan.domain.gaussian import fit_gaussian
 from allscan.scoring.pipeline import Pipeline
 from allscan.domain.reference import DomainChecks, DomainError, scale_tolerance
-from allscan.domain.site import Head, SiteProfile
+from allscan.domain.site import CellPart, FieldPart, Head, SiteProfile
 from allscan.scoring.vote import aggregate
 from allscan.images import ImageError, decode_file, find_images
 from allscan.models.manifest import EnsembleConfig
@@ -47,28 +48,55 @@ class LabelledSetError(Exception):
 
 
 @dataclass(frozen=True)
+class Labelling:
+    """What a labelled folder holds.
+
+    Attributes:
+        classes: Its class folders, label 0's then label 1's.
+        noun: What its files are, for the messages.
+        minimum: The fewest readable files per class that a fit accepts.
+        command: The command that fits on it, for the messages.
+    """
+
+    classes: tuple[str, str]
+    noun: str
+    minimum: int
+    command: str
+
+    def folders(self) -> str:
+        """Its class folders in words, label 1's first (``ALL/ and normal/``)."""
+        return f"{self.classes[1]}/ and {self.classes[0]}/"
+
+
+FIELD_LABELLING = Labelling(CLASSES, "images", MIN_PER_CLASS, "adapt")
+
+
+@dataclass(frozen=True)
 class LabelledSet:
-    """The images ``adapt`` fits on, each file and each content once, listed before any model loads.
+    """The files ``adapt`` fits on, each file and each content once, listed before any model loads.
 
     Attributes:
         folder: The labelled folder.
-        paths: Image files, ``normal/``'s then ``ALL/``'s.
-        labels: 1 for ALL, 0 for normal, one per path.
+        paths: Image files, label 0's class folder's (``normal/``) then label 1's (``ALL/``).
+        labels: 1 or 0, one per path.
         skipped: ``(path, reason)`` for each file left out because its content is already listed.
+        labelling: What the folder holds.
     """
 
     folder: Path
     paths: tuple[Path, ...]
     labels: tuple[int, ...]
     skipped: tuple[tuple[Path, str], ...] = ()
+    labelling: Labelling = FIELD_LABELLING
 
     def counts(self) -> np.ndarray:
-        """Images per label: ``[normal, ALL]``."""
+        """Files per label: ``[normal, ALL]``."""
         return np.bincount(np.asarray(self.labels, dtype=int), minlength=2)
 
 
-def list_labelled(folder: Path) -> LabelledSet:
-    """Every image under ``folder/ALL`` and ``folder/normal``, once, checked before any model loads.
+def list_labelled(folder: Path, labelling: Labelling = FIELD_LABELLING) -> LabelledSet:
+    """Every image under ``folder/ALL`` and ``folder/normal`` (the class folders of ``labelling``), once,
+    checked before any model loads.
 
     A file reached through several links is taken once; one reached through a link back up to
     the class folder or above it (a link loop, which would list the other class's images
@@ -77,13 +105,13 @@ def list_labelled(folder: Path) -> LabelledSet:
 
     Raises:
         LabelledSetError: No images, the same content in both classes (a labelling mistake that
-            would teach the heads nothing and inflate the figures), or fewer than
-            :data:`MIN_PER_CLASS` images in a class.
+            would teach the heads nothing and inflate the figures), or fewer than ``labelling.minimum``
+            images in a class.
     """
     folder = Path(folder)
     taken: dict[str, tuple[Path, int]] = {}  # content (or real path, when unreadable here) -> first file, label
     paths, labels, skipped, clashes = [], [], [], []
-    for label, name in enumerate(CLASSES):
+    for label, name in enumerate(labelling.classes):
         root = folder / name
         for path in find_images([root]) if root.is_dir() else []:
             if _through_link_loop(path, root):
@@ -99,7 +127,7 @@ def list_labelled(folder: Path) -> LabelledSet:
             taken[key] = (path, label)
             paths.append(path)
             labels.append(label)
-    listed = LabelledSet(folder, tuple(paths), tuple(labels), tuple(skipped))
+    listed = LabelledSet(folder, tuple(paths), tuple(labels), tuple(skipped), labelling)
     _check_listed(listed, clashes)
     return listed
 
@@ -124,21 +152,25 @@ def _content_key(path: Path) -> str:
 
 
 def _check_listed(listed: LabelledSet, clashes: list[tuple[Path, Path]]) -> None:
+    negative, positive = listed.labelling.classes
     if not listed.paths:
-        raise LabelledSetError(f"no images under {listed.folder / 'ALL'} or {listed.folder / 'normal'}")
+        raise LabelledSetError(f"no {listed.labelling.noun} under {listed.folder / positive} or "
+                               f"{listed.folder / negative}")
     if clashes:
         first, second = clashes[0]
         more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
         raise LabelledSetError(f"the same image is labelled both ways: {first} and {second}{more}; "
                                "keep each image in one class folder")
-    _check_counts(listed.counts())
+    check_counts(listed.counts(), listed.labelling)
 
 
-def _check_counts(counts: np.ndarray) -> None:
-    """Refuse fewer than :data:`MIN_PER_CLASS` images in a class (``counts``: ``[normal, ALL]``)."""
-    if counts.min() < MIN_PER_CLASS:
-        raise LabelledSetError(f"adapt needs at least {MIN_PER_CLASS} readable images in each of ALL/ and "
-                               f"normal/; found {counts[1]} ALL and {counts[0]} normal")
+def check_counts(counts: np.ndarray, labelling: Labelling = FIELD_LABELLING) -> None:
+    """Refuse fewer than ``labelling.minimum`` files in a class (``counts``: ``[normal, ALL]``)."""
+    if counts.min() < labelling.minimum:
+        negative, positive = labelling.classes
+        raise LabelledSetError(f"{labelling.command} needs at least {labelling.minimum} readable {labelling.noun} "
+                               f"in each of {labelling.folders()}; found {counts[1]} {positive} and "
+                               f"{counts[0]} {negative}")
 
 
 @dataclass(frozen=True)
@@ -151,17 +183,17 @@ class LabelledImage:
 
 @dataclass(frozen=True)
 class AdaptResult:
-    """What ``adapt`` fitted and measured.
+    """What ``adapt`` fitted and measured, for one part of a site profile.
 
     Attributes:
-        profile: The fitted profile.
+        part: The fitted part.
         figures: Cross-validated figures with 95% intervals.
         skipped: ``(path, reason)`` for each unreadable image left out.
         warnings: Plain-language cautions (too few images).
         seconds: Wall time.
     """
 
-    profile: SiteProfile
+    part: FieldPart | CellPart
     figures: dict
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -186,20 +218,23 @@ def collect(pipeline: Pipeline, labelled: LabelledSet | Path, batch_size: int = 
     return images, skipped
 
 
-def fit_heads(images: list[LabelledImage], c: float = HEAD_C) -> dict[str, Head]:
-    """One L2 logistic regression per model on field features, each image weighing the same."""
+def fit_head(x: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None, c: float = HEAD_C) -> Head:
+    """An L2 logistic regression on standardised features ``x`` ``(n, d)``, both classes weighing the same."""
     from sklearn.linear_model import LogisticRegression
 
+    x = x.astype(np.float64)
+    mean, std = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
+    model.fit((x - mean) / std, labels, sample_weight=weights)
+    return Head(mean, std, model.coef_[0], float(model.intercept_[0]))
+
+
+def fit_heads(images: list[LabelledImage], c: float = HEAD_C) -> dict[str, Head]:
+    """One head per model on field features, each image weighing the same."""
     labels = np.concatenate([np.full(im.fields.tiles, im.label) for im in images])
     weights = np.concatenate([np.full(im.fields.tiles, 1.0 / im.fields.tiles) for im in images])
-    heads = {}
-    for name in images[0].features:
-        x = np.concatenate([im.features[name] for im in images]).astype(np.float64)
-        mean, std = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
-        model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
-        model.fit((x - mean) / std, labels, sample_weight=weights)
-        heads[name] = Head(mean, std, model.coef_[0], float(model.intercept_[0]))
-    return heads
+    return {name: fit_head(np.concatenate([im.features[name] for im in images]), labels, weights, c)
+            for name in images[0].features}
 
 
 def image_probabilities(heads: dict[str, Head], images: list[LabelledImage]) -> np.ndarray:
@@ -242,20 +277,30 @@ def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, rounds: int = BOOTSTRA
     return float(roc_auc_score(labels, scores)), float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
-def figures(labels: np.ndarray, oof: np.ndarray, threshold: float) -> dict:
-    """Cross-validated AUC, sensitivity and specificity with 95% intervals."""
+def figures(labels: np.ndarray, oof: np.ndarray, threshold: float, labelling: Labelling = FIELD_LABELLING) -> dict:
+    """Cross-validated AUC, sensitivity and specificity with 95% intervals (``n_ALL`` and ``n_normal``
+    count the files of each of ``labelling``'s classes)."""
     auc, auc_low, auc_high = bootstrap_auc(labels, oof)
     called = oof >= threshold
     tp, pos = int((called & (labels == 1)).sum()), int((labels == 1).sum())
     tn, neg = int((~called & (labels == 0)).sum()), int((labels == 0).sum())
+    negative, positive = labelling.classes
     return {
-        "method": f"stratified {fold_count(labels)}-fold cross-validation over images",
-        "n_ALL": pos, "n_normal": neg,
+        "method": f"stratified {fold_count(labels)}-fold cross-validation over {labelling.noun}",
+        f"n_{positive}": pos, f"n_{negative}": neg,
         "roc_auc": round(auc, 4), "roc_auc_95ci": [round(auc_low, 4), round(auc_high, 4)],
         "sensitivity": round(tp / pos, 4), "sensitivity_95ci": [round(v, 4) for v in wilson_interval(tp, pos)],
         "specificity": round(tn / neg, 4), "specificity_95ci": [round(v, 4) for v in wilson_interval(tn, neg)],
         "threshold": threshold,
     }
+
+
+def few_warning(counts: np.ndarray, reliable: int, noun: str) -> list[str]:
+    """The caution for a smaller class of fewer than ``reliable`` files (``counts``: per label), if it is."""
+    if counts.min() >= reliable:
+        return []
+    return [f"only {counts.min()} {noun} in the smaller class: the figures' intervals are wide; "
+            f"{reliable} or more per class give figures worth trusting"]
 
 
 def site_checks(images: list[LabelledImage], feature_models: tuple[str, ...]) -> DomainChecks:
@@ -287,24 +332,27 @@ def adapt(pipeline: Pipeline, labelled: LabelledSet | Path, source: str = "") ->
     images, skipped = collect(pipeline, labelled)
     labels = np.array([im.label for im in images], dtype=int)
     counts = np.bincount(labels, minlength=2)
-    _check_counts(counts)
-    warnings = [f"only {counts.min()} images in the smaller class: the figures' intervals are wide; "
-                f"{RELIABLE_PER_CLASS} or more per class give figures worth trusting"] \
-        if counts.min() < RELIABLE_PER_CLASS else []
+    check_counts(counts)
+    warnings = few_warning(counts, RELIABLE_PER_CLASS, "images")
     oof = out_of_fold(images)
     threshold = tune_threshold(labels, oof)
     band = tune_review_band(labels, oof, threshold)
     heads = fit_heads(images)
     names = tuple(heads)
     meta = {
-        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "source": source or str(labelled.folder),
         "images": {"ALL": int(counts[1]), "normal": int(counts[0]), "skipped": len(skipped)},
         "options": pipeline.options.key(),
         "cross_validated": figures(labels, oof, threshold),
         "warnings": warnings,
     }
-    profile = SiteProfile(pipeline.ensemble.manifest.digest, heads,
-                          EnsembleConfig({n: 1.0 / len(names) for n in names}, threshold, band),
-                          site_checks(images, pipeline.reference.feature_models), meta)
-    return AdaptResult(profile, meta["cross_validated"], skipped, warnings, time.monotonic() - started)
+    part = FieldPart(pipeline.ensemble.manifest.digest, heads,
+                     EnsembleConfig({n: 1.0 / len(names) for n in names}, threshold, band),
+                     site_checks(images, pipeline.reference.feature_models), meta)
+    return AdaptResult(part, meta["cross_validated"], skipped, warnings, time.monotonic() - started)
+
+
+def site_profile(fields: AdaptResult | None = None, cells: AdaptResult | None = None) -> SiteProfile:
+    """A profile of the parts fitted (a field part, a cell part or both), stamped with the time."""
+    return SiteProfile(fields.part if fields is not None else None, cells.part if cells is not None else None,
+                       datetime.now().astimezone().isoformat(timespec="seconds"))
