@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from allscan.domain.cells import RBC_UM, Cell, find_cells
+from allscan.domain.cells import (CROP_SIZE, RBC_UM, REFERENCE_LAB_MEAN, Cell, cell_crops, find_cells,
+                                  normalise_colour)
 
 BACKGROUND = (236, 234, 240)
 RED_CELL = (214, 168, 176)
@@ -87,3 +88,24 @@ def test_area_in_square_micrometres_takes_a_red_cell_as_its_size():
     cell = Cell(x=10.0, y=10.0, x0=5, y0=5, x1=15, y1=15, nucleus_px=100.0)
     assert cell.area_um2(15.0) == pytest.approx(100.0 * (7.5 / 15.0) ** 2)
     assert cell.area_um2(30.0) == pytest.approx(cell.area_um2(15.0) / 4)
+
+
+def _tinted(rgb: np.ndarray, gains) -> np.ndarray:
+    return np.clip(rgb.astype(np.float32) * np.asarray(gains, np.float32), 0, 255).astype(np.uint8)
+
+
+def test_crops_of_one_field_in_two_stain_tints_look_alike_once_normalised():
+    field = smear(16.0)
+    plain = cell_crops(field, 16.0)
+    tinted = cell_crops(_tinted(field, (0.85, 1.0, 1.15)), 16.0)
+    assert len(plain) == len(tinted) == 4 and plain.crops.shape == (4, CROP_SIZE, CROP_SIZE, 3)
+    raw_gap = np.abs(_tinted(field, (0.85, 1.0, 1.15)).astype(int) - field.astype(int)).mean()
+    assert np.abs(plain.crops.astype(int) - tinted.crops.astype(int)).mean() < raw_gap / 4
+    lab = cv2.cvtColor(plain.crops[0], cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(axis=0)
+    assert np.allclose(lab, REFERENCE_LAB_MEAN, atol=4)
+
+
+def test_a_flat_crop_is_normalised_without_dividing_by_zero():
+    flat = np.full((1, 8, 8, 3), 200, np.uint8)
+    out = normalise_colour(flat)
+    assert out.shape == flat.shape and (out.reshape(-1, 3) == out[0, 0, 0]).all()

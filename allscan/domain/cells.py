@@ -261,7 +261,7 @@ class CellCrops:
 
     Attributes:
         cells: Each cell, in the image's own pixels.
-        crops: Their crops, ``(n, CROP_SIZE, CROP_SIZE, 3)`` uint8.
+        crops: Their crops, colour normalised, ``(n, CROP_SIZE, CROP_SIZE, 3)`` uint8.
         rbc_diameter: The red-cell diameter the crops were cut at, in the image's pixels.
     """
 
@@ -282,7 +282,33 @@ class CellCrops:
         return replace(self, cells=cells, rbc_diameter=self.rbc_diameter * factor)
 
 
+REFERENCE_LAB_MEAN = np.array([215.0, 133.0, 110.0], np.float32)
+REFERENCE_LAB_STD = np.array([31.0, 13.0, 18.0], np.float32)
+"""Colour statistics every crop is brought to, in OpenCV's 8-bit L*a*b*: the average of the Aria training
+crops' own (so normalised crops still look like smears)."""
+
+
+def normalise_colour(crops: np.ndarray) -> np.ndarray:
+    """Each crop's colour brought to one reference (Reinhard et al. 2001, per crop): every L*a*b*
+    channel shifted and scaled to :data:`REFERENCE_LAB_MEAN` and :data:`REFERENCE_LAB_STD`.
+
+    Why: on the training data a crop's colour alone tells its field's class (gradient boosting on nine
+    colour statistics per crop: cell ROC AUC 0.989 on test; the background's colour alone 0.913), and a
+    classifier trained on raw crops used it: imposing the colour statistics of crops of the other class
+    dropped its cell AUC from 0.998 to 0.60. Crops of one colour leave the classifier the cell's shape,
+    texture and the contrast within the crop, which is what carries to another lab's stain.
+    """
+    out = np.empty_like(crops)
+    for i, crop in enumerate(crops):
+        lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)
+        mean, std = lab.reshape(-1, 3).mean(axis=0), lab.reshape(-1, 3).std(axis=0)
+        lab = (lab - mean) * (REFERENCE_LAB_STD / np.maximum(std, 1.0)) + REFERENCE_LAB_MEAN
+        out[i] = cv2.cvtColor(np.clip(lab + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    return out
+
+
 def cell_crops(rgb: np.ndarray, rbc_diameter: float) -> CellCrops:
-    """Find an image's white cells (:func:`find_cells`) and cut their crops (:func:`crop_cells`)."""
+    """Find an image's white cells (:func:`find_cells`) and cut their crops (:func:`crop_cells`), colour
+    normalised (:func:`normalise_colour`): what the cell classifier is trained on and judges."""
     cells = find_cells(rgb, rbc_diameter)
-    return CellCrops(tuple(cells), crop_cells(rgb, cells, rbc_diameter), rbc_diameter)
+    return CellCrops(tuple(cells), normalise_colour(crop_cells(rgb, cells, rbc_diameter)), rbc_diameter)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from allscan.domain.cells import CROP_SIZE, Cell, crop_cells, find_cells
+from allscan.domain.cells import CROP_SIZE, Cell, crop_cells, find_cells, normalise_colour
 from allscan.domain.scale import estimate_diameter
 from allscan.domain.site import CellPart, Head
 from allscan.images import ImageError, decode_file
@@ -97,8 +97,8 @@ def list_crops(folder: Path) -> LabelledSet:
 
 
 def centre_cell(rgb: np.ndarray) -> np.ndarray:
-    """The white cell at the centre of a lab's cell crop, cut as the classifier sees cells:
-    ``(CROP_SIZE, CROP_SIZE, 3)`` uint8.
+    """The white cell at the centre of a lab's cell crop, cut and colour normalised as the classifier sees
+    cells: ``(CROP_SIZE, CROP_SIZE, 3)`` uint8.
 
     Raises:
         CropError: No red-cell size can be estimated, or no white cell lies near the centre.
@@ -116,7 +116,7 @@ def centre_cell(rgb: np.ndarray) -> np.ndarray:
     if nearest is None or distance(nearest) > NEAR_CENTRE * estimate.diameter:
         raise CropError(f"no white cell within {NEAR_CENTRE:g} red-cell diameter of the centre "
                         f"(red cells {estimate.diameter:.0f} px across)")
-    return crop_cells(rgb, [nearest], estimate.diameter)[0]
+    return normalise_colour(crop_cells(rgb, [nearest], estimate.diameter))[0]
 
 
 def read_crops(listed: LabelledSet) -> CellCropSet:
