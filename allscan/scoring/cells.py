@@ -65,7 +65,8 @@ class CellRule:
             return ""
         confident = sum(c.p_blast >= self.confident for c in cells.cells)
         if confident >= self.min_blasts:
-            return f"cells disagree: {confident} cells look like blasts (p ≥ {self.confident:g}) in an image called normal"
+            return (f"cells disagree: {confident} cells look like blasts (p ≥ {self.confident:g}) in an image"
+                    " called normal")
         return ""
 
 
