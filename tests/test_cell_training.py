@@ -129,5 +129,6 @@ def test_train_cells_command_trains_and_ships_a_converted_calibrated_cell_classi
     assert "shipped the cell classifier" in result.output and "alexnet weak epoch  1" in result.output
     manifest = CellClassifier.load(models).ensemble.manifest
     assert all(e.openvino is not None and e.training["epochs"] == 1 for e in manifest.models.values())
+    assert all(e.training["round_one"]["epochs"] == 1 for e in manifest.models.values())
     assert manifest.ensemble.tuned_on.startswith("val split")
 

@@ -33,7 +33,7 @@ from allscan.training.cell_evaluate import field_figures
 from allscan.training.convert import calibration_sample, convert_member
 from allscan.training.cell_train import MIL_TOP, REFINE_RATE, refined_labels, train_member
 from allscan.training.ship import DATASET
-from allscan.training.train import EpochLog, TrainConfig, TrainResult
+from allscan.training.train import EpochLog, TrainConfig, TrainResult, load_run
 
 DEFAULT_RBC_DIAMETER = 15.5
 """Red-cell diameter (px) of a training field whose size cannot be estimated, when the models came without
@@ -86,7 +86,7 @@ def ship_cells(members: dict[str, tuple[TrainResult, TrainConfig]], train: CellB
             name, target.name, sha256_file(target), config.input_size, spec.preprocessing, spec.architecture,
             training={"data": data, "epochs": result.epochs_run, "best_epoch": result.best_epoch,
                       "seconds": round(result.seconds, 1), "config": _plain(asdict(config)), "recipe": RECIPE,
-                      "augmentation": AUGMENTATION_RECIPE})
+                      "augmentation": AUGMENTATION_RECIPE, "round_one": _round_one(result)})
     manifest = Manifest(entries, EnsembleConfig(equal_weights(entries)), dataset=DATASET)
     save_manifest(manifest, folder)
     (folder / RULE_NAME).unlink(missing_ok=True)
@@ -117,6 +117,13 @@ def ship_cells(members: dict[str, tuple[TrainResult, TrainConfig]], train: CellB
     rule = fit_rule(p_blast, val.field, val.labels, described)
     atomic_write_text(folder / RULE_NAME, json.dumps(asdict(rule) | {"validation": validation}, indent=2) + "\n")
     return manifest
+
+
+def _round_one(result: TrainResult) -> dict:
+    """Round one's record, from its run folder beside round two's (see :func:`train_member`)."""
+    weak, config = load_run(Path(result.best_path).parent.parent / "weak")
+    return {"epochs": weak.epochs_run, "best_epoch": weak.best_epoch, "seconds": round(weak.seconds, 1),
+            "learning_rate": config.learning_rate}
 
 
 def _plain(values: dict) -> dict:
