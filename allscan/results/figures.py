@@ -32,7 +32,7 @@ class CellView:
     Attributes:
         findings: The cells and the cell classifier's answers.
         scale: Pixels of the figure's image panel per pixel of the image file.
-        crops: The crops the classifier judged, ``(n, s, s, 3)`` uint8, in cell order.
+        crops: The crops the classifier judged (colour normalised), ``(n, s, s, 3)`` uint8, in cell order.
     """
 
     findings: CellFindings
@@ -77,8 +77,8 @@ def _cell_row(cells: CellView, width: int) -> Image.Image:
     shown = findings.most_blast_like(max(1, min(FIGURE_CELLS, (width + _GAP) // step)))
     row = Image.new("RGB", (width, 2 * _LABEL_HEIGHT + CELL_TILE + 4), "white")
     draw = ImageDraw.Draw(row)
-    draw.text((3, 2), f"most blast-like cells (a blast at p(blast) >= {findings.threshold:.2f})"
-              if shown else "no white cells found", fill="black")
+    draw.text((3, 2), f"most blast-like cells, colour normalised as the cell classifier sees them (a blast at "
+                      f"p(blast) >= {findings.threshold:.2f})" if shown else "no white cells found", fill="black")
     for i, cell in enumerate(shown):
         x = i * step
         crop = Image.fromarray(cells.crops[cell.cell - 1]).resize((CELL_TILE - 4, CELL_TILE - 4), Image.BICUBIC)
