@@ -224,6 +224,18 @@ def test_explain_figure_shows_the_cells_and_the_summary_counts_them(models_dir, 
     assert f"white cells: {cells.count}; blasts {cells.blasts}" in printed.output
 
 
+def test_predict_heatmap_figures_show_the_cells_too(models_dir, smear_file, tmp_path):
+    from allscan.run.batch import run_batch
+    from allscan.scoring.heatmaps import HeatmapOptions
+    from allscan.scoring.pipeline import Pipeline
+
+    summary = run_batch([smear_file], tmp_path / "r.csv", Pipeline.load(models_dir),
+                        heatmaps=HeatmapOptions(tmp_path / "heat", every=True))
+    assert summary.counts.done == 1
+    figure = next((tmp_path / "heat").glob("*.png"))
+    assert Image.open(figure).height > 16 + 224 + 96  # the row of cell crops below the panels
+
+
 def test_explain_figure_without_cell_models_has_no_cell_row(models_dir, smear_file, tmp_path):
     from allscan.run.explain import explain
     from allscan.scoring.pipeline import Pipeline

@@ -119,6 +119,7 @@ def _heatmaps(pipeline: Pipeline, options: HeatmapOptions | None, batch: list[Pr
         [batch[i].sha256 for i in chosen],
         [scores[i] for i in chosen],
         options.folder,
+        [(batch[i].width, batch[i].height) for i in chosen],
     )
     return dict(zip(chosen, paths))
 

@@ -106,11 +106,13 @@ def write_figure(pipeline: "Pipeline", fields: "FieldSet", display: np.ndarray, 
 
 
 def write_heatmaps(pipeline: "Pipeline", fieldsets: Sequence["FieldSet"], displays: Sequence[np.ndarray],
-                   paths: Sequence[Path], hashes: Sequence[str], scores: Sequence[Score], folder: Path) -> list[str]:
-    """Save one figure per image (see :func:`write_figure`); returns the figure paths."""
+                   paths: Sequence[Path], hashes: Sequence[str], scores: Sequence[Score], folder: Path,
+                   sizes: Sequence[tuple[int, int]]) -> list[str]:
+    """Save one figure per image, with its cells (see :func:`write_figure`; ``sizes`` are the image files'
+    (width, height)); returns the figure paths."""
     written = []
-    for fields, display, path, sha, score in zip(fieldsets, displays, paths, hashes, scores):
+    for fields, display, path, sha, score, size in zip(fieldsets, displays, paths, hashes, scores, sizes):
         target = figure_path(folder, path, sha)
-        write_figure(pipeline, fields, display, score, target)
+        write_figure(pipeline, fields, display, score, target, size)
         written.append(str(target))
     return written
