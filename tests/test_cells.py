@@ -109,3 +109,15 @@ def test_a_flat_crop_is_normalised_without_dividing_by_zero():
     flat = np.full((1, 8, 8, 3), 200, np.uint8)
     out = normalise_colour(flat)
     assert out.shape == flat.shape and (out.reshape(-1, 3) == out[0, 0, 0]).all()
+
+
+def test_an_image_without_a_size_estimate_is_searched_at_the_training_scale(domain_models_dir):
+    from allscan.domain.fields import TRAINING_SCALE_NOTE
+    from allscan.scoring.pipeline import Pipeline
+
+    pipeline = Pipeline.load(domain_models_dir)
+    field = np.full((224, 224, 3), BACKGROUND, np.uint8)
+    cv2.circle(field, (112, 112), 9, NUCLEUS, -1, lineType=cv2.LINE_AA)  # one white cell, no red cells to measure
+    fields = pipeline.fields(field)
+    assert fields.diameter is None and TRAINING_SCALE_NOTE in fields.notes
+    assert len(fields.cells) == 1 and fields.cells.rbc_diameter == pipeline.reference.checks.rbc_diameter

@@ -105,20 +105,34 @@ class FieldMaker:
             fields = whole_image(rgb, self.sizes, notes=(NO_REFERENCE_NOTE,))
         else:
             fields = prepare_fields(rgb, self.reference, self.sizes, self.options)
-        return with_cells(fields, rgb) if self.cells else fields
+        if not self.cells:
+            return fields
+        fallback = self.reference.checks.rbc_diameter if self.reference is not None else None
+        return with_cells(fields, rgb, fallback)
 
 
 NO_CELLS_NOTE = "no red-cell size estimate: white cells not looked for"
+TRAINING_SCALE_NOTE = "white cells looked for at the training scale (no red-cell size estimate)"
 
 
-def with_cells(fields: FieldSet, rgb: np.ndarray) -> FieldSet:
-    """``fields`` with the image's white cells, found at its red-cell size (estimated here if the
-    fields did not need it); without a size there is no scale to find cells at, and a note says so."""
-    diameter = fields.diameter or estimate_diameter(rgb).diameter
+def with_cells(fields: FieldSet, rgb: np.ndarray, fallback: float | None = None) -> FieldSet:
+    """``fields`` with the image's white cells, found at its red-cell size.
+
+    Without an estimate from the fields, an image whose fields were cut with a domain reference is taken
+    to be at the training scale (``fallback``, the reference's red-cell size), as its fields were when it
+    was scored whole; one without a reference is measured here. Without any size there is no scale to
+    find cells at, and a note says so.
+    """
+    notes = fields.notes
+    diameter = fields.diameter
+    if diameter is None and fallback is not None:
+        diameter, notes = fallback, (*notes, TRAINING_SCALE_NOTE)
+    elif diameter is None:
+        diameter = estimate_diameter(rgb).diameter
     if diameter is None:
         return replace(fields, cells=CellCrops((), np.zeros((0, 0, 0, 3), np.uint8), 0.0),
-                       notes=(*fields.notes, NO_CELLS_NOTE))
-    return replace(fields, cells=cell_crops(rgb, diameter))
+                       notes=(*notes, NO_CELLS_NOTE))
+    return replace(fields, cells=cell_crops(rgb, diameter), notes=notes)
 
 
 def whole_image(rgb: np.ndarray, sizes, colour: np.ndarray | None = None, notes: tuple[str, ...] = ()) -> FieldSet:
