@@ -1,6 +1,7 @@
 """The cell classifier's training from field labels (weak labels, multiple-instance refinement),
 its shipping (calibration, threshold, review rule) and its field-level figures."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,7 @@ def test_weak_label_training_then_shipping_gives_a_loadable_calibrated_cell_clas
     assert (p[val.cell_labels == 0] >= classifier.threshold).mean() <= BENIGN_RATE  # fitted on these cells
 
 
-def test_train_cells_command_trains_and_ships_a_converted_calibrated_cell_classifier(tmp_path):
+def test_train_cells_command_trains_and_ships_a_converted_calibrated_cell_classifier(tmp_path, models_copy):
     from typer.testing import CliRunner
 
     from allscan.cli import app
@@ -121,7 +122,7 @@ def test_train_cells_command_trains_and_ships_a_converted_calibrated_cell_classi
     data = tmp_path / "data"
     for split, seed in (("train", 0), ("val", 50), ("test", 90)):
         write_dataset(data / split, counts={"normal": 4, "ALL": 4}, seed=seed)
-    models = tmp_path / "models"
+    models = models_copy  # the tiny field models, whose tiny cell classifier train-cells replaces
     runner = CliRunner()
     result = runner.invoke(app, ["train-cells", str(data), "--out", str(models), "--runs-dir", str(tmp_path / "runs"),
                                  "--epochs", "1", "--refine-epochs", "1", "--batch-size", "4", "--blank-box", "none"])
@@ -131,4 +132,12 @@ def test_train_cells_command_trains_and_ships_a_converted_calibrated_cell_classi
     assert all(e.openvino is not None and e.training["epochs"] == 1 for e in manifest.models.values())
     assert all(e.training["round_one"]["epochs"] == 1 for e in manifest.models.values())
     assert manifest.ensemble.tuned_on.startswith("val split")
+    assert all(e.architecture == CELL_REGISTRY[n].architecture for n, e in manifest.models.items())
 
+    figures_out = tmp_path / "figures.json"
+    result = runner.invoke(app, ["evaluate", str(data), "--split", "test", "--models", str(models), "--blank-box",
+                                 "none", "--out", str(figures_out)])
+    assert result.exit_code == 0, result.output
+    assert "ALL fields with a cell called blast" in result.output
+    cells = json.loads(figures_out.read_text())["cells"]
+    assert cells["all_fields_with_blast"]["n"] == 4 and cells["threshold"] == manifest.ensemble.threshold

@@ -316,6 +316,18 @@ def metrics_table(title: str, rows: dict, review_rows: tuple[str, ...] = ("ensem
 
 def print_evaluation(split: str, box: str, result) -> None:
     console.print(metrics_table(f"{split} split, label box {box}", {**result.models, "ensemble": result.ensemble}))
+    cells = result.cells
+    if cells is not None:
+        console.print(f"cells (threshold {cells.threshold:.3f}): ALL fields with a cell called blast"
+                      f" {_rate(cells.all_fields_with_blast)}; benign fields' cells called blast"
+                      f" {_rate(cells.benign_cells_called_blast)}; benign fields with one"
+                      f" {_rate(cells.benign_fields_with_blast)}; field AUC of the top p(blast) {cells.top_p_auc:.4f}")
+
+
+def _rate(figure: dict) -> str:
+    low, high = figure["ci95"]
+    rate = figure["rate"] if figure["rate"] is not None else float("nan")
+    return f"{figure['count']}/{figure['n']} = {100 * rate:.1f}% ({100 * low:.1f}-{100 * high:.1f}%)"
 
 
 def print_shortcut_check(check) -> None:
