@@ -8,8 +8,8 @@ another lab (PBC: one cell centred per image; the cell nearest the image centre 
 Prints one JSON object: the field figures with 95% Wilson intervals (ALL fields with at least one
 blast, benign cells called blast, ROC AUC of each field's highest p(blast)); per PBC class the share
 of cells called blast, how many images had no cell found near the centre, how many were flagged
-out of domain, and how many centred cells would be a *silent* false blast or a silent normal in an
-image not flagged for review; the worst cells (highest p(blast) among benign cells and lowest
+out of domain, how many the field models call ALL (the same crops judged as whole images), and how
+many centred cells would be a *silent* false blast (called blast in an image not flagged for review); the worst cells (highest p(blast) among benign cells and lowest
 top p(blast) among ALL fields) for inspection; and the time taken.
 """
 
@@ -88,12 +88,14 @@ def pbc_figures(root: Path, per_class: int, models: Path | None, seed: int = 0) 
     threshold = _threshold(models)
     out_of_domain = (results["domain"] == "out").to_numpy()
     review = results["review"].fillna(True).astype(bool).to_numpy()
+    called_all = (results["verdict"] == "ALL").to_numpy()
     rates = class_rates(centred[found], classes_arr[found], threshold)
     per_class = {}
     for name in sorted(set(classes)):
         mine = classes_arr == name
         per_class[name] = {"images": int(mine.sum()), "no_cell_found": int((mine & ~found).sum()),
                            "out_of_domain": int((mine & out_of_domain).sum()),
+                           "image_called_all": int((mine & called_all).sum()),
                            "silent_false_blast": int((mine & found & ~review & (np.nan_to_num(centred) >= threshold))
                                                      .sum())}
     return {"called_blast": rates, "per_class": per_class, "images": len(chosen), "seconds": round(seconds, 1),
