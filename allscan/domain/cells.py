@@ -299,11 +299,14 @@ def normalise_colour(crops: np.ndarray) -> np.ndarray:
     texture and the contrast within the crop, which is what carries to another lab's stain.
     """
     out = np.empty_like(crops)
+    levels = np.arange(256, dtype=np.float64)[:, None]
     for i, crop in enumerate(crops):
-        lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.float32)
-        mean, std = lab.reshape(-1, 3).mean(axis=0), lab.reshape(-1, 3).std(axis=0)
-        lab = (lab - mean) * (REFERENCE_LAB_STD / np.maximum(std, 1.0)) + REFERENCE_LAB_MEAN
-        out[i] = cv2.cvtColor(np.clip(lab + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+        lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB)
+        mean, std = (v.reshape(3) for v in cv2.meanStdDev(lab))
+        # A lookup table per channel: every 8-bit level shifted and scaled, as (lab - mean) * k + reference.
+        table = (levels - mean) * (REFERENCE_LAB_STD / np.maximum(std, 1.0)) + REFERENCE_LAB_MEAN
+        table = np.clip(table + 0.5, 0, 255).astype(np.uint8).reshape(1, 256, 3)
+        out[i] = cv2.cvtColor(cv2.LUT(lab, table), cv2.COLOR_LAB2RGB)
     return out
 
 
