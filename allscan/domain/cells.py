@@ -72,13 +72,15 @@ class Cell:
         return self.nucleus_px * (RBC_UM / rbc_diameter) ** 2
 
 
-def find_cells(rgb: np.ndarray, rbc_diameter: float) -> list[Cell]:
+def find_cells(rgb: np.ndarray, rbc_diameter: float, cells_mask: np.ndarray | None = None) -> list[Cell]:
     """The white cells of a smear image.
 
     Args:
         rgb: The image, ``(height, width, 3)`` uint8.
         rbc_diameter: Its red-cell diameter in its own pixels (see
             :func:`allscan.domain.scale.estimate_diameter`).
+        cells_mask: The image's :func:`~allscan.domain.scale.cell_mask`, if the scale estimate already
+            made it; used when it has the size the cells are looked for at (else made again).
 
     Returns:
         One :class:`Cell` per nucleus, in the image's pixels, in no particular order.
@@ -86,7 +88,10 @@ def find_cells(rgb: np.ndarray, rbc_diameter: float) -> list[Cell]:
     factor = min(1.0, WORK_DIAMETER / rbc_diameter)
     small = _reduce(rgb, factor)
     diameter = rbc_diameter * factor
-    signal = cv2.morphologyEx(nucleus_signal(small), cv2.MORPH_OPEN, disc(max(1.0, THIN_RADIUS * diameter)))
+    if cells_mask is not None and cells_mask.shape != small.shape[:2]:
+        cells_mask = None
+    signal = cv2.morphologyEx(nucleus_signal(small, cells_mask), cv2.MORPH_OPEN,
+                              disc(max(1.0, THIN_RADIUS * diameter)))
     mask = fill_holes(nucleus_mask(signal))
     labels = _cells(mask, diameter)
     return _describe(labels, mask, diameter, 1 / factor)
@@ -100,16 +105,26 @@ def _reduce(rgb: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
-def nucleus_signal(rgb: np.ndarray) -> np.ndarray:
-    """Optical density in green less that in blue, each relative to the image's background."""
+def nucleus_signal(rgb: np.ndarray, cells_mask: np.ndarray | None = None) -> np.ndarray:
+    """Optical density in green less that in blue, each relative to the image's background (outside
+    ``cells_mask``, the image's cell mask, made here when not given)."""
     green, blue = flatten_background(rgb[..., 1]), flatten_background(rgb[..., 2])
-    flat = np.stack([green, blue], axis=-1).astype(np.float32)
-    background = ~flat_cell_mask(green)
+    background = ~(flat_cell_mask(green) if cells_mask is None else cells_mask)
     if not background.any():
         background[:] = True
-    level = np.array([np.median(flat[..., c][background]) for c in range(2)], dtype=np.float32)
+    level = np.array([_median_u8(c[background]) for c in (green, blue)], dtype=np.float32)
+    flat = np.stack([green, blue], axis=-1).astype(np.float32)
     density = -np.log10(np.maximum(flat, 1.0) / np.maximum(level, 1.0))
     return density[..., 0] - density[..., 1]
+
+
+def _median_u8(values: np.ndarray) -> float:
+    """``np.median`` of uint8 values, from their histogram (a partition of every value costs more)."""
+    cumulative = np.cumsum(np.bincount(values, minlength=256))
+    n = int(cumulative[-1])
+    lower = int(np.searchsorted(cumulative, (n + 1) // 2))
+    upper = int(np.searchsorted(cumulative, n // 2 + 1))
+    return (lower + upper) / 2
 
 
 SEED_FLOOR = 0.08
@@ -310,8 +325,8 @@ def normalise_colour(crops: np.ndarray) -> np.ndarray:
     return out
 
 
-def cell_crops(rgb: np.ndarray, rbc_diameter: float) -> CellCrops:
+def cell_crops(rgb: np.ndarray, rbc_diameter: float, cells_mask: np.ndarray | None = None) -> CellCrops:
     """Find an image's white cells (:func:`find_cells`) and cut their crops (:func:`crop_cells`), colour
     normalised (:func:`normalise_colour`): what the cell classifier is trained on and judges."""
-    cells = find_cells(rgb, rbc_diameter)
+    cells = find_cells(rgb, rbc_diameter, cells_mask)
     return CellCrops(tuple(cells), normalise_colour(crop_cells(rgb, cells, rbc_diameter)), rbc_diameter)

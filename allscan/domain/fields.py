@@ -101,22 +101,20 @@ class FieldMaker:
     cells: bool = False
 
     def __call__(self, rgb: np.ndarray) -> "FieldSet":
-        if self.reference is None:
-            fields = whole_image(rgb, self.sizes, notes=(NO_REFERENCE_NOTE,))
-        else:
-            fields = prepare_fields(rgb, self.reference, self.sizes, self.options)
-        if not self.cells:
-            return fields
-        fallback = self.reference.checks.rbc_diameter if self.reference is not None else None
-        return with_cells(fields, rgb, fallback)
+        if self.reference is not None:
+            return prepare_fields(rgb, self.reference, self.sizes, self.options, self.cells)
+        fields = whole_image(rgb, self.sizes, notes=(NO_REFERENCE_NOTE,))
+        return with_cells(fields, rgb) if self.cells else fields
 
 
 NO_CELLS_NOTE = "no red-cell size estimate: white cells not looked for"
 TRAINING_SCALE_NOTE = "white cells looked for at the training scale (no red-cell size estimate)"
 
 
-def with_cells(fields: FieldSet, rgb: np.ndarray, fallback: float | None = None) -> FieldSet:
-    """``fields`` with the image's white cells, found at its red-cell size.
+def with_cells(fields: FieldSet, rgb: np.ndarray, fallback: float | None = None,
+               cells_mask: np.ndarray | None = None) -> FieldSet:
+    """``fields`` with the image's white cells, found at its red-cell size (``cells_mask``: the cell mask
+    the scale estimate made, reused where it fits).
 
     Without an estimate from the fields, an image whose fields were cut with a domain reference is taken
     to be at the training scale (``fallback``, the reference's red-cell size), as its fields were when it
@@ -132,7 +130,7 @@ def with_cells(fields: FieldSet, rgb: np.ndarray, fallback: float | None = None)
     if diameter is None:
         return replace(fields, cells=CellCrops((), np.zeros((0, 0, 0, 3), np.uint8), 0.0),
                        notes=(*notes, NO_CELLS_NOTE))
-    return replace(fields, cells=cell_crops(rgb, diameter), notes=notes)
+    return replace(fields, cells=cell_crops(rgb, diameter, cells_mask), notes=notes)
 
 
 def whole_image(rgb: np.ndarray, sizes, colour: np.ndarray | None = None, notes: tuple[str, ...] = ()) -> FieldSet:
@@ -144,8 +142,10 @@ def whole_image(rgb: np.ndarray, sizes, colour: np.ndarray | None = None, notes:
                     long_side=max(rgb.shape[:2]))
 
 
-def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: DomainOptions) -> FieldSet:
-    """Cut ``rgb`` into fields at the training scale and colour (see the module docstring)."""
+def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: DomainOptions,
+                   cells: bool = False) -> FieldSet:
+    """Cut ``rgb`` into fields at the training scale and colour (see the module docstring), and with
+    ``cells`` find its white cells (:func:`with_cells`)."""
     reduced = analysis_copy(rgb)
     small = reduced[0]
     colour = colour_stats(small)
@@ -157,8 +157,9 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
         estimate = estimate_diameter(rgb, reduced)
         diameter, mask = estimate.diameter, estimate.mask
         if diameter is None:
-            return whole_image(rgb, sizes, colour,
-                               (f"no red-cell size estimate ({estimate.reason}): whole image scored as one field",))
+            whole = whole_image(rgb, sizes, colour,
+                                (f"no red-cell size estimate ({estimate.reason}): whole image scored as one field",))
+            return with_cells(whole, rgb, reference.checks.rbc_diameter) if cells else whole
     factor = reference.checks.rbc_diameter / diameter if reference.checks.rbc_diameter > 0 else 1.0
     tolerance = reference.checks.tolerance(max(rgb.shape[:2]))
     scale = 1.0 if 1 / tolerance <= factor <= tolerance else factor
@@ -184,8 +185,9 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
     kept = [boxes[i] for i in keep]
     crops = [image[b.y:b.y + FIELD_SIZE, b.x:b.x + FIELD_SIZE] for b in kept]
     inputs = {size: np.stack([resize(c, size) for c in crops]) for size in sizes}
-    return FieldSet(inputs, tuple(kept), image.shape[:2], content, scale, diameter, colour, normalise,
-                    background_only, tuple(notes), max(rgb.shape[:2]))
+    fields = FieldSet(inputs, tuple(kept), image.shape[:2], content, scale, diameter, colour, normalise,
+                      background_only, tuple(notes), max(rgb.shape[:2]))
+    return with_cells(fields, rgb, cells_mask=mask) if cells else fields
 
 
 def in_original_pixels(fields: FieldSet, reduction: float) -> FieldSet:
