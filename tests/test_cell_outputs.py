@@ -90,6 +90,9 @@ def test_workbook_has_a_cells_sheet_and_the_cell_models_in_its_run_sheet(tmp_pat
     rows = [dict(zip(CELL_COLUMNS, r)) for r in sheet.iter_rows(min_row=2, values_only=True)]
     assert len(rows) == sum(NUCLEI.values()) and sheet.freeze_panes == "A2"
     assert isinstance(rows[0]["p_blast"], float) and isinstance(rows[0]["x0"], int)
+    (blasts,) = sheet.conditional_formatting  # blast rows red: p_blast (column K) at or above the threshold
+    last = chr(ord("A") + len(CELL_COLUMNS) - 1)
+    assert str(blasts.sqref) == f"A2:{last}{len(rows) + 1}" and blasts.rules[0].formula == ["$K2>=0.5"]
     run = {row[0]: row[1] for row in book["Run"].iter_rows(values_only=True)}
     assert run["cells"] == "looked for" and run["cell threshold"] == 0.5
     assert run["cell models digest"] and run["count cells"] == sum(NUCLEI.values())
