@@ -122,7 +122,7 @@ def test_a_profile_with_a_cell_part_judges_cells_by_its_heads_and_threshold(adap
     assert [c.x for c in plain.cells] == [c.x for c in judged.cells]  # the same cells, other answers
     assert not np.allclose([c.p_blast for c in plain.cells], [c.p_blast for c in judged.cells], atol=1e-3)
     assert judged.threshold == _meta(profile)["cells"]["threshold"]
-    assert set(judged.cells[0].per_model) == {"alexnet", "vgg16"}
+    assert set(judged.cells[0].per_model) == {"vgg16"}
 
     edited = tmp_path / "edited"
     shutil.copytree(profile, edited)
@@ -261,18 +261,18 @@ def test_a_tampered_cell_part_is_refused_by_the_digest(adapted, tmp_path):
     shutil.copytree(profile, swapped)
     with np.load(swapped / PROFILE_NPZ) as data:
         arrays = {k: data[k] for k in data.files}
-    arrays["cell_head_alexnet_coef"] = -arrays["cell_head_alexnet_coef"]
+    arrays["cell_head_vgg16_coef"] = -arrays["cell_head_vgg16_coef"]
     np.savez(swapped / PROFILE_NPZ, **arrays)
     with pytest.raises(DomainError, match="profile.npz does not match the digest recorded in profile.json"):
         load_profile(swapped)
     _resign(swapped, lambda meta: meta.update(arrays_sha256=sha256_file(swapped / PROFILE_NPZ)))
-    assert load_profile(swapped).cells.heads["alexnet"].coef[0] == arrays["cell_head_alexnet_coef"][0]
+    assert load_profile(swapped).cells.heads["vgg16"].coef[0] == arrays["cell_head_vgg16_coef"][0]
 
 
 @pytest.mark.parametrize("change, reason", [
     (lambda m: m["cells"].update(threshold=1.5), "cells: threshold must lie between 0 and 1"),
-    (lambda m: m["cells"].update(models=["resnet50"]), "cells: models must list distinct models of alexnet, vgg16"),
-    (lambda m: m["cells"]["weights"].update(alexnet=-1), "cells: weights"),
+    (lambda m: m["cells"].update(models=["resnet50"]), "cells: models must list distinct models of vgg16"),
+    (lambda m: m["cells"]["weights"].update(vgg16=-1), "cells: weights"),
     (lambda m: m["cells"].update(models_digest=7), "cells: models_digest must be text"),
     (lambda m: m.update(cells=[1, 2]), "cells: must be an object"),
     (lambda m: m.pop("cells"), "holds neither a fields nor a cells part"),

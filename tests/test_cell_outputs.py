@@ -50,7 +50,7 @@ def _invoke(*args):
 
 def _cell(number: int, p_blast: float, x0: int = 10) -> CellResult:
     return CellResult(number, x0 + 5.0, 15.0, x0, 10, x0 + 10, 20, 78.5, p_blast,
-                      {"alexnet": p_blast, "vgg16": p_blast})
+                      {"vgg16": p_blast})
 
 
 def _scored(path: str, sha256: str, cells: CellFindings | None) -> ImageResult:
@@ -133,7 +133,7 @@ def test_geojson_per_image_holds_each_cell_as_a_qupath_detection(tmp_path, ensem
             assert properties["classification"]["name"] == ("Blast" if float(cell["p_blast"]) >= 0.5 else "Other")
             assert len(properties["classification"]["color"]) == 3
             measurements = properties["measurements"]
-            assert set(measurements) == {"cell", "p_blast", "p_blast_alexnet", "p_blast_vgg16", "nucleus_area_px"}
+            assert set(measurements) == {"cell", "p_blast", "p_blast_vgg16", "nucleus_area_px"}
             assert measurements["cell"] == int(cell["cell"])
             assert measurements["p_blast"] == pytest.approx(float(cell["p_blast"]), abs=1e-4)
 

@@ -127,7 +127,7 @@ def test_train_cells_command_trains_and_ships_a_converted_calibrated_cell_classi
     result = runner.invoke(app, ["train-cells", str(data), "--out", str(models), "--runs-dir", str(tmp_path / "runs"),
                                  "--epochs", "1", "--refine-epochs", "1", "--batch-size", "4", "--blank-box", "none"])
     assert result.exit_code == 0, result.output
-    assert "shipped the cell classifier" in result.output and "alexnet weak epoch  1" in result.output
+    assert "shipped the cell classifier" in result.output and "vgg16 weak epoch  1" in result.output
     manifest = CellClassifier.load(models).ensemble.manifest
     assert all(e.openvino is not None and e.training["epochs"] == 1 for e in manifest.models.values())
     assert all(e.training["round_one"]["epochs"] == 1 for e in manifest.models.values())

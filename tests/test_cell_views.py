@@ -39,7 +39,7 @@ def _plain_image(path: Path) -> str:
 
 def _cell(number: int, x: int, y: int, p: float, half: int = 20) -> CellResult:
     return CellResult(number, float(x), float(y), x - half, y - half, x + half, y + half, 900.0, p,
-                      {"alexnet": p, "vgg16": p})
+                      {"vgg16": p})
 
 
 def _result(path: Path, sha: str, cells: list[CellResult] | None, p_all: float = 0.9,

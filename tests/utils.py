@@ -18,7 +18,7 @@ from allscan.models.files import save_half_precision
 from allscan.models.registry import CELL_REGISTRY, REGISTRY
 
 TINY_SIZES = {"resnet50": 16, "efficientnet_b3": 20, "alexnet": 24, "vgg16": 16}
-TINY_CELL_SIZES = {"alexnet": 16, "vgg16": 12}
+TINY_CELL_SIZES = {"vgg16": 12}
 
 
 def smear(seed: int = 0, size: int = 64, tint: tuple[int, int, int] = (180, 140, 200)) -> np.ndarray:

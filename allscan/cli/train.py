@@ -57,7 +57,7 @@ def train(data_dir: o.TrainData, model: o.ModelName = "all", out: o.ShipInto = P
 
 @app.command("train-cells")
 def train_cells(data_dir: o.TrainData, out: o.ShipInto = Path("models"), runs_dir: o.RunsDir = None,
-                epochs: o.Epochs = None, refine_epochs: o.RefineEpochs = 4, batch_size: o.CellBatch = 32,
+                epochs: o.Epochs = None, refine_epochs: o.RefineEpochs = 3, batch_size: o.CellBatch = 32,
                 seed: o.Seed = 1, resume: o.Resume = False, blank_box: o.TrainBlankBox = None) -> None:
     """Train the cell classifier from the fields' labels (two rounds of multiple-instance learning per member)
     and ship it into --out/cells with its calibration, threshold and review rule."""

@@ -91,19 +91,17 @@ def vgg16(input_size: int, weights: Path | None = None, dropout: float = HEAD_DR
     return model
 
 
-def alexnet(input_size: int, weights: Path | None = None, dropout: float = 0.5, fc_width: int = 512,
-            first_stride: int = 2):
+def alexnet(input_size: int, weights: Path | None = None, dropout: float = 0.5, fc_width: int = 512):
     """AlexNet after Krizhevsky et al. (2012): 5 convolutions and 3 fully connected layers.
 
     Batch normalisation replaces local response normalisation (it trains from
-    scratch far more reliably), the first stride is ``first_stride`` (2 rather than the
-    paper's 4 for the field models' smaller inputs), and the FC layers are ``fc_width``
-    wide instead of 4096.
+    scratch far more reliably), the first stride is 2 rather than 4 for the
+    smaller inputs used here, and the FC layers are ``fc_width`` wide instead of 4096.
     """
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = inputs
     for i, (filters, kernel, stride, pool) in enumerate(
-        [(64, 11, first_stride, True), (192, 5, 1, True), (384, 3, 1, False), (256, 3, 1, False), (256, 3, 1, True)],
+        [(64, 11, 2, True), (192, 5, 1, True), (384, 3, 1, False), (256, 3, 1, False), (256, 3, 1, True)],
         start=1,
     ):
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"conv{i}")(x)
