@@ -4,12 +4,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from allscan.cli import loading, options as o
-from allscan.cli.app import app, console, err, usage_error
-from allscan.cli.display import print_adapted
+from allscan.cli.app import app, usage_error
+from allscan.cli.display import print_adapted, print_cell_heads
 from allscan.paths import default_models_dir
 
 Labelled = Annotated[Path | None, typer.Argument(
@@ -99,22 +97,3 @@ def cell_classifier(models_dir: Path):
     with loading.refusing(ManifestError):
         return CellClassifier.load(models_dir)
 
-
-def print_cell_heads(out: Path, result) -> None:
-    """What ``adapt --cells`` left out, its cross-validated figures with intervals, and its warnings."""
-    for path, reason in result.skipped:
-        err.print(f"[yellow]left out[/] {escape(str(path))}: {escape(reason)}")
-    f = result.figures
-    console.print(f"cell heads of site profile {escape(str(out))}: cross-validated on {f['n_blast']} blast + "
-                  f"{f['n_normal']} normal crops", soft_wrap=True)
-    table = Table()
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    table.add_column("95% interval", justify="right")
-    for name in ("roc_auc", "sensitivity", "specificity"):
-        low, high = f[f"{name}_95ci"]
-        table.add_row(name.replace("_", " "), f"{f[name]:.3f}", f"{low:.3f} – {high:.3f}")
-    console.print(table)
-    console.print(f"cell threshold {f['threshold']:.2f}; {f['method']}; {result.seconds:.0f} s")
-    for warning in result.warnings:
-        err.print(f"[yellow]warning:[/] {escape(warning)}")

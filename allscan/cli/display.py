@@ -344,10 +344,24 @@ def print_shortcut_check(check) -> None:
 
 def print_adapted(out: Path, result) -> None:
     """What ``adapt`` left out, its cross-validated figures with intervals, and its warnings."""
+    f = result.figures
+    _print_cross_validated(f"site profile {out}: cross-validated on {f['n_ALL']} ALL + {f['n_normal']} normal images",
+                           "threshold", result)
+
+
+def print_cell_heads(out: Path, result) -> None:
+    """What ``adapt --cells`` left out, its cross-validated figures with intervals, and its warnings."""
+    f = result.figures
+    _print_cross_validated(f"cell heads of site profile {out}: cross-validated on {f['n_blast']} blast + "
+                           f"{f['n_normal']} normal crops", "cell threshold", result)
+
+
+def _print_cross_validated(title: str, threshold: str, result) -> None:
     for path, reason in result.skipped:
         err.print(f"[yellow]left out[/] {escape(str(path))}: {escape(reason)}")
     f = result.figures
-    table = Table(title=f"site profile {out}: cross-validated on {f['n_ALL']} ALL + {f['n_normal']} normal images")
+    console.print(escape(title), soft_wrap=True)
+    table = Table()
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("95% interval", justify="right")
@@ -355,6 +369,6 @@ def print_adapted(out: Path, result) -> None:
         low, high = f[f"{name}_95ci"]
         table.add_row(name.replace("_", " "), f"{f[name]:.3f}", f"{low:.3f} – {high:.3f}")
     console.print(table)
-    console.print(f"threshold {f['threshold']:.2f}; {f['method']}; {result.seconds:.0f} s")
+    console.print(f"{threshold} {f['threshold']:.2f}; {f['method']}; {result.seconds:.0f} s")
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
