@@ -248,6 +248,25 @@ def models_table(folder: Path, manifest, registry: dict) -> None:
                   f" blank box {manifest.blank_box or 'none'}, digest {manifest.digest}")
 
 
+def cell_models_table(folder: Path, manifest) -> None:
+    """The cell classifier in a models folder: its members, their field-level validation figures and checksums."""
+    table = Table(title=f"cell classifier in {folder}")
+    for column in ("name", "architecture", "input", "weight", "ALL fields with a blast", "benign cells called blast",
+                   "field AUC"):
+        table.add_column(column, no_wrap=column == "name")
+    for entry in manifest.models.values():
+        v = entry.validation
+        table.add_row(entry.name, entry.architecture, f"{entry.input_size}px",
+                      f"{manifest.ensemble.weights.get(entry.name, 0):.2f}",
+                      *(f"{v[k]['rate']:.3f}" if k in v else "–"
+                        for k in ("all_fields_with_blast", "benign_cells_called_blast")),
+                      f"{v['top_p_auc']:.3f}" if "top_p_auc" in v else "–")
+    console.print(table)
+    for entry in manifest.models.values():
+        console.print(f"{entry.name}: cells/{entry.file}  sha256 {entry.sha256}", soft_wrap=True)
+    console.print(f"cell threshold {manifest.ensemble.threshold:.3f}, digest {manifest.digest}")
+
+
 class TrainingProgress:
     """A bar of epochs for one model, with a line per finished epoch."""
 

@@ -8,6 +8,7 @@ from allscan.cli import loading, options as o
 from allscan.cli.app import app, console, usage_error
 from allscan.cli.display import (
     TrainingProgress,
+    cell_models_table,
     models_table,
     print_cells_shipped,
     print_evaluation,
@@ -19,10 +20,16 @@ from allscan.paths import default_models_dir
 
 @app.command("models")
 def list_models(models: o.Models = None) -> None:
-    """List the models in the models folder with their checksums and validation figures."""
+    """List the models in the models folder, and its cell classifier, with their checksums and validation figures."""
+    from allscan.models.manifest import ManifestError, load_manifest
     from allscan.models.registry import REGISTRY
+    from allscan.scoring.cells import CELLS_DIR
 
-    models_table(models or default_models_dir(), loading.manifest(models), REGISTRY)
+    folder = models or default_models_dir()
+    models_table(folder, loading.manifest(models), REGISTRY)
+    if (folder / CELLS_DIR).is_dir():
+        with loading.refusing(ManifestError):
+            cell_models_table(folder / CELLS_DIR, load_manifest(folder / CELLS_DIR))
 
 
 @app.command()
