@@ -281,3 +281,16 @@ def test_bad_cells_geojson_is_refused_in_one_line_before_the_models_load(tmp_pat
     result = _invoke("predict", slides, "-o", out, "--models", models_copy, "--cells-geojson", tmp_path / "g")
     assert result.exit_code == 2 and "without a cell classifier" in result.output
     assert not out.exists()
+
+
+def test_the_run_summary_counts_the_cells_and_blasts(tmp_path, models_dir):
+    slides = _smears(tmp_path / "slides")
+    result = _invoke("predict", slides, "-o", tmp_path / "r.csv", "--models", models_dir)
+    assert result.exit_code == 0, result.output
+    cells = _csv(Path(f"{tmp_path / 'r.csv'}.cells.csv"))
+    blasts = sum(float(c["p_blast"]) >= 0.5 for c in cells)
+    table = " ".join(result.output.split())  # the summary table, its padding collapsed
+    assert f"white cells found │ {len(cells)}" in table
+    assert f"blasts among them │ {blasts} ({100 * blasts / len(cells):.1f}%)" in table
+    quiet = _invoke("predict", slides, "-o", tmp_path / "n.csv", "--models", models_dir, "--no-cells")
+    assert "white cells" not in quiet.output

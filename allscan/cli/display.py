@@ -94,6 +94,9 @@ def summary_table(summary: "RunSummary") -> Table:
     table.add_row("[cyan]out of domain[/] (also flagged)", str(c.out_of_domain))
     table.add_row("total", f"{c.done} of {c.total}")
     table.add_row("skipped (already scored)", str(c.skipped))
+    if c.cells:
+        table.add_row("white cells found", str(c.cells))
+        table.add_row("[red]blasts[/] among them", f"{c.blasts} ({100 * c.blasts / c.cells:.1f}%)")
     return table
 
 
