@@ -9,8 +9,9 @@ Prints one JSON object: the field figures with 95% Wilson intervals (ALL fields 
 blast, benign cells called blast, ROC AUC of each field's highest p(blast)); per PBC class the share
 of cells called blast, how many images had no cell found near the centre, how many were flagged
 out of domain, how many the field models call ALL (the same crops judged as whole images), and how
-many centred cells would be a *silent* false blast (called blast in an image not flagged for review); the worst cells (highest p(blast) among benign cells and lowest
-top p(blast) among ALL fields) for inspection; and the time taken.
+many centred cells would be a *silent* false blast (called blast in an image not flagged for review);
+the worst cells (highest p(blast) among benign cells and lowest top p(blast) among ALL fields) for
+inspection; and the time taken.
 """
 
 import argparse

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from openpyxl import load_workbook
 
-from allscan.scoring.pipeline import Pipeline, as_pipeline
+from allscan.scoring.pipeline import as_pipeline
 from allscan.run.batch import run_batch
 from allscan.results.types import COLUMNS
 from allscan.results.store import ResultStore, store_path_for

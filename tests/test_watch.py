@@ -12,7 +12,7 @@ import time
 import pytest
 from openpyxl import load_workbook
 
-from allscan.scoring.pipeline import Pipeline, as_pipeline
+from allscan.scoring.pipeline import as_pipeline
 from allscan.results.store import ResultStore, store_path_for
 from allscan.run.watch import WatchConfig, Watcher
 from tests.utils import jpeg_bytes, write_image

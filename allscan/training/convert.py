@@ -135,7 +135,8 @@ def convert_member(models_dir: Path, entry: ModelEntry, fields: np.ndarray, labe
             target = models_dir / f"{entry.name}{suffix}"
             os.replace(Path(tmp) / precision / target.name, target)
             targets[suffix] = target
-    figures = asdict(check) | {"split": "val", "calibration_fields": len(calibration), "fp32_max_abs_dp_vs_keras": drift}
+    figures = asdict(check) | {"split": "val", "calibration_fields": len(calibration),
+                               "fp32_max_abs_dp_vs_keras": drift}
     return OpenVINOEntry(targets[".xml"].name, sha256_file(targets[".xml"]), targets[".bin"].name,
                          sha256_file(targets[".bin"]), entry.sha256, precision, figures)
 
