@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from allscan.domain.cells import CellCrops
+from allscan.images import resize
 from allscan.domain.site import CellPart
 from allscan.models.calibration import weighted_mean
 from allscan.models.manifest import ManifestError
@@ -121,7 +121,8 @@ class CellClassifier:
         feats: dict[str, list] = {}
         for start in range(0, len(crops), batch_size):
             chunk = crops[start:start + batch_size]
-            p, f = self.ensemble.outputs({s: _resized(chunk, s) for s in self.ensemble.input_sizes})
+            p, f = self.ensemble.outputs({size: np.stack([resize(crop, size) for crop in chunk])
+                                          for size in self.ensemble.input_sizes})
             for name in p:
                 probs.setdefault(name, []).append(p[name])
                 feats.setdefault(name, []).append(f[name])
@@ -151,8 +152,3 @@ class CellClassifier:
             findings.append(CellFindings(results, self.threshold))
         return findings
 
-
-def _resized(crops: np.ndarray, size: int) -> np.ndarray:
-    if crops.shape[1] == size:
-        return crops
-    return np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
