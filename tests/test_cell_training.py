@@ -141,3 +141,15 @@ def test_train_cells_command_trains_and_ships_a_converted_calibrated_cell_classi
     assert "ALL fields with a cell called blast" in result.output
     cells = json.loads(figures_out.read_text())["cells"]
     assert cells["all_fields_with_blast"]["n"] == 4 and cells["threshold"] == manifest.ensemble.threshold
+
+
+def test_a_normal_image_whose_cells_look_like_blasts_goes_to_review_with_the_reason_first(tmp_path):
+    from allscan.scoring.pipeline import Pipeline
+    from tests.utils import disc_smear, make_models_dir
+
+    models = make_models_dir(tmp_path / "models", threshold=0.999, band=(0.998, 0.999))  # every image normal
+    (models / "cells" / "cell_rule.json").write_text(json.dumps({"min_blasts": 1, "confident": 1e-30}))
+    pipeline = Pipeline.load(models)
+    (score,) = pipeline.score([pipeline.fields(disc_smear(16, nuclei=3, seed=1))])
+    assert score.verdict == VERDICT_NORMAL and score.cells.count >= 1
+    assert score.review and score.domain.notes.startswith(f"cells disagree: {score.cells.count} cells look like")

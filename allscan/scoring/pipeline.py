@@ -157,9 +157,8 @@ class Pipeline:
                 score = replace(score, cells=judged[i])
                 reason = self.cells.rule.disagreement(score)
                 if reason:
-                    notes = "; ".join(n for n in (reason, score.domain.notes if score.domain else "") if n)
-                    domain = replace(score.domain, notes=notes) if score.domain else DomainInfo(None, 0, notes=notes)
-                    score = replace(score, review=True, domain=domain)
+                    notes = "; ".join(n for n in (reason, score.domain.notes) if n)  # _judge gave every score a domain
+                    score = replace(score, review=True, domain=replace(score.domain, notes=notes))
             out.append(score)
         return out
 
