@@ -1,8 +1,9 @@
-"""The OpenVINO runtime beside Keras: conversion parity, the int8 rule, runtime choice, and refusing
-OpenVINO files that are missing, altered or made from another model."""
+"""The OpenVINO runtime beside Keras: conversion parity, the int8 and bfloat16 rule, runtime choice, and
+refusing OpenVINO files that are missing, altered or made from another model."""
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ pytest.importorskip("nncf")
 
 from allscan.models.ensemble import Ensemble
 from allscan.models.manifest import ManifestError, load_manifest
-from allscan.training.convert import Int8Check, int8_acceptable, int8_check
+from allscan.training.convert import PrecisionCheck, acceptable, precision_check
 from tests.utils import TINY_SIZES, tiny_model
 
 
@@ -57,25 +58,29 @@ def test_float32_openvino_reproduces_keras(name):
         np.testing.assert_allclose(f_o, f_k, rtol=1e-4, atol=1e-4)
 
 
-def test_int8_rule_on_known_figures():
-    assert int8_acceptable(0.995, 0.990, 0.989)
-    assert not int8_acceptable(0.994, 0.990, 0.990)  # too many verdicts change
-    assert not int8_acceptable(1.0, 0.990, 0.9885)  # AUC falls by more than 0.001
+def test_precision_rule_on_known_figures():
+    assert acceptable(0.995, 0.990, 0.989)
+    assert not acceptable(0.994, 0.990, 0.990)  # too many verdicts change
+    assert not acceptable(1.0, 0.990, 0.9885)  # AUC falls by more than 0.001
     labels = np.array([0, 0, 1, 1])
-    check = int8_check(labels, np.array([0.1, 0.4, 0.6, 0.9]), np.array([0.1, 0.6, 0.6, 0.9]))
-    assert check == Int8Check(4, 0.75, 1.0, 0.875, pytest.approx(0.2), False)
-    same = int8_check(labels, np.array([0.1, 0.4, 0.6, 0.9]), np.array([0.12, 0.38, 0.61, 0.88]))
-    assert same.accepted and same.verdict_agreement == 1.0
+    check = precision_check("int8", labels, np.array([0.1, 0.4, 0.6, 0.9]), np.array([0.1, 0.6, 0.6, 0.9]))
+    assert check == PrecisionCheck("int8", 4, 0.75, 1.0, 0.875, pytest.approx(0.2), False)
+    assert check.record()["roc_auc_int8"] == 0.875
+    same = precision_check("bf16", labels, np.array([0.1, 0.4, 0.6, 0.9]), np.array([0.12, 0.38, 0.61, 0.88]))
+    assert same.accepted and same.verdict_agreement == 1.0 and "roc_auc_bf16" in same.record()
 
 
 def test_shipping_records_the_files_tied_to_their_keras(ov_models_dir):
     manifest = load_manifest(ov_models_dir)
     for entry in manifest.models.values():
         converted = entry.openvino
-        assert converted.source_sha256 == entry.sha256 and converted.precision in ("int8", "fp32")
+        assert converted.source_sha256 == entry.sha256
         assert (ov_models_dir / converted.xml).is_file() and (ov_models_dir / converted.bin).is_file()
-        assert converted.precision == ("int8" if converted.int8_check["accepted"] else "fp32")
+        bf16_accepted = converted.bf16_check.get("accepted", False)
+        assert converted.precision == ("int8" if converted.int8_check["accepted"] else "bf16" if bf16_accepted
+                                       else "fp32")
         assert {"verdict_agreement", "roc_auc_fp32", "roc_auc_int8"} <= set(converted.int8_check)
+        assert not converted.bf16_check or {"verdict_agreement", "roc_auc_bf16"} <= set(converted.bf16_check)
     assert not list(ov_models_dir.glob(".convert-*"))
 
 
@@ -133,3 +138,58 @@ def test_openvino_files_from_another_keras_are_refused(ov_copy):
     path.write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="converted from another .keras file"):
         Ensemble.load(ov_copy, load_models=False, runtime="keras")
+
+
+def test_a_refused_int8_falls_back_to_bfloat16_where_the_cpu_has_it(ov_copy, domain_data, monkeypatch):
+    from allscan.models.runtime import bf16_supported
+    from allscan.training import convert
+
+    real = convert.precision_check
+
+    def int8_refused_bf16_accepted(precision, *args):
+        return replace(real(precision, *args), accepted=precision == "bf16")
+
+    monkeypatch.setattr(convert, "precision_check", int8_refused_bf16_accepted)
+    convert.convert_models(ov_copy, domain_data, ["alexnet"])
+    converted = load_manifest(ov_copy).models["alexnet"].openvino
+    assert converted.int8_check["accepted"] is False
+    assert "FakeQuantize" not in (ov_copy / converted.xml).read_text()  # the float32 files ship
+    if not bf16_supported():
+        assert converted.precision == "fp32" and converted.bf16_check == {}
+        return
+    assert converted.precision == "bf16" and converted.bf16_check["fields"] == 16
+    member = {m.name: m for m in Ensemble.load(ov_copy).members}["alexnet"]
+    keras = {m.name: m for m in Ensemble.load(ov_copy, runtime="keras").members}["alexnet"]
+    assert member.runtime == "openvino bf16"
+    batch = _batches([member.input_size], 4)[member.input_size]
+    np.testing.assert_allclose(member.outputs(batch)[0], keras.outputs(batch)[0], atol=0.05)
+
+
+def test_a_bfloat16_member_runs_float32_on_a_cpu_without_bfloat16(ov_copy, monkeypatch):
+    from allscan.models import runtime
+
+    path = ov_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["models"]["resnet50"]["openvino"]["precision"] = "bf16"
+    path.write_text(json.dumps(data))
+    monkeypatch.setattr(runtime, "bf16_supported", lambda: False)
+    without = Ensemble.load(ov_copy, load_models=False)
+    assert {m.name: m.runtime for m in without.members}["resnet50"] == "openvino fp32"
+    monkeypatch.setattr(runtime, "bf16_supported", lambda: True)
+    with_units = Ensemble.load(ov_copy, load_models=False)
+    assert {m.name: m.runtime for m in with_units.members}["resnet50"] == "openvino bf16"
+    assert with_units.digest != without.digest  # results of one precision are never taken for the other's
+
+
+def test_refit_with_reconvert_converts_every_member_again(ov_copy, domain_data):
+    from allscan.training.ship import refit
+
+    path = ov_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["models"]["resnet50"]["openvino"]["int8_check"] = {}  # as if converted before the rule existed
+    path.write_text(json.dumps(data))
+    refit(Ensemble.load(ov_copy), domain_data)
+    assert load_manifest(ov_copy).models["resnet50"].openvino.int8_check == {}  # converted members stay
+    refit(Ensemble.load(ov_copy), domain_data, reconvert=True)
+    manifest = load_manifest(ov_copy)
+    assert all(entry.openvino.int8_check["fields"] == 16 for entry in manifest.models.values())

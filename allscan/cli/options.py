@@ -135,6 +135,9 @@ ValData = Annotated[Path, typer.Argument(help="Folder holding val/ with normal/ 
 PoolTrain = Annotated[bool, typer.Option(
     "--pool-train", help="Also fit the calibration on train/ predictions and check the threshold's recall bound "
     "on train/ and val/ together (only for models that do not fit train/ better than val/).")]
+Reconvert = Annotated[bool, typer.Option(
+    "--reconvert", help="Convert every member (and the cell classifier) to OpenVINO again first, int8 or bfloat16 "
+    "where the shipping rule accepts it on this machine, and refit the domain reference and the cell statistics.")]
 SplitData = Annotated[Path, typer.Argument(help="Folder holding the split folder (normal/ and ALL/ inside).",
                                            show_default=False)]
 Split = Annotated[str, typer.Option(help="Split folder to evaluate.", rich_help_panel=INPUT)]

@@ -108,15 +108,23 @@ def ship_run(run_dir: o.RunDir, data_dir: o.RunData, out: o.ShipInto = Path("mod
 
 
 @app.command()
-def tune(data_dir: o.ValData, models: o.Models = None, pool_train: o.PoolTrain = False) -> None:
+def tune(data_dir: o.ValData, models: o.Models = None, pool_train: o.PoolTrain = False,
+         reconvert: o.Reconvert = False) -> None:
     """Refit the calibration, weights, screening threshold and review band on the validation split."""
     loading.require_train_extra(shipping=True)
+    from allscan.scoring.cells import CELLS_DIR
     from allscan.training.ship import refit
 
-    for sub in ("val", "train") if pool_train else ("val",):
+    for sub in ("val", "train") if pool_train or reconvert else ("val",):
         if not (data_dir / sub).is_dir():
             raise usage_error(f"{data_dir / sub} not found")
-    tuning = refit(loading.ensemble(models), data_dir, pool_train)
+    ensemble = loading.ensemble(models)
+    tuning = refit(ensemble, data_dir, pool_train, reconvert)
+    cells = ensemble.models_dir / CELLS_DIR
+    if reconvert and cells.is_dir():
+        from allscan.training.cell_ship import reconvert_cells
+
+        print_cells_shipped(cells, reconvert_cells(data_dir, ensemble.models_dir, ensemble.manifest.blank_box))
     config, point = tuning.config, tuning.operating_point
     console.print(f"weights {config.weights}; threshold {config.threshold:.4f} (recall {point.recall:.4f},"
                   f" lower 95% bound {point.recall_lower:.4f}{'' if point.target_met else ', below the target'});"

@@ -15,7 +15,7 @@ from allscan.models.files import check_file, check_openvino
 from allscan.models.gradcam import compiled_gradcam
 from allscan.models.manifest import Manifest, load_manifest
 from allscan.models.runtime import (Forward, KerasForward, OpenVINOForward, choose_runtime, compile_openvino,
-                                    load_keras_model, read_openvino)
+                                    load_keras_model, read_openvino, running_precision)
 
 
 @dataclass
@@ -30,7 +30,8 @@ class Member:
         path: The ``.keras`` file, its sha256 already checked against the manifest.
         openvino: The OpenVINO ``(.xml, .bin)`` files, checked likewise, when this member runs in
             OpenVINO; None when it runs in Keras.
-        precision: The OpenVINO files' precision (``int8`` or ``fp32``); Keras runs float32.
+        precision: The precision its OpenVINO files run at here (``int8``, ``bf16`` or ``fp32``: see
+            :func:`~allscan.models.runtime.running_precision`); Keras runs float32.
     """
 
     name: str
@@ -46,7 +47,7 @@ class Member:
 
     @property
     def runtime(self) -> str:
-        """What runs the forward pass, in words: ``keras``, ``openvino fp32`` or ``openvino int8``."""
+        """What runs the forward pass, in words: ``keras``, ``openvino fp32``, ``openvino bf16`` or ``openvino int8``."""
         return "keras" if self.openvino is None else f"openvino {self.precision}"
 
     @property
@@ -60,7 +61,8 @@ class Member:
                 if self.openvino is None:
                     self._forward = KerasForward(self.model, self.preprocessing, self.input_size)
                 else:
-                    self._forward = OpenVINOForward(compile_openvino(read_openvino(*self.openvino)), self.input_size)
+                    self._forward = OpenVINOForward(compile_openvino(read_openvino(*self.openvino), self.precision),
+                                                    self.input_size)
 
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """p(ALL) ``(n,)`` and pooled features ``(n, d)`` for a uint8 batch ``(n, s, s, 3)``."""
@@ -109,7 +111,7 @@ class Ensemble:
         members = []
         for entry in manifest.models.values():
             converted = check_openvino(models_dir, entry) if chosen == "openvino" else None
-            precision = entry.openvino.precision if converted else "fp32"
+            precision = running_precision(entry.openvino.precision) if converted else "fp32"
             members.append(Member(entry.name, entry.input_size, entry.preprocessing, check_file(models_dir, entry),
                                   converted, precision))
         if load_models:
@@ -119,11 +121,13 @@ class Ensemble:
 
     @property
     def digest(self) -> str:
-        """The manifest's digest, joined by the runtime when it is not Keras: results of one runtime
-        are never taken for another's (int8 members answer slightly differently)."""
+        """The manifest's digest, joined by the runtime and the precision each member runs at when it is not
+        Keras: results of one runtime or precision are never taken for another's (int8 and bfloat16 members
+        answer slightly differently)."""
         if self.runtime == "keras":
             return self.manifest.digest
-        key = {"models": self.manifest.digest, "runtime": self.runtime}
+        key = {"models": self.manifest.digest, "runtime": self.runtime,
+               "precisions": {m.name: m.precision for m in self.members}}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

@@ -18,7 +18,7 @@ class ManifestError(Exception):
     """A models folder that cannot be used: no manifest, a bad entry or a file that fails its check."""
 
 
-OPENVINO_PRECISIONS = ("int8", "fp32")
+OPENVINO_PRECISIONS = ("int8", "bf16", "fp32")
 
 
 RUNTIMES = ("auto", "openvino", "keras")
@@ -36,8 +36,11 @@ class OpenVINOEntry:
         bin: File name of its weights.
         bin_sha256: Digest ``bin`` must match.
         source_sha256: sha256 of the ``.keras`` file it was converted from; must be the entry's own.
-        precision: ``int8`` (quantised, accepted by the rule in :mod:`allscan.training.convert`) or ``fp32``.
+        precision: ``int8`` (quantised) or ``bf16`` (float files run in bfloat16), each where the rule in
+            :mod:`allscan.training.convert` accepted it, else ``fp32``.
         int8_check: The int8 candidate's figures against fp32 on the validation split, whichever shipped.
+        bf16_check: The bfloat16 candidate's likewise, where int8 was refused and the converting machine
+            could run bfloat16.
     """
 
     xml: str
@@ -47,6 +50,7 @@ class OpenVINOEntry:
     source_sha256: str
     precision: str
     int8_check: dict = field(default_factory=dict)
+    bf16_check: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from allscan.fileio import atomic_write_text
 from allscan.models.calibration import Calibration, fit_platt, weighted_mean
 from allscan.models.files import save_half_precision
 from allscan.domain.reference import DomainReference
-from allscan.models.manifest import (EnsembleConfig, Manifest, ModelEntry, equal_weights, load_or_empty, save_manifest,
-                                     sha256_file)
+from allscan.models.manifest import (EnsembleConfig, Manifest, ModelEntry, equal_weights, load_manifest, load_or_empty,
+                                     save_manifest, sha256_file)
 from allscan.models.registry import CELL_REGISTRY, ModelSpec
-from allscan.scoring.cells import RULE_NAME, CellClassifier, CellRule
+from allscan.scoring.cells import CELLS_DIR, RULE_NAME, CellClassifier, CellRule
 from allscan.training.augment import RECIPE as AUGMENTATION_RECIPE
 from allscan.training.cell_data import CellBags, load_cell_bags
 from allscan.training.cell_evaluate import field_figures
@@ -71,11 +71,9 @@ def fit_rule(p: np.ndarray, field: np.ndarray, labels: np.ndarray, described: st
 
 def ship_cells(members: dict[str, tuple[TrainResult, TrainConfig]], train: CellBags, val: CellBags,
                models_dir: Path, data: str, convert: bool = True) -> Manifest:
-    """Save each member's best checkpoint (float16) in ``models_dir/cells``; with ``convert``, convert it to
-    OpenVINO, int8 where that keeps its answers on ``val`` (calibrated on ``train``'s cells; see
-    :mod:`allscan.training.convert`); then fit and record the calibration, threshold and review rule on
-    ``val``'s cells, from the outputs of the runtime that scores by default. Returns the manifest written."""
-    folder = Path(models_dir) / "cells"
+    """Save each member's best checkpoint (float16) in ``models_dir/cells`` and record it in the manifest,
+    then :func:`fit_cells`. Returns the manifest written."""
+    folder = Path(models_dir) / CELLS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     entries = {}
     for name, (result, config) in members.items():
@@ -87,8 +85,18 @@ def ship_cells(members: dict[str, tuple[TrainResult, TrainConfig]], train: CellB
             training={"data": data, "epochs": result.epochs_run, "best_epoch": result.best_epoch,
                       "seconds": round(result.seconds, 1), "config": _plain(asdict(config)), "recipe": RECIPE,
                       "augmentation": AUGMENTATION_RECIPE, "round_one": _round_one(result)})
-    manifest = Manifest(entries, EnsembleConfig(equal_weights(entries)), dataset=DATASET)
-    save_manifest(manifest, folder)
+    save_manifest(Manifest(entries, EnsembleConfig(equal_weights(entries)), dataset=DATASET), folder)
+    return fit_cells(models_dir, train, val, convert)
+
+
+def fit_cells(models_dir: Path, train: CellBags, val: CellBags, convert: bool = True) -> Manifest:
+    """With ``convert``, convert each member of ``models_dir/cells`` to OpenVINO, int8 or bfloat16 where that
+    keeps its answers on ``val`` (int8 calibrated on ``train``'s cells; see :mod:`allscan.training.convert`);
+    then fit and record the calibration, threshold and review rule on ``val``'s cells, from the outputs of
+    the runtime that scores by default. Returns the manifest written."""
+    folder = Path(models_dir) / CELLS_DIR
+    manifest = load_manifest(folder)
+    entries = dict(manifest.models)
     (folder / RULE_NAME).unlink(missing_ok=True)
     if convert:
         calibration_crops = train.crops[calibration_sample(len(train.field))]
@@ -111,8 +119,8 @@ def ship_cells(members: dict[str, tuple[TrainResult, TrainConfig]], train: CellB
     validation = field_figures(p_blast, val.field, val.labels, threshold).to_dict()
     for name, p in calibrated.items():
         entries[name] = replace(entries[name], validation=field_figures(p, val.field, val.labels, threshold).to_dict())
-    manifest = Manifest(entries, EnsembleConfig(weights, threshold, (threshold, threshold), described, calibration),
-                        dataset=DATASET)
+    manifest = replace(manifest, models=entries,
+                       ensemble=EnsembleConfig(weights, threshold, (threshold, threshold), described, calibration))
     save_manifest(manifest, folder)
     rule = fit_rule(p_blast, val.field, val.labels, described)
     atomic_write_text(folder / RULE_NAME, json.dumps(asdict(rule) | {"validation": validation}, indent=2) + "\n")
@@ -137,10 +145,7 @@ def train_cell_classifier(data_dir: Path, models_dir: Path, runs_dir: Path, name
     member in ``names`` (:func:`allscan.training.cell_train.train_member`, checkpoints in
     ``runs_dir/cells/<name>``), then :func:`ship_cells` into ``models_dir``."""
     box = config(CELL_REGISTRY[names[0]]).blank_box
-    fallback = DomainReference.for_models(models_dir, load_or_empty(models_dir))
-    diameter = fallback.checks.rbc_diameter if fallback is not None else DEFAULT_RBC_DIAMETER
-    train = load_cell_bags(Path(data_dir) / "train", box, diameter)
-    val = load_cell_bags(Path(data_dir) / "val", box, diameter)
+    train, val = _bags(data_dir, models_dir, box)
     members = {}
     for name in names:
         spec = CELL_REGISTRY[name]
@@ -149,3 +154,19 @@ def train_cell_classifier(data_dir: Path, models_dir: Path, runs_dir: Path, name
                               lambda stage, entry, name=name: report(name, stage, entry))
         members[name] = (result, settings)
     return ship_cells(members, train, val, models_dir, str(data_dir))
+
+
+def reconvert_cells(data_dir: Path, models_dir: Path, box: tuple[int, int, int, int] | None) -> Manifest:
+    """Convert the shipped cell classifier again and refit what it derives from its outputs (:func:`fit_cells`),
+    on the cells of ``data_dir/train`` and ``data_dir/val`` (``box`` blanked)."""
+    train, val = _bags(data_dir, models_dir, box)
+    return fit_cells(models_dir, train, val)
+
+
+def _bags(data_dir: Path, models_dir: Path, box: tuple[int, int, int, int] | None) -> tuple[CellBags, CellBags]:
+    """The cells of the training and validation splits, found at the domain reference's red-cell size where a
+    field's own cannot be estimated."""
+    fallback = DomainReference.for_models(models_dir, load_or_empty(models_dir))
+    diameter = fallback.checks.rbc_diameter if fallback is not None else DEFAULT_RBC_DIAMETER
+    return (load_cell_bags(Path(data_dir) / "train", box, diameter),
+            load_cell_bags(Path(data_dir) / "val", box, diameter))

@@ -1,18 +1,21 @@
-"""Converting shipped models to OpenVINO, int8 only where it keeps the answers.
+"""Converting shipped models to OpenVINO, int8 or bfloat16 only where it keeps the answers.
 
 Each member's Keras forward pass (uint8 in, preprocessing, model, then p(ALL) and pooled features:
 :func:`allscan.models.runtime.keras_forward`) is converted to OpenVINO (float32, checked against
 Keras on the validation split), then quantised to int8 by NNCF post-training quantisation on
 training fields (label box blanked, as the models were trained). The int8 model ships only when,
-on the validation split, :func:`int8_acceptable` holds; otherwise the member ships float32. Files
-are written beside the ``.keras`` file and recorded in the manifest with their sha256 and the
-sha256 of the ``.keras`` they came from. Runs when models ship, never on a user's machine.
+on the validation split, :func:`acceptable` holds against float32. Where it does not, and the
+converting machine's CPU has bfloat16 units, the float32 files run with their float layers in
+bfloat16 are put to the same rule, and ship as ``bf16`` if it holds (they run float32 on a CPU
+without such units). Otherwise the member ships float32. Files are written beside the ``.keras``
+file and recorded in the manifest with their sha256 and the sha256 of the ``.keras`` they came
+from. Runs when models ship, never on a user's machine.
 """
 
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +23,15 @@ from sklearn.metrics import roc_auc_score
 
 from allscan.models.files import check_file
 from allscan.models.manifest import ModelEntry, OpenVINOEntry, load_manifest, save_manifest, sha256_file
-from allscan.models.runtime import (KerasForward, OpenVINOForward, compile_openvino, keras_forward, load_keras_model,
-                                    read_openvino)
+from allscan.models.runtime import (KerasForward, OpenVINOForward, bf16_supported, compile_openvino, keras_forward,
+                                    load_keras_model, read_openvino)
 from allscan.training.dataset import list_split, load_images
 
 CALIBRATION_FIELDS = 300
 """Training fields NNCF calibrates each member's activation ranges on."""
 MIN_VERDICT_AGREEMENT = 0.995
-"""int8 ships only if its verdicts (raw p(ALL) at 0.5) match float32 on at least this share of validation fields…"""
+"""int8 or bfloat16 ships only if its verdicts (raw p(ALL) at 0.5) match float32 on at least this share of
+validation fields…"""
 MAX_AUC_DROP = 0.001
 """…and its validation ROC AUC is at most this much below float32's."""
 FP32_TOLERANCE = 1e-4
@@ -42,38 +46,46 @@ class ConversionError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Int8Check:
-    """The int8 candidate against float32 on the validation split.
+class PrecisionCheck:
+    """A lower-precision candidate (int8 or bfloat16) against float32 on the validation split.
 
     Attributes:
+        precision: The candidate's precision.
         fields: Validation fields compared.
         verdict_agreement: Share of fields whose raw p(ALL) lies on the same side of 0.5 in both.
         roc_auc_fp32: Float32's ROC AUC.
-        roc_auc_int8: int8's ROC AUC.
-        max_abs_dp: Largest |p_int8 - p_fp32|.
-        accepted: Whether int8 ships (:func:`int8_acceptable`).
+        roc_auc: The candidate's ROC AUC.
+        max_abs_dp: Largest |p_candidate - p_fp32|.
+        accepted: Whether the candidate may ship (:func:`acceptable`).
     """
 
+    precision: str
     fields: int
     verdict_agreement: float
     roc_auc_fp32: float
-    roc_auc_int8: float
+    roc_auc: float
     max_abs_dp: float
     accepted: bool
 
+    def record(self) -> dict:
+        """The figures as the manifest records them (the candidate's AUC under ``roc_auc_<precision>``)."""
+        return {"fields": self.fields, "verdict_agreement": self.verdict_agreement,
+                "roc_auc_fp32": self.roc_auc_fp32, f"roc_auc_{self.precision}": self.roc_auc,
+                "max_abs_dp": self.max_abs_dp, "accepted": self.accepted}
 
-def int8_acceptable(verdict_agreement: float, roc_auc_fp32: float, roc_auc_int8: float) -> bool:
-    """The shipping rule: int8 keeps ≥ 99.5% of float32's verdicts and loses ≤ 0.001 of its ROC AUC."""
+
+def acceptable(verdict_agreement: float, roc_auc_fp32: float, roc_auc: float) -> bool:
+    """The shipping rule: a candidate keeps ≥ 99.5% of float32's verdicts and loses ≤ 0.001 of its ROC AUC."""
     # rounded: 0.990 - 0.989 is 0.0010000000000000009 in floating point, and the bound is inclusive
-    return verdict_agreement >= MIN_VERDICT_AGREEMENT and round(roc_auc_fp32 - roc_auc_int8, 12) <= MAX_AUC_DROP
+    return verdict_agreement >= MIN_VERDICT_AGREEMENT and round(roc_auc_fp32 - roc_auc, 12) <= MAX_AUC_DROP
 
 
-def int8_check(labels: np.ndarray, p_fp32: np.ndarray, p_int8: np.ndarray) -> Int8Check:
-    """Compare the int8 candidate's validation probabilities with float32's (labels 1 = ALL)."""
-    agreement = float(np.mean((p_fp32 >= 0.5) == (p_int8 >= 0.5)))
-    auc_fp32, auc_int8 = float(roc_auc_score(labels, p_fp32)), float(roc_auc_score(labels, p_int8))
-    return Int8Check(len(labels), agreement, auc_fp32, auc_int8, float(np.max(np.abs(p_int8 - p_fp32))),
-                     int8_acceptable(agreement, auc_fp32, auc_int8))
+def precision_check(precision: str, labels: np.ndarray, p_fp32: np.ndarray, p: np.ndarray) -> PrecisionCheck:
+    """Compare a ``precision`` candidate's validation probabilities ``p`` with float32's (labels 1 = ALL)."""
+    agreement = float(np.mean((p_fp32 >= 0.5) == (p >= 0.5)))
+    auc_fp32, auc = float(roc_auc_score(labels, p_fp32)), float(roc_auc_score(labels, p))
+    return PrecisionCheck(precision, len(labels), agreement, auc_fp32, auc, float(np.max(np.abs(p - p_fp32))),
+                          acceptable(agreement, auc_fp32, auc))
 
 
 def to_openvino(model, preprocessing: str, input_size: int):
@@ -99,8 +111,8 @@ def quantise(ov_model, fields: np.ndarray):
 
 def convert_member(models_dir: Path, entry: ModelEntry, fields: np.ndarray, labels: np.ndarray,
                    calibration: np.ndarray) -> OpenVINOEntry:
-    """Convert one member, quantise it, apply the rule on validation and write the files that ship into
-    ``models_dir``.
+    """Convert one member, quantise it, apply the rule on validation (to int8, then where int8 is refused to
+    bfloat16) and write the files that ship into ``models_dir``.
 
     Args:
         fields: Validation inputs at the member's input size, uint8 ``(n, s, s, 3)``, and ``labels`` theirs.
@@ -123,22 +135,28 @@ def convert_member(models_dir: Path, entry: ModelEntry, fields: np.ndarray, labe
             xml.parent.mkdir()
             # not stored as float16: constants folded in conversion (EfficientNet's) lose too much (Δp 0.006)
             ov.save_model(candidate, xml, compress_to_fp16=False)
-            shipped = OpenVINOForward(compile_openvino(read_openvino(xml, xml.with_suffix(".bin"))), entry.input_size)
-            p[precision] = _probabilities(shipped, fields)  # as read back from disk: exactly what would ship
+            p[precision] = _shipped_probabilities(xml, precision, entry.input_size, fields)
         drift = float(np.max(np.abs(p["fp32"] - p_keras)))
         if drift > FP32_TOLERANCE:
             raise ConversionError(f"{entry.name}: float32 OpenVINO differs from Keras by up to {drift:.2g} in p(ALL)")
-        check = int8_check(labels, p["fp32"], p["int8"])
-        precision = "int8" if check.accepted else "fp32"
+        int8_figures = precision_check("int8", labels, p["fp32"], p["int8"])
+        bf16_figures = None
+        if not int8_figures.accepted and bf16_supported():
+            xml = Path(tmp) / "fp32" / f"{entry.name}.xml"
+            bf16_figures = precision_check("bf16", labels, p["fp32"],
+                                           _shipped_probabilities(xml, "bf16", entry.input_size, fields))
+        precision = ("int8" if int8_figures.accepted else
+                     "bf16" if bf16_figures is not None and bf16_figures.accepted else "fp32")
         targets = {}
         for suffix in (".xml", ".bin"):
             target = models_dir / f"{entry.name}{suffix}"
-            os.replace(Path(tmp) / precision / target.name, target)
+            os.replace(Path(tmp) / ("int8" if precision == "int8" else "fp32") / target.name, target)
             targets[suffix] = target
-    figures = asdict(check) | {"split": "val", "calibration_fields": len(calibration),
-                               "fp32_max_abs_dp_vs_keras": drift}
+    figures = int8_figures.record() | {"split": "val", "calibration_fields": len(calibration),
+                                       "fp32_max_abs_dp_vs_keras": drift}
+    bf16_record = bf16_figures.record() | {"split": "val"} if bf16_figures is not None else {}
     return OpenVINOEntry(targets[".xml"].name, sha256_file(targets[".xml"]), targets[".bin"].name,
-                         sha256_file(targets[".bin"]), entry.sha256, precision, figures)
+                         sha256_file(targets[".bin"]), entry.sha256, precision, figures, bf16_record)
 
 
 def convert_models(models_dir: Path, data_dir: Path, names: list[str] | None = None) -> list[str]:
@@ -178,6 +196,12 @@ def _remove_strays(models_dir: Path) -> None:
     """Temporary folders a cut conversion left behind."""
     for stray in models_dir.glob(".convert-*"):
         shutil.rmtree(stray, ignore_errors=True)
+
+
+def _shipped_probabilities(xml: Path, precision: str, input_size: int, fields: np.ndarray) -> np.ndarray:
+    """p(ALL) of the files as read back from disk and run at ``precision``: exactly what would ship."""
+    compiled = compile_openvino(read_openvino(xml, xml.with_suffix(".bin")), precision)
+    return _probabilities(OpenVINOForward(compiled, input_size), fields)
 
 
 def _probabilities(forward, fields: np.ndarray) -> np.ndarray:

@@ -85,7 +85,7 @@ def ship(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_dir: Pa
     return entry
 
 
-def refit(ensemble: Ensemble, data_dir: Path, pool_train: bool = False) -> Tuning:
+def refit(ensemble: Ensemble, data_dir: Path, pool_train: bool = False, reconvert: bool = False) -> Tuning:
     """Refit, on ``data_dir/val``, every statistic the shipped ``ensemble`` derives from data; update its manifest.
 
     Today that is the calibration, the vote weights, the screening threshold and the review band
@@ -95,10 +95,11 @@ def refit(ensemble: Ensemble, data_dir: Path, pool_train: bool = False) -> Tunin
     with another runtime is loaded again with the default one.
     ``pool_train`` adds the training split's predictions to the calibration and the threshold's
     second check: sound only for models that do not fit their training split better than validation
-    (compare the two before using it).
+    (compare the two before using it). ``reconvert`` converts every member again (after a change of the
+    conversion rule, or on a machine with other CPU units), not only those without OpenVINO files.
     """
     models_dir = ensemble.models_dir
-    if convert_models(models_dir, data_dir):
+    if convert_models(models_dir, data_dir, list(ensemble.manifest.models) if reconvert else None):
         refit_domain(models_dir, data_dir)
         ensemble = Ensemble.load(models_dir)
     elif ensemble.runtime != choose_runtime("auto", ensemble.manifest):
