@@ -142,6 +142,16 @@ def test_train_cells_command_trains_and_ships_a_converted_calibrated_cell_classi
     cells = json.loads(figures_out.read_text())["cells"]
     assert cells["all_fields_with_blast"]["n"] == 4 and cells["threshold"] == manifest.ensemble.threshold
 
+    path = models / "cells" / "manifest.json"
+    edited = json.loads(path.read_text())
+    edited["models"]["vgg16"]["openvino"]["int8_check"] = {}  # as if converted before the rule existed
+    path.write_text(json.dumps(edited))
+    result = runner.invoke(app, ["tune", str(data), "--models", str(models), "--reconvert"])
+    assert result.exit_code == 0, result.output
+    assert "shipped the cell classifier" in result.output and "threshold" in result.output
+    reconverted = CellClassifier.load(models).ensemble.manifest.models["vgg16"].openvino
+    assert reconverted.int8_check["fields"] == len(load_cell_bags(data / "val", None, 16.0).field)
+
 
 def test_a_normal_image_whose_cells_look_like_blasts_goes_to_review_with_the_reason_first(tmp_path):
     from allscan.scoring.pipeline import Pipeline

@@ -47,7 +47,7 @@ class Member:
 
     @property
     def runtime(self) -> str:
-        """What runs the forward pass, in words: ``keras``, ``openvino fp32``, ``openvino bf16`` or ``openvino int8``."""
+        """What runs the forward pass, in words: ``keras`` or ``openvino`` and a precision (``openvino int8``)."""
         return "keras" if self.openvino is None else f"openvino {self.precision}"
 
     @property
