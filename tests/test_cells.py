@@ -6,6 +6,7 @@ import pytest
 
 from allscan.domain.cells import (CROP_SIZE, RBC_UM, REFERENCE_LAB_MEAN, Cell, cell_crops, find_cells,
                                   normalise_colour)
+from allscan.domain.scale import estimate_diameter
 
 BACKGROUND = (236, 234, 240)
 RED_CELL = (214, 168, 176)
@@ -67,6 +68,15 @@ def test_box_and_area_of_a_round_nucleus(diameter):
         assert abs(edge - want) <= max(2.0, 0.1 * diameter)
     true_um2 = np.pi / 4 * (across * RBC_UM) ** 2  # 1.1 red cells across: about 53 µm²
     assert cell.area_um2(diameter) == pytest.approx(true_um2, rel=0.15)
+
+
+def test_the_scale_estimates_flattened_green_channel_finds_the_same_cells():
+    image = smear(16.0)
+    estimate = estimate_diameter(image)
+    assert estimate.green is not None and estimate.green.shape == image.shape[:2]
+    assert find_cells(image, 16.0, estimate.mask, estimate.green) == find_cells(image, 16.0, estimate.mask)
+    # Found in a reduced copy, the cells do not take a channel of the image's own size.
+    assert find_cells(image, 48.0, estimate.mask, estimate.green) == find_cells(image, 48.0)
 
 
 def test_lobes_far_apart_are_separate_objects():

@@ -72,7 +72,8 @@ class Cell:
         return self.nucleus_px * (RBC_UM / rbc_diameter) ** 2
 
 
-def find_cells(rgb: np.ndarray, rbc_diameter: float, cells_mask: np.ndarray | None = None) -> list[Cell]:
+def find_cells(rgb: np.ndarray, rbc_diameter: float, cells_mask: np.ndarray | None = None,
+               green: np.ndarray | None = None) -> list[Cell]:
     """The white cells of a smear image.
 
     Args:
@@ -81,6 +82,9 @@ def find_cells(rgb: np.ndarray, rbc_diameter: float, cells_mask: np.ndarray | No
             :func:`allscan.domain.scale.estimate_diameter`).
         cells_mask: The image's :func:`~allscan.domain.scale.cell_mask`, if the scale estimate already
             made it; used when it has the size the cells are looked for at (else made again).
+        green: The green channel that mask was made from (:attr:`~allscan.domain.scale.ScaleEstimate.green`);
+            used when the cells are looked for in ``rgb`` itself and it has ``rgb``'s size (then it was
+            made from the same pixels).
 
     Returns:
         One :class:`Cell` per nucleus, in the image's pixels, in no particular order.
@@ -90,7 +94,9 @@ def find_cells(rgb: np.ndarray, rbc_diameter: float, cells_mask: np.ndarray | No
     diameter = rbc_diameter * factor
     if cells_mask is not None and cells_mask.shape != small.shape[:2]:
         cells_mask = None
-    signal = cv2.morphologyEx(nucleus_signal(small, cells_mask), cv2.MORPH_OPEN,
+    if green is not None and not (small is rgb and green.shape == rgb.shape[:2]):
+        green = None
+    signal = cv2.morphologyEx(nucleus_signal(small, cells_mask, green), cv2.MORPH_OPEN,
                               disc(max(1.0, THIN_RADIUS * diameter)))
     mask = fill_holes(nucleus_mask(signal))
     labels = _cells(mask, diameter)
@@ -105,17 +111,25 @@ def _reduce(rgb: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
-def nucleus_signal(rgb: np.ndarray, cells_mask: np.ndarray | None = None) -> np.ndarray:
+def nucleus_signal(rgb: np.ndarray, cells_mask: np.ndarray | None = None,
+                   green: np.ndarray | None = None) -> np.ndarray:
     """Optical density in green less that in blue, each relative to the image's background (outside
-    ``cells_mask``, the image's cell mask, made here when not given)."""
-    green, blue = flatten_background(rgb[..., 1]), flatten_background(rgb[..., 2])
+    ``cells_mask``, the image's cell mask); each is made here when not given (``green``: the green
+    channel flattened by :func:`~allscan.domain.scale.flatten_background`)."""
+    green = flatten_background(rgb[..., 1]) if green is None else green
+    blue = flatten_background(rgb[..., 2])
     background = ~(flat_cell_mask(green) if cells_mask is None else cells_mask)
     if not background.any():
         background[:] = True
-    level = np.array([_median_u8(c[background]) for c in (green, blue)], dtype=np.float32)
-    flat = np.stack([green, blue], axis=-1).astype(np.float32)
-    density = -np.log10(np.maximum(flat, 1.0) / np.maximum(level, 1.0))
-    return density[..., 0] - density[..., 1]
+    # The flattened channels are 8-bit: a table of each level's density replaces a logarithm per pixel.
+    green_density, blue_density = (cv2.LUT(c, _density_table(_median_u8(c[background]))) for c in (green, blue))
+    return green_density - blue_density
+
+
+def _density_table(level: float) -> np.ndarray:
+    """The optical density ``-log10(v / level)`` of each 8-bit value ``v`` (both taken as at least 1), float32."""
+    values = np.arange(256, dtype=np.float32)
+    return -np.log10(np.maximum(values, 1.0) / np.maximum(np.float32(level), 1.0))
 
 
 def _median_u8(values: np.ndarray) -> float:
@@ -147,8 +161,10 @@ def nucleus_mask(signal: np.ndarray) -> np.ndarray:
     if not seeds.any():
         return seeds
     low = (bulk + float(np.median(signal[seeds]))) / 2
-    _, grown = cv2.connectedComponents((signal > low).astype(np.uint8))
-    return np.isin(grown, np.unique(grown[seeds]))
+    count, grown = cv2.connectedComponents((signal > low).astype(np.uint8))
+    seeded = np.zeros(count, bool)
+    seeded[grown[seeds]] = True
+    return seeded[grown]
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -173,10 +189,11 @@ def _cells(mask: np.ndarray, diameter: float) -> np.ndarray:
     inscribed radius, which cuts two overlapping discs along their common chord. Centres are looked
     for blob by blob, inside each blob's box, and only in blobs wide enough to hold one.
     """
-    joined = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, disc(max(1.0, LOBE_GAP * diameter / 2 + 0.5)))
+    mask = mask.astype(np.uint8)
+    joined = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disc(max(1.0, LOBE_GAP * diameter / 2 + 0.5)))
     joined = fill_holes(joined.astype(bool)).astype(np.uint8)
     count, blobs, stats, _ = cv2.connectedComponentsWithStats(joined)
-    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    inside = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     radius = SPLIT_RADIUS * diameter
     labels = blobs.copy()
     next_label = count
@@ -222,21 +239,24 @@ def _describe(labels: np.ndarray, mask: np.ndarray, diameter: float, scale: floa
     min_area = np.pi / 4 * (MIN_NUCLEUS * diameter) ** 2
     max_area = np.pi / 4 * (MAX_NUCLEUS * diameter) ** 2
     nuclei = np.where(mask, labels, 0).astype(np.int32)
+    # Every nucleus's pixel count and coordinate sums in one pass over its pixels (integer sums, so the
+    # centroids are those of each nucleus's own pixels to the last bit).
+    pixels = np.flatnonzero(nuclei)
+    owner = nuclei.reshape(-1)[pixels]
+    ys, xs = np.divmod(pixels, nuclei.shape[1])
+    count, sum_x, sum_y = (np.bincount(owner, weights=w) for w in (None, xs, ys))
     cells = []
     for label, box in enumerate(ndimage.find_objects(nuclei), start=1):
-        if box is None:
+        if box is None or not min_area <= count[label] <= max_area:
             continue
-        ys, xs = np.nonzero(nuclei[box] == label)
-        if not min_area <= len(xs) <= max_area:
+        (y0, y1), (x0, x1) = (box[0].start, box[0].stop), (box[1].start, box[1].stop)
+        if max(x1 - x0, y1 - y0) > MAX_EXTENT * diameter:
             continue
-        ys, xs = ys + box[0].start, xs + box[1].start
-        if max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 > MAX_EXTENT * diameter:
-            continue
+        x, y = sum_x[label] / count[label], sum_y[label] / count[label]
         # Pixel centres: pixel i of the reduced image covers original pixels i*scale to (i+1)*scale.
-        cells.append(Cell(float((xs.mean() + 0.5) * scale - 0.5), float((ys.mean() + 0.5) * scale - 0.5),
-                          int(xs.min() * scale), int(ys.min() * scale),
-                          int(np.ceil((xs.max() + 1) * scale)), int(np.ceil((ys.max() + 1) * scale)),
-                          len(xs) * scale * scale))
+        cells.append(Cell(float((x + 0.5) * scale - 0.5), float((y + 0.5) * scale - 0.5),
+                          int(x0 * scale), int(y0 * scale), int(np.ceil(x1 * scale)), int(np.ceil(y1 * scale)),
+                          int(count[label]) * scale * scale))
     return cells
 
 
@@ -258,8 +278,8 @@ def crop_cells(rgb: np.ndarray, cells: list[Cell], rbc_diameter: float, size: in
     if not cells:
         return np.zeros((0, size, size, 3), np.uint8)
     side = max(8, int(round(CROP_DIAMETERS * rbc_diameter)))
-    fill = np.median(rgb[::4, ::4].reshape(-1, 3), axis=0)
-    padded = cv2.copyMakeBorder(rgb, side, side, side, side, cv2.BORDER_CONSTANT, value=[float(v) for v in fill])
+    fill = [_median_u8(rgb[::4, ::4, c].reshape(-1)) for c in range(3)]
+    padded = cv2.copyMakeBorder(rgb, side, side, side, side, cv2.BORDER_CONSTANT, value=fill)
     crops = []
     for cell in cells:
         x0 = int(round(cell.x - side / 2)) + side
@@ -325,8 +345,9 @@ def normalise_colour(crops: np.ndarray) -> np.ndarray:
     return out
 
 
-def cell_crops(rgb: np.ndarray, rbc_diameter: float, cells_mask: np.ndarray | None = None) -> CellCrops:
+def cell_crops(rgb: np.ndarray, rbc_diameter: float, cells_mask: np.ndarray | None = None,
+               green: np.ndarray | None = None) -> CellCrops:
     """Find an image's white cells (:func:`find_cells`) and cut their crops (:func:`crop_cells`), colour
     normalised (:func:`normalise_colour`): what the cell classifier is trained on and judges."""
-    cells = find_cells(rgb, rbc_diameter, cells_mask)
+    cells = find_cells(rgb, rbc_diameter, cells_mask, green)
     return CellCrops(tuple(cells), normalise_colour(crop_cells(rgb, cells, rbc_diameter)), rbc_diameter)

@@ -112,9 +112,9 @@ TRAINING_SCALE_NOTE = "white cells looked for at the training scale (no red-cell
 
 
 def with_cells(fields: FieldSet, rgb: np.ndarray, fallback: float | None = None,
-               cells_mask: np.ndarray | None = None) -> FieldSet:
-    """``fields`` with the image's white cells, found at its red-cell size (``cells_mask``: the cell mask
-    the scale estimate made, reused where it fits).
+               cells_mask: np.ndarray | None = None, green: np.ndarray | None = None) -> FieldSet:
+    """``fields`` with the image's white cells, found at its red-cell size (``cells_mask`` and ``green``:
+    the cell mask the scale estimate made and its flattened green channel, reused where they fit).
 
     Without an estimate from the fields, an image whose fields were cut with a domain reference is taken
     to be at the training scale (``fallback``, the reference's red-cell size), as its fields were when it
@@ -130,7 +130,7 @@ def with_cells(fields: FieldSet, rgb: np.ndarray, fallback: float | None = None,
     if diameter is None:
         return replace(fields, cells=CellCrops((), np.zeros((0, 0, 0, 3), np.uint8), 0.0),
                        notes=(*notes, NO_CELLS_NOTE))
-    return replace(fields, cells=cell_crops(rgb, diameter, cells_mask), notes=notes)
+    return replace(fields, cells=cell_crops(rgb, diameter, cells_mask, green), notes=notes)
 
 
 def whole_image(rgb: np.ndarray, sizes, colour: np.ndarray | None = None, notes: tuple[str, ...] = ()) -> FieldSet:
@@ -150,12 +150,12 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
     small = reduced[0]
     colour = colour_stats(small)
     notes: list[str] = []
-    mask = None
+    mask = green = None
     if options.rbc_diameter is not None:
         diameter: float | None = options.rbc_diameter
     else:
         estimate = estimate_diameter(rgb, reduced)
-        diameter, mask = estimate.diameter, estimate.mask
+        diameter, mask, green = estimate.diameter, estimate.mask, estimate.green
         if diameter is None:
             whole = whole_image(rgb, sizes, colour,
                                 (f"no red-cell size estimate ({estimate.reason}): whole image scored as one field",))
@@ -187,7 +187,7 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
     inputs = {size: np.stack([resize(c, size) for c in crops]) for size in sizes}
     fields = FieldSet(inputs, tuple(kept), image.shape[:2], content, scale, diameter, colour, normalise,
                       background_only, tuple(notes), max(rgb.shape[:2]))
-    return with_cells(fields, rgb, cells_mask=mask) if cells else fields
+    return with_cells(fields, rgb, cells_mask=mask, green=green) if cells else fields
 
 
 def in_original_pixels(fields: FieldSet, reduction: float) -> FieldSet:

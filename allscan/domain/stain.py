@@ -10,6 +10,7 @@ it for stain augmentation) perturbs each stain's optical density and is used to
 simulate another lab's staining.
 """
 
+import cv2
 import numpy as np
 from PIL import Image, ImageCms
 
@@ -21,13 +22,15 @@ _TO_RGB = ImageCms.buildTransform(_LAB, _SRGB, "LAB", "RGB")
 STAT_NAMES = ("L_mean", "a_mean", "b_mean", "L_std", "a_std", "b_std")
 
 
+_LAB_LEVELS = np.stack([np.arange(256) * (100.0 / 255.0),
+                        np.arange(256, dtype=np.uint8).view(np.int8)], axis=1)[:, [0, 1, 1]].astype(np.float32)
+"""Each 8-bit L*a*b* level as a float per channel: L scaled to 0-100, a and b read as signed bytes."""
+
+
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """8-bit RGB to float L*a*b* (L in 0-100, a and b signed)."""
+    """8-bit RGB to float32 L*a*b* (L in 0-100, a and b signed)."""
     lab = np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), _TO_LAB))
-    out = np.empty(lab.shape, dtype=np.float32)
-    out[..., 0] = lab[..., 0] * (100.0 / 255.0)
-    out[..., 1:] = lab[..., 1:].view(np.int8)
-    return out
+    return cv2.LUT(lab, _LAB_LEVELS.reshape(1, 256, 3))
 
 
 def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
@@ -41,7 +44,12 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
 def colour_stats(rgb: np.ndarray) -> np.ndarray:
     """The six Reinhard statistics (L*a*b* means, then standard deviations) of an image."""
     lab = rgb_to_lab(rgb).reshape(-1, 3)
-    return np.concatenate([lab.mean(axis=0), lab.std(axis=0)]).astype(np.float64)
+    mean = lab.mean(axis=0)
+    # NumPy's std, reusing the mean rather than summing again: the sums stay float32 and in the same
+    # order, so the statistics are those the shipped domain reference was fitted with, bit for bit
+    # (double-precision sums move them by up to 0.016).
+    std = np.sqrt(np.square(lab - mean).mean(axis=0))
+    return np.concatenate([mean, std]).astype(np.float64)
 
 
 def reinhard(rgb: np.ndarray, stats: np.ndarray, reference: np.ndarray) -> np.ndarray:
