@@ -193,3 +193,21 @@ def test_refit_with_reconvert_converts_every_member_again(ov_copy, domain_data):
     refit(Ensemble.load(ov_copy), domain_data, reconvert=True)
     manifest = load_manifest(ov_copy)
     assert all(entry.openvino.int8_check["fields"] == 16 for entry in manifest.models.values())
+
+
+def test_an_openvino_run_never_loads_tensorflow(ov_copy, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.utils import disc_smear
+
+    shutil.rmtree(ov_copy / "cells")  # the tiny cell classifier has no OpenVINO files: it would run in Keras
+    Image.fromarray(disc_smear(16, seed=4)).save(tmp_path / "field.png")
+    code = ("import sys, allscan; frame = allscan.predict([sys.argv[1]], models=sys.argv[2]);"
+            " print(len(frame), frame['error'].fillna('').eq('').all(), 'tensorflow' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "field.png"), str(ov_copy)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1", "True", "False"]  # scored, and TensorFlow's ~3 s and ~0.6 GB never paid

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from allscan._tf import tf
 from allscan.models.files import check_file, check_openvino
 from allscan.models.gradcam import compiled_gradcam
 from allscan.models.manifest import Manifest, load_manifest
@@ -148,5 +147,5 @@ class Ensemble:
         for m in self.members:
             if m.gradcam is None:
                 m.gradcam = compiled_gradcam(m.model, m.preprocessing, m.input_size)
-            maps[m.name] = m.gradcam(tf.constant(batches[m.input_size])).numpy()
+            maps[m.name] = m.gradcam(np.asarray(batches[m.input_size], np.uint8)).numpy()
         return maps

@@ -2,7 +2,8 @@
 
 Each model's map is taken at its last convolutional block: the feature map that
 feeds the global pooling layer named ``pool``, differentiated for the ALL logit
-(the layer ``all_logit``) with ``tf.GradientTape``.
+(the layer ``all_logit``) with ``tf.GradientTape``. TensorFlow is imported when a map is first asked
+for: a run scored in OpenVINO without heatmaps never loads it.
 """
 
 from collections.abc import Callable, Mapping
@@ -10,7 +11,6 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from PIL import Image
 
-from allscan._tf import keras, tf
 from allscan.models.preprocessing import get_preprocessor
 
 FEATURE_LAYER = "pool"
@@ -21,6 +21,8 @@ LOGIT_LAYER = "all_logit"
 
 def split_model(model) -> tuple[Callable, Callable]:
     """Split a model into ``features(x)`` (the map before pooling) and ``head(features) -> ALL logit``."""
+    from allscan._tf import keras
+
     pool = model.get_layer(FEATURE_LAYER)
     features = keras.Model(model.inputs, pool.input)
     after = []
@@ -45,6 +47,8 @@ def split_model(model) -> tuple[Callable, Callable]:
 
 def compiled_gradcam(model, preprocessing: str, input_size: int) -> Callable:
     """A compiled function: uint8 batch ``(n, s, s, 3)`` → Grad-CAM maps ``(n, h, w)`` in [0, 1]."""
+    from allscan._tf import tf
+
     features, head = split_model(model)
     preprocess = get_preprocessor(preprocessing)
 

@@ -2,7 +2,9 @@
 training) and OpenVINO (converted when the models ship, the default for scoring where its files are listed).
 
 Both take a uint8 batch ``(n, s, s, 3)`` and return p(ALL) ``(n,)`` and pooled features ``(n, d)``
-as NumPy arrays. OpenVINO is imported only when its runtime loads, so ``import allscan`` stays light.
+as NumPy arrays. OpenVINO is imported only when its runtime loads, and TensorFlow only when a Keras model
+is (Keras scoring, Grad-CAM, conversion), so ``import allscan`` stays light and an OpenVINO run never
+pays TensorFlow's start-up time and memory.
 """
 
 import threading
@@ -12,7 +14,6 @@ from typing import Protocol
 
 import numpy as np
 
-from allscan._tf import keras, tf
 from allscan.models.gradcam import FEATURE_LAYER
 from allscan.models.manifest import RUNTIMES, Manifest, ManifestError
 from allscan.models.preprocessing import get_preprocessor
@@ -54,6 +55,8 @@ def keras_forward(model, preprocessing: str, input_size: int) -> Callable:
 
     OpenVINO files are converted from this same function, so both runtimes see the same graph.
     """
+    from allscan._tf import keras, tf
+
     preprocess = get_preprocessor(preprocessing)
     both = keras.Model(model.inputs, [model.outputs[0], model.get_layer(FEATURE_LAYER).output])
 
@@ -67,6 +70,8 @@ def keras_forward(model, preprocessing: str, input_size: int) -> Callable:
 
 
 def load_keras_model(path: Path):
+    from allscan._tf import keras
+
     return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
@@ -76,10 +81,10 @@ class KerasForward:
     def __init__(self, model, preprocessing: str, input_size: int):
         self.model = model
         self._forward = keras_forward(model, preprocessing, input_size)
-        self._forward(tf.zeros((1, input_size, input_size, 3), tf.uint8))  # trace now: the first batch runs at speed
+        self.outputs(np.zeros((1, input_size, input_size, 3), np.uint8))  # trace now: the first batch runs at speed
 
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        p, features = self._forward(tf.constant(batch))
+        p, features = self._forward(np.asarray(batch, np.uint8))
         return p.numpy(), features.numpy()
 
 
