@@ -68,6 +68,19 @@ def actor_peaks_mb() -> list[float]:
     return sorted(peaks)
 
 
+def own_peak_kb() -> float:
+    """This process's peak resident memory since it started, in kB.
+
+    Linux's ``ru_maxrss`` survives fork and exec, so a child of a parent that had loaded TensorFlow would
+    report the parent's peak; ``VmHWM`` is the process's own.
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
 def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = "local",
           runtime: str = "auto", cells: str = "on") -> None:
     """One end-to-end run in a fresh process: prints timings, cells found and peak RSS as JSON.
@@ -113,7 +126,7 @@ def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = 
     run_started = time.monotonic()
     summary = run_batch([images], out, pipeline, batch_size=batch_size, observer=observer, engine=runner)
     run_s = time.monotonic() - run_started
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = own_peak_kb()
     flowing = (observer.count - 1) / (observer.last - observer.first) if observer.count > 1 else None
     print(json.dumps({"n": summary.counts.done, "errors": summary.counts.errors, "seconds": run_s,
                       "load_s": load_s, "first_result_s": observer.first - started,
