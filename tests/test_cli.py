@@ -65,6 +65,7 @@ def test_models_lists_every_model(models_dir):
     manifest = json.loads((models_dir / "manifest.json").read_text())
     for name, entry in manifest["models"].items():
         assert name in result.output and entry["sha256"][:16] in result.output
+        assert f"{entry['file']}  sha256 {entry['sha256']}; no OpenVINO files: runs in Keras" in result.output
     cells = json.loads((models_dir / "cells" / "manifest.json").read_text())
     assert "cell classifier in" in result.output
     assert all(f"cells/{e['file']}  sha256 {e['sha256']}" in result.output for e in cells["models"].values())

@@ -245,10 +245,18 @@ def models_table(folder: Path, manifest, registry: dict) -> None:
         )
     console.print(table)
     for entry in manifest.models.values():
-        console.print(f"{entry.name}: {entry.file}  sha256 {entry.sha256}", soft_wrap=True)
+        console.print(_files_line(entry), soft_wrap=True)
     e = manifest.ensemble
     console.print(f"threshold {e.threshold:.3f}, review band {e.review_band[0]:.3f}–{e.review_band[1]:.3f},"
                   f" blank box {manifest.blank_box or 'none'}, digest {manifest.digest}")
+
+
+def _files_line(entry, folder: str = "") -> str:
+    """A member's ``.keras`` file and checksum, and the precision of its OpenVINO files where it has them."""
+    converted = entry.openvino
+    runtime = (f"OpenVINO {converted.precision} ({folder}{converted.xml})" if converted is not None
+               else "no OpenVINO files: runs in Keras")
+    return f"{entry.name}: {folder}{entry.file}  sha256 {entry.sha256}; {runtime}"
 
 
 def cell_models_table(folder: Path, manifest) -> None:
@@ -266,7 +274,7 @@ def cell_models_table(folder: Path, manifest) -> None:
                       f"{v['top_p_auc']:.3f}" if "top_p_auc" in v else "–")
     console.print(table)
     for entry in manifest.models.values():
-        console.print(f"{entry.name}: cells/{entry.file}  sha256 {entry.sha256}", soft_wrap=True)
+        console.print(_files_line(entry, "cells/"), soft_wrap=True)
     console.print(f"cell threshold {manifest.ensemble.threshold:.3f}, digest {manifest.digest}")
 
 
