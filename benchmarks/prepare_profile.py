@@ -51,9 +51,10 @@ def field_maker(models: Path):
 
 
 def images(folders: list[Path], count: int | None = None) -> list[Path]:
-    """The JPEG and PNG files under ``folders``, sorted; ``count`` of them evenly spread, if given."""
-    paths = sorted(p for f in folders for p in Path(f).expanduser().rglob("*") if p.suffix.lower() in
-                   (".jpg", ".jpeg", ".png"))
+    """The images under ``folders`` as ``allscan predict`` finds them; ``count`` of them evenly spread, if given."""
+    from allscan.images import find_images
+
+    paths = find_images([Path(f).expanduser() for f in folders])
     if count is not None and len(paths) > count:
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, count).astype(int)]
     return paths
