@@ -239,8 +239,8 @@ def main() -> None:
             rss = {n: end_to_end(rss_dirs[n], args.models, args.batch_size, work, runtime=runtime)
                    for n in rss_counts}
             measured[runtime] = (e2e, rss, compute_only(paths, args.models, args.batch_size, runtime))
-        without_cells = {runtime: end_to_end(speed_dir, args.models, args.batch_size, work, runtime=runtime, cells="off")
-                         for runtime in runtimes}
+        without_cells = {runtime: end_to_end(speed_dir, args.models, args.batch_size, work, runtime=runtime,
+                                             cells="off") for runtime in runtimes}
         naive_rate = naive(paths[: args.naive_count], args.models)
 
     figures = {

@@ -211,3 +211,31 @@ def test_an_openvino_run_never_loads_tensorflow(ov_copy, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["1", "True", "False"]  # scored, and TensorFlow's ~3 s and ~0.6 GB never paid
+
+
+def test_a_node_that_would_run_a_bf16_member_in_fp32_refuses_and_says_why(ov_copy, monkeypatch):
+    from allscan.models import runtime
+    from allscan.run.job import Job
+    from allscan.scoring.pipeline import Pipeline
+
+    shutil.rmtree(ov_copy / "cells")  # the tiny cell classifier has no OpenVINO files
+    path = ov_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["models"]["resnet50"]["openvino"]["precision"] = "bf16"
+    path.write_text(json.dumps(data))
+    monkeypatch.setattr(runtime, "bf16_supported", lambda: True)  # the driver's CPU
+    job = Job.of(Pipeline.load(ov_copy, load_models=False))
+    monkeypatch.setattr(runtime, "bf16_supported", lambda: False)  # a node's CPU
+    with pytest.raises(ManifestError, match="resnet50 runs openvino fp32 here, openvino bf16 on the driver"):
+        job.worker()
+    monkeypatch.setattr(runtime, "bf16_supported", lambda: True)
+    assert callable(job.worker())  # a node like the driver scores
+
+
+def test_a_node_loads_the_cell_classifier_in_the_runtime_the_driver_did(ov_copy):
+    from allscan.run.job import Job
+    from allscan.scoring.pipeline import Pipeline
+
+    driver = Pipeline.load(ov_copy, load_models=False)  # fields in OpenVINO, the tiny cells in Keras (no files)
+    assert driver.ensemble.runtime == "openvino" and driver.cells.ensemble.runtime == "keras"
+    assert callable(Job.of(driver).worker())

@@ -154,6 +154,9 @@ class Job:
         heatmaps: Grad-CAM figures to write, or None.
         rescore: Score again what the store already holds.
         runtime: The runtime the driver chose (``keras`` or ``openvino``): every node scores with it.
+        cells_runtime: Likewise for the cell classifier, which may lack OpenVINO files the field models have.
+        member_runtimes: What runs each member on the driver (``openvino bf16``; cell members as
+            ``cells/NAME``), to say why a node that would score differently refuses.
     """
 
     models_dir: Path
@@ -164,12 +167,15 @@ class Job:
     heatmaps: HeatmapOptions | None = None
     rescore: bool = False
     runtime: str = "auto"
+    cells_runtime: str = "auto"
+    member_runtimes: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, pipeline: Pipeline, batch_size: int = DEFAULT_BATCH_SIZE,
            heatmaps: HeatmapOptions | None = None, rescore: bool = False) -> "Job":
+        cells_runtime = pipeline.cells.ensemble.runtime if pipeline.cells is not None else "auto"
         return cls(pipeline.ensemble.models_dir, pipeline.digest, pipeline.maker, pipeline.site_dir, batch_size,
-                   heatmaps, rescore, pipeline.ensemble.runtime)
+                   heatmaps, rescore, pipeline.ensemble.runtime, cells_runtime, _member_runtimes(pipeline))
 
     def prepare(self, source: Source | Path, known: frozenset[str] = frozenset()) -> Prepared:
         source = source if isinstance(source, Source) else Source.file(source)
@@ -188,8 +194,22 @@ class Job:
         Raises:
             ManifestError: The models folder is unusable here or holds other models than the driver's.
         """
-        pipeline = Pipeline.load(self.models_dir, self.site, self.maker.options, runtime=self.runtime)
+        pipeline = Pipeline.load(self.models_dir, self.site, self.maker.options, runtime=self.runtime,
+                                 cells_runtime=self.cells_runtime)
         if pipeline.digest != self.digest:
-            raise ManifestError(f"the models in {self.models_dir} (results digest {pipeline.digest}) are not the"
-                                f" driver's (digest {self.digest})")
+            driver = dict(self.member_runtimes)
+            differ = [f"{name} runs {here} here, {driver[name]} on the driver"
+                      for name, here in _member_runtimes(pipeline) if driver.get(name, here) != here]
+            reason = (f": {'; '.join(differ)} (a CPU without bfloat16 units runs bf16 members in fp32; score on"
+                      " machines alike)" if differ else
+                      f" (results digest {pipeline.digest} here, {self.digest} there)")
+            raise ManifestError(f"this node would score other than the driver with the models in {self.models_dir}"
+                                f"{reason}")
         return partial(to_results, pipeline, heatmaps=self.heatmaps, batch_size=self.batch_size)
+
+
+def _member_runtimes(pipeline: Pipeline) -> tuple[tuple[str, str], ...]:
+    """What runs each field member, and each cell member as ``cells/NAME``, in this process."""
+    cells = pipeline.cells.ensemble.members if pipeline.cells is not None else []
+    return (*((m.name, m.runtime) for m in pipeline.ensemble.members),
+            *((f"cells/{m.name}", m.runtime) for m in cells))

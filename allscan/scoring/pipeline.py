@@ -62,13 +62,14 @@ class Pipeline:
     @classmethod
     def load(cls, models_dir: Path, site_dir: Path | None = None,
              options: DomainOptions = DomainOptions(), load_models: bool = True,
-             site_origin: str = "", runtime: str = "auto") -> "Pipeline":
+             site_origin: str = "", runtime: str = "auto", cells_runtime: str | None = None) -> "Pipeline":
         """Load the site profile in ``site_dir``, if given, then the models in ``models_dir``
         (``load_models`` False: check the models now, load them on first use; see :meth:`Ensemble.load`).
 
         The profile is read first: a bad one is refused in a second, not after the models load.
         ``site_origin`` says where its folder was named (e.g. ``$ALLSCAN_SITE``), for the messages;
-        ``runtime`` runs the models (``auto``, ``openvino`` or ``keras``; see :meth:`Ensemble.load`).
+        ``runtime`` runs the models (``auto``, ``openvino`` or ``keras``; see :meth:`Ensemble.load`), and the
+        cell classifier too unless ``cells_runtime`` says otherwise.
 
         Raises:
             ManifestError: Unusable models, or a site profile that is corrupt, altered, out of range or
@@ -78,7 +79,7 @@ class Pipeline:
         from allscan.models.ensemble import Ensemble  # TensorFlow loads with the models, not with this module
 
         ensemble = Ensemble.load(Path(models_dir), load_models=load_models, runtime=runtime)
-        cells = CellClassifier.load(Path(models_dir), runtime, load_models) if options.cells else None
+        cells = CellClassifier.load(Path(models_dir), cells_runtime or runtime, load_models) if options.cells else None
         return cls(ensemble, options, site, Path(site_dir) if site_dir is not None else None, cells)
 
     def describe(self) -> dict:
