@@ -20,7 +20,7 @@ from allscan.results.store import ResultStore
 from allscan.results.types import CELL_COLUMNS, COLUMNS, CellFindings, CellResult, ImageResult, Score
 from allscan.run.batch import run_batch
 from tests.test_watch import Running
-from tests.utils import cli_process, disc_smear
+from tests.utils import cli_process, disc_smear, store_at_schema
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NUCLEI = {"one.png": 1, "four.png": 4, "three.png": 3}
@@ -192,9 +192,7 @@ def test_rerun_over_stored_images_gives_identical_rows_cells_and_geojson(tmp_pat
 
 def test_schema_3_store_migrates_and_its_scores_read_as_scored_without_cells(tmp_path):
     path = tmp_path / "r.csv.allscan.sqlite"
-    db = sqlite3.connect(path)
-    for number, step in enumerate(store_schema.MIGRATIONS[:3], start=1):
-        db.executescript(f"BEGIN; {step}; PRAGMA user_version = {number}; COMMIT;")
+    db = store_at_schema(path, 3)
     db.execute("INSERT INTO scores VALUES ('d', 'aa', 0.9, 'ALL', 0, 4, '{\"resnet50\": 0.9}', 1.0, 2, 'in', 0.5, '')")
     db.execute("INSERT INTO files VALUES ('d', 'a.png', 'aa', 64, 64, '', '', '', 1, 'now', 'S1')")
     db.commit()

@@ -15,7 +15,7 @@ from allscan.results.types import COLUMNS, SPECIMEN_COLUMNS, DomainInfo, ImageRe
 from allscan.run.batch import run_batch
 from allscan.run.specimens import OWN_BY_MAP, OWN_BY_PATTERN, Specimens, SpecimenError, read_map
 from allscan.scoring.specimens import SpecimenRule, summarise
-from tests.utils import write_image
+from tests.utils import store_at_schema, write_image
 
 
 def _result(name: str, p: float, specimen: str, threshold: float = 0.5, domain: str = "in") -> ImageResult:
@@ -134,9 +134,7 @@ def test_report_opens_with_the_specimens(tmp_path, ensemble):
 
 def test_store_of_the_previous_schema_gains_the_specimen_column(tmp_path):
     store = tmp_path / "r.csv.allscan.sqlite"
-    db = sqlite3.connect(store)
-    for number, step in enumerate(store_schema.MIGRATIONS[:2], start=1):
-        db.executescript(f"BEGIN; {step}; PRAGMA user_version = {number}; COMMIT;")
+    db = store_at_schema(store, 2)
     db.execute("INSERT INTO files VALUES ('d', 'a.png', 'abc', 64, 64, 'not an image', '', '', 1, 'now')")
     db.commit()
     db.close()

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -155,3 +156,13 @@ def read_only(path):
         yield
     finally:
         subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def store_at_schema(path: Path, version: int) -> sqlite3.Connection:
+    """A results store as an older allscan left it: the first ``version`` schema migrations applied, open."""
+    from allscan.results.schema import MIGRATIONS
+
+    db = sqlite3.connect(path)
+    for number, step in enumerate(MIGRATIONS[:version], start=1):
+        db.executescript(f"BEGIN; {step}; PRAGMA user_version = {number}; COMMIT;")
+    return db
