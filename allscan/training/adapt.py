@@ -15,9 +15,11 @@ features, red-cell size) come from its images.
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -33,6 +35,8 @@ from allscan.images import ImageError, decode_file, find_images
 from allscan.models.manifest import EnsembleConfig
 from allscan.training.operating_point import wilson_interval
 from allscan.training.tune import tune_review_band, tune_threshold
+
+T = TypeVar("T")
 
 MIN_PER_CLASS = 5
 RELIABLE_PER_CLASS = 20
@@ -250,15 +254,22 @@ def fold_count(labels: np.ndarray) -> int:
 
 
 def out_of_fold(images: list[LabelledImage], c: float = HEAD_C, seed: int = 0) -> np.ndarray:
-    """Out-of-fold site p(ALL) per image (stratified k-fold, k = min(5, smaller class))."""
+    """Out-of-fold site p(ALL) per image (:func:`cross_validated`)."""
+    return cross_validated(np.array([im.label for im in images]),
+                           lambda train: fit_heads([images[i] for i in train], c),
+                           lambda heads, test: image_probabilities(heads, [images[i] for i in test]), seed)
+
+
+def cross_validated(labels: np.ndarray, fit: Callable[[np.ndarray], T],
+                    predict: Callable[[T, np.ndarray], np.ndarray], seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions by stratified k-fold (k = min(5, smaller class)): ``fit`` on each fold's
+    training indices, ``predict`` its test indices with what it fitted."""
     from sklearn.model_selection import StratifiedKFold
 
-    labels = np.array([im.label for im in images])
-    oof = np.empty(len(images))
+    oof = np.empty(len(labels))
     folds = StratifiedKFold(fold_count(labels), shuffle=True, random_state=seed)
     for train, test in folds.split(np.zeros(len(labels)), labels):
-        heads = fit_heads([images[i] for i in train], c)
-        oof[test] = image_probabilities(heads, [images[i] for i in test])
+        oof[test] = predict(fit(train), test)
     return oof
 
 

@@ -38,10 +38,10 @@ from allscan.training.adapt import (
     LabelledSetError,
     Labelling,
     check_counts,
+    cross_validated,
     few_warning,
     figures,
     fit_head,
-    fold_count,
     list_labelled,
 )
 from allscan.training.tune import tune_threshold
@@ -160,15 +160,11 @@ def cell_probabilities(heads: dict[str, Head], features: dict[str, np.ndarray]) 
 
 def out_of_fold_cells(features: dict[str, np.ndarray], labels: np.ndarray, c: float = HEAD_C,
                       seed: int = 0) -> np.ndarray:
-    """Out-of-fold p(blast) per crop (stratified k-fold over crops, k = min(5, smaller class))."""
-    from sklearn.model_selection import StratifiedKFold
-
-    oof = np.empty(len(labels))
-    folds = StratifiedKFold(fold_count(labels), shuffle=True, random_state=seed)
-    for train, test in folds.split(np.zeros(len(labels)), labels):
-        heads = fit_cell_heads({n: x[train] for n, x in features.items()}, labels[train], c)
-        oof[test] = cell_probabilities(heads, {n: x[test] for n, x in features.items()})
-    return oof
+    """Out-of-fold p(blast) per crop (:func:`~allscan.training.adapt.cross_validated` over crops)."""
+    return cross_validated(labels,
+                           lambda train: fit_cell_heads({n: x[train] for n, x in features.items()}, labels[train], c),
+                           lambda heads, test: cell_probabilities(heads, {n: x[test] for n, x in features.items()}),
+                           seed)
 
 
 def _equal(heads: dict[str, Head]) -> dict[str, float]:
