@@ -330,3 +330,76 @@ def test_three_class_otsu_splits_three_grey_levels_at_the_first_best_thresholds(
     values = np.repeat(np.array([50, 120, 200], np.uint8), [300, 500, 200])
     assert otsu_thresholds_3(values) == (51, 121)  # classes < t1, t1..t2-1, >= t2; ties to the lowest
     assert otsu_thresholds_3(np.array([10, 10, 10, 10, 200, 200], np.uint8))[1] > 10  # empty middle class
+
+
+def crowded_field(small: int, big_cells: int = 4) -> np.ndarray:
+    """A 224-px field whose left part holds ``big_cells`` discs 60 px across (red cells merged into
+    blobs, as where they pack) and whose right strip holds ``small`` discs 16 px across, the red cells
+    themselves (every seventh dark like a nucleus, so the three-class split has its three classes)."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:224, :224]
+    green = np.full((224, 224), 215.0)
+    blobs = [(32 + 66 * (i // 2), 32 + 66 * (i % 2)) for i in range(big_cells)]
+    cells = [(10 + 21 * (i // 4), 146 + 21 * (i % 4)) for i in range(small)]
+    for n, (cy, cx, r) in enumerate([(y, x, 30) for y, x in blobs] + [(y, x, 8) for y, x in cells]):
+        green[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 90 if n % 7 == 5 else 150
+    green += rng.normal(0, 4, green.shape)
+    return np.clip(np.stack([green + 10, green, green + 20], -1), 0, 255).astype(np.uint8)
+
+
+def test_a_crowded_single_field_is_measured_at_its_red_cells_not_at_its_merged_ones():
+    from allscan.domain.fields import CROWDED_MIN_CELLS, crowded_field_diameter
+
+    checks = replace(_checks(np.random.default_rng(0)), rbc_diameter=17.0, scale_tolerance=2.5)
+    crowded = estimate_diameter(crowded_field(40))
+    assert crowded.diameter > 17.0 * 2.5  # the merged blobs make the spectrum's highest peak
+    assert crowded_field_diameter(crowded, checks, (224, 224)) == pytest.approx(17.0, rel=0.06)
+    # too few cells of the training size to say the field is at the training scale
+    few = estimate_diameter(crowded_field(CROWDED_MIN_CELLS // 2))
+    assert few.diameter > 17.0 * 2.5 and crowded_field_diameter(few, checks, (224, 224)) is None
+    # an estimate the tolerance allows, or an image larger than a single field, is left as it is
+    assert crowded_field_diameter(crowded, replace(checks, scale_tolerance=4.0), (224, 224)) is None
+    assert crowded_field_diameter(crowded, checks, (448, 448)) is None
+
+
+def test_a_crowded_field_is_in_domain_on_scale_with_a_note(domain_ensemble):
+    pipeline = Pipeline(domain_ensemble)  # trained on 224-px fields of red cells 16 px across, like these
+    fields = pipeline.fields(crowded_field(40))
+    assert fields.diameter == pytest.approx(pipeline.reference.checks.rbc_diameter, rel=0.1)
+    assert fields.scale == 1.0 and any(n.startswith("crowded field: red cells 17 px") for n in fields.notes)
+    notes = pipeline.score([fields])[0].domain.notes
+    assert "crowded field" in notes and "px across where the reference's are" not in notes  # no scale flag
+
+
+def test_exact_distance_is_the_same_whatever_opencvs_thread_count():
+    # OpenCV's precise transform rounds differently per thread stripe, which moved a white cell's pixels
+    # with the number of cores: the exact one equals scipy's Euclidean transform, on any thread count.
+    import cv2
+
+    from allscan.domain.scale import exact_distance
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:300, :300]
+    mask = np.zeros((300, 300), np.uint8)
+    for _ in range(60):
+        cy, cx, r = rng.uniform(0, 300, 2).tolist() + [rng.uniform(4, 30)]
+        mask[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
+    expected = np.sqrt(np.rint(ndimage.distance_transform_edt(mask) ** 2)).astype(np.float32)
+    threads = cv2.getNumThreads()
+    try:
+        for count in (1, 2, 4):
+            cv2.setNumThreads(count)
+            np.testing.assert_array_equal(exact_distance(mask), expected)
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def test_rows_stored_by_an_earlier_method_revision_are_scored_again(domain_ensemble, tmp_path, monkeypatch):
+    import allscan.scoring.pipeline as pipeline_module
+
+    _write(tmp_path / "in" / "field.png", disc_smear(16, seed=5))
+    out = tmp_path / "r.csv"
+    assert run_batch([tmp_path / "in"], out, domain_ensemble).counts.skipped == 0
+    assert run_batch([tmp_path / "in"], out, domain_ensemble).counts.skipped == 1
+    monkeypatch.setattr(pipeline_module, "METHOD_REVISION", pipeline_module.METHOD_REVISION + 1)
+    assert run_batch([tmp_path / "in"], out, domain_ensemble).counts.skipped == 0

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from allscan.domain.scale import disc, fill_holes, flat_cell_mask, flatten_background
+from allscan.domain.scale import disc, exact_distance, fill_holes, flat_cell_mask, flatten_background
 
 RBC_UM = 7.5
 """A red cell's diameter in micrometres: the ruler for areas in µm²."""
@@ -193,7 +193,7 @@ def _cells(mask: np.ndarray, diameter: float) -> np.ndarray:
     joined = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disc(max(1.0, LOBE_GAP * diameter / 2 + 0.5)))
     joined = fill_holes(joined.astype(bool)).astype(np.uint8)
     count, blobs, stats, _ = cv2.connectedComponentsWithStats(joined)
-    inside = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    inside = exact_distance(mask)
     radius = SPLIT_RADIUS * diameter
     labels = blobs.copy()
     next_label = count

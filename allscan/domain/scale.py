@@ -16,6 +16,7 @@ OpenCV's area resize does not reproduce at fractional steps.
 """
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import cv2
 import numpy as np
@@ -26,6 +27,8 @@ ANALYSIS_SIDE = 384
 that are 6-60 pixels across at that size."""
 
 MIN_RADIUS, MAX_RADIUS = 2, 48
+RADII = np.arange(MIN_RADIUS, MAX_RADIUS + 1, dtype=np.float64)
+"""The radii of the discs the mask is opened with."""
 MIN_FOREGROUND, MAX_FOREGROUND = 0.03, 0.9
 MIN_CELLS = 3.0
 
@@ -42,6 +45,9 @@ class ScaleEstimate:
         mask: The cell mask at :data:`ANALYSIS_SIDE` (reused to find background fields).
         green: The green channel it was made from, flattened by :func:`flatten_background` (reused
             by the cell finder).
+        lost: The pattern spectrum: mask area lost from the opening by each radius of :data:`RADII` to
+            the next, in analysis pixels (see :func:`diameter_between`).
+        factor: Image pixels per analysis pixel.
     """
 
     diameter: float | None
@@ -49,6 +55,8 @@ class ScaleEstimate:
     foreground: float = 0.0
     mask: np.ndarray | None = field(default=None, repr=False, compare=False)
     green: np.ndarray | None = field(default=None, repr=False, compare=False)
+    lost: np.ndarray | None = field(default=None, repr=False, compare=False)
+    factor: float = 1.0
 
 
 def cell_mask(rgb: np.ndarray) -> np.ndarray:
@@ -140,7 +148,7 @@ def pattern_spectrum(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
     The opening by the disc ``{|d| < r}`` is every pixel closer than ``r`` to a centre, a pixel at
     least ``r`` inside the mask.
     """
-    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    inside = exact_distance(mask.astype(np.uint8))
     areas = []
     for radius in radii:
         centres = (inside >= radius).astype(np.uint8)
@@ -149,6 +157,19 @@ def pattern_spectrum(mask: np.ndarray, radii: np.ndarray) -> np.ndarray:
             break
         areas.append(_reached_area(centres, radius))
     return np.asarray(areas, dtype=np.float64)
+
+
+def exact_distance(mask: np.ndarray) -> np.ndarray:
+    """Each nonzero pixel's Euclidean distance to the nearest zero pixel (float32), the same to the bit
+    whatever OpenCV's thread count.
+
+    OpenCV's precise transform is exact but for rounding, and rounds differently in each thread's stripe
+    (by one unit in the last place), which moved a white cell's pixels with the number of cores. Distances
+    between pixels are square roots of integers: the squares are rounded back to them, and their square
+    roots taken once more (IEEE square roots are correctly rounded).
+    """
+    distance = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.sqrt(np.rint(distance * distance))
 
 
 def _reached_area(centres: np.ndarray, radius: float) -> int:
@@ -162,7 +183,7 @@ def _reached_area(centres: np.ndarray, radius: float) -> int:
     near = centres[max(0, y - half):y + height + half, max(0, x - half):x + width + half]
     if radius <= DILATE_MAX_RADIUS:
         return cv2.countNonZero(cv2.dilate(near, disc(radius)))
-    reach = cv2.distanceTransform(1 - near, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    reach = exact_distance(1 - near)
     return int(np.count_nonzero(reach < radius))
 
 
@@ -221,16 +242,48 @@ def _estimate_at(rgb: np.ndarray, side: int, reduced: tuple[np.ndarray, float] |
     if not MIN_FOREGROUND <= foreground <= MAX_FOREGROUND:
         return ScaleEstimate(None, f"cells cover {foreground:.0%} of the image: too little contrast to measure",
                              foreground, mask, green), factor
-    radii = np.arange(MIN_RADIUS, MAX_RADIUS + 1, dtype=np.float64)
-    areas = pattern_spectrum(mask, radii)
+    areas = pattern_spectrum(mask, RADII)
     lost = areas[:-1] - areas[1:]
-    peak = int(np.argmax(np.convolve(lost, [0.25, 0.5, 0.25], mode="same")))
+    found = partial(ScaleEstimate, foreground=foreground, mask=mask, green=green, lost=lost, factor=factor)
+    peak = int(np.argmax(_smoothed(lost)))
     if peak == len(lost) - 1 or lost[peak] <= 0:
-        return ScaleEstimate(None, "no typical cell size in range", foreground, mask, green), factor
-    window = slice(max(0, peak - 1), peak + 2)
-    radius = float(np.sum(radii[:-1][window] * lost[window]) / np.sum(lost[window])) + 0.5
-    near = np.abs(radii[:-1] - radius) <= 0.3 * radius
-    cells = lost[near].sum() / (np.pi * radius ** 2)
+        return found(None, "no typical cell size in range"), factor
+    radius, cells = _measure_peak(lost, peak)
     if cells < MIN_CELLS:
-        return ScaleEstimate(None, f"too few cells to measure ({cells:.0f})", foreground, mask, green), factor
-    return ScaleEstimate(2 * radius * factor, "", foreground, mask, green), factor
+        return found(None, f"too few cells to measure ({cells:.0f})"), factor
+    return found(2 * radius * factor), factor
+
+
+def _smoothed(lost: np.ndarray) -> np.ndarray:
+    return np.convolve(lost, [0.25, 0.5, 0.25], mode="same")
+
+
+def _measure_peak(lost: np.ndarray, peak: int) -> tuple[float, float]:
+    """The radius of the spectrum's peak at index ``peak`` (the lost area's mean radius over it and its
+    neighbours, in analysis pixels) and how many cells of that radius the area lost near it makes."""
+    radii = RADII[:-1]
+    window = slice(max(0, peak - 1), peak + 2)
+    radius = float(np.sum(radii[window] * lost[window]) / np.sum(lost[window])) + 0.5
+    near = np.abs(radii - radius) <= 0.3 * radius
+    return radius, lost[near].sum() / (np.pi * radius ** 2)
+
+
+def diameter_between(estimate: ScaleEstimate, low: float, high: float) -> tuple[float, float] | None:
+    """The diameter of the strongest local peak of ``estimate``'s pattern spectrum whose cells are ``low`` to
+    ``high`` pixels across (the image's pixels), and how many cells of that size it counts; None when no
+    peak lies there.
+
+    The spectrum's highest peak is the estimate; this finds a lesser one, e.g. the red cells of a crowded
+    field whose merged cells make the highest (see :func:`allscan.domain.fields.prepare_fields`).
+    """
+    if estimate.lost is None:
+        return None
+    lost, smoothed = estimate.lost, _smoothed(estimate.lost)
+    diameters = 2 * (RADII[:-1] + 0.5) * estimate.factor
+    peaks = [i for i in range(1, len(lost) - 1)
+             if smoothed[i] > smoothed[i - 1] and smoothed[i] >= smoothed[i + 1] and lost[i] > 0
+             and low <= diameters[i] <= high]
+    if not peaks:
+        return None
+    radius, cells = _measure_peak(lost, max(peaks, key=lambda i: smoothed[i]))
+    return 2 * radius * estimate.factor, cells

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from allscan.domain.fields import DomainOptions, FieldMaker, FieldSet
+from allscan.domain.fields import METHOD_REVISION, DomainOptions, FieldMaker, FieldSet
 from allscan.domain.guard import assess
 from allscan.domain.reference import DomainError, DomainReference
 from allscan.domain.site import SiteProfile, load_profile
@@ -52,9 +52,10 @@ class Pipeline:
 
     @property
     def digest(self) -> str:
-        """Identifies models, site profile and options together: results are stored under it."""
+        """Identifies models, site profile, options and the per-image method's revision together: results are
+        stored under it."""
         key = {"models": self.ensemble.digest, "site": self.site.digest if self.site else None,
-               "options": self.options.key()}
+               "options": self.options.key(), "method": METHOD_REVISION}
         if self.cells is not None:  # results without cells keep the key they had before cells existed
             key["cells"] = self.cells.digest
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from allscan.domain.cells import cell_crops
+from allscan.domain.fields import crowded_field_diameter
+from allscan.domain.reference import DomainChecks
 from allscan.domain.scale import estimate_diameter
 from allscan.images import decode_file
 from allscan.training.dataset import LabelledSet, blank_box, list_split
@@ -53,14 +55,17 @@ class CellBags:
             return cls(tuple(Path(p) for p in data["paths"]), data["labels"], data["crops"], data["field"])
 
 
-def field_cells(rgb: np.ndarray, fallback_diameter: float) -> np.ndarray:
+def field_cells(rgb: np.ndarray, fallback_diameter: float, checks: DomainChecks | None = None) -> np.ndarray:
     """The crops of one field's cells, at its own red-cell size (``fallback_diameter`` when none can
-    be estimated)."""
-    return cell_crops(rgb, estimate_diameter(rgb).diameter or fallback_diameter).crops
+    be estimated), as predict finds them: with the domain reference's ``checks``, a crowded single field
+    is measured at its red cells (:func:`~allscan.domain.fields.crowded_field_diameter`)."""
+    estimate = estimate_diameter(rgb)
+    crowded = crowded_field_diameter(estimate, checks, rgb.shape[:2]) if checks is not None else None
+    return cell_crops(rgb, crowded or estimate.diameter or fallback_diameter).crops
 
 
 def load_cell_bags(root: Path, box: tuple[int, int, int, int] | None, fallback_diameter: float,
-                   workers: int = 2) -> CellBags:
+                   workers: int = 2, checks: DomainChecks | None = None) -> CellBags:
     """Find and crop the cells of every field under ``root/normal`` and ``root/ALL``.
 
     Args:
@@ -68,18 +73,19 @@ def load_cell_bags(root: Path, box: tuple[int, int, int, int] | None, fallback_d
         box: The dataset's label box, blanked before cells are looked for, or None.
         fallback_diameter: Red-cell diameter for a field whose size cannot be estimated.
         workers: Threads.
+        checks: The domain reference's checks (see :func:`field_cells`), or None.
     """
     paths, labels = list_split(root)
-    return bags_of(paths, labels, box, fallback_diameter, workers)
+    return bags_of(paths, labels, box, fallback_diameter, workers, checks)
 
 
 def bags_of(paths: Sequence[Path], labels: np.ndarray, box: tuple[int, int, int, int] | None,
-            fallback_diameter: float, workers: int = 2) -> CellBags:
+            fallback_diameter: float, workers: int = 2, checks: DomainChecks | None = None) -> CellBags:
     """:func:`load_cell_bags` for listed fields."""
 
     def one(path: Path) -> np.ndarray:
         rgb = decode_file(path).rgb
-        return field_cells(blank_box(rgb, box) if box is not None else rgb, fallback_diameter)
+        return field_cells(blank_box(rgb, box) if box is not None else rgb, fallback_diameter, checks)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         per_field = list(pool.map(one, paths))

@@ -164,9 +164,10 @@ def reconvert_cells(data_dir: Path, models_dir: Path, box: tuple[int, int, int, 
 
 
 def _bags(data_dir: Path, models_dir: Path, box: tuple[int, int, int, int] | None) -> tuple[CellBags, CellBags]:
-    """The cells of the training and validation splits, found at the domain reference's red-cell size where a
-    field's own cannot be estimated."""
-    fallback = DomainReference.for_models(models_dir, load_or_empty(models_dir))
-    diameter = fallback.checks.rbc_diameter if fallback is not None else DEFAULT_RBC_DIAMETER
-    return (load_cell_bags(Path(data_dir) / "train", box, diameter),
-            load_cell_bags(Path(data_dir) / "val", box, diameter))
+    """The cells of the training and validation splits as predict finds them (crowded single fields measured
+    at their red cells), at the domain reference's red-cell size where a field's own cannot be estimated."""
+    reference = DomainReference.for_models(models_dir, load_or_empty(models_dir))
+    checks = reference.checks if reference is not None else None
+    diameter = checks.rbc_diameter if checks is not None else DEFAULT_RBC_DIAMETER
+    return (load_cell_bags(Path(data_dir) / "train", box, diameter, checks=checks),
+            load_cell_bags(Path(data_dir) / "val", box, diameter, checks=checks))
