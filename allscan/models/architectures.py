@@ -73,7 +73,7 @@ def vgg16(input_size: int, weights: Path | None = None, dropout: float = HEAD_DR
     layers (chance with Glorot init, validation AUC 0.876 with He init at 64 px);
     VGG16-BN is the standard way to train it from scratch. The convolutions have no
     bias (the batch norm's shift replaces it). ``weights`` is a Keras weights file of
-    this architecture. ``width`` scales every block's filters (the cell classifier uses a quarter).
+    this architecture. ``width`` scales every block's filters (the cell classifier uses an eighth).
     """
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = inputs
