@@ -276,7 +276,7 @@ def diameter_between(estimate: ScaleEstimate, low: float, high: float) -> tuple[
     peak lies there.
 
     The spectrum's highest peak is the estimate; this finds a lesser one, e.g. the red cells of a crowded
-    field whose merged cells make the highest (see :func:`allscan.domain.fields.prepare_fields`).
+    field whose merged cells make the highest (see :func:`allscan.domain.fields.crowded_field_diameter`).
     """
     if estimate.lost is None:
         return None
