@@ -56,7 +56,7 @@ class Pipeline:
         stored under it."""
         key = {"models": self.ensemble.digest, "site": self.site.digest if self.site else None,
                "options": self.options.key(), "method": METHOD_REVISION}
-        if self.cells is not None:  # results without cells keep the key they had before cells existed
+        if self.cells is not None:  # the cell models join the key only where cells are judged
             key["cells"] = self.cells.digest
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
