@@ -226,34 +226,34 @@ def estimate_diameter(rgb: np.ndarray, reduced: tuple[np.ndarray, float] | None 
         rgb: The image.
         reduced: Its :func:`analysis_copy` at :data:`ANALYSIS_SIDE`, if the caller already made it.
     """
-    estimate, factor = _estimate_at(rgb, ANALYSIS_SIDE, reduced)
+    estimate = _estimate_at(rgb, ANALYSIS_SIDE, reduced)
+    factor = estimate.factor
     if estimate.diameter is not None and factor > 1 and estimate.diameter / factor < FINE_DIAMETER:
         side = int(min(MAX_ANALYSIS_SIDE, ANALYSIS_SIDE * FINE_TARGET * factor / estimate.diameter))
-        finer, _ = _estimate_at(rgb, side)
+        finer = _estimate_at(rgb, side)
         if finer.diameter is not None:
             return replace(finer, mask=estimate.mask, green=estimate.green)
     return estimate
 
 
-def _estimate_at(rgb: np.ndarray, side: int, reduced: tuple[np.ndarray, float] | None = None,
-                 ) -> tuple[ScaleEstimate, float]:
+def _estimate_at(rgb: np.ndarray, side: int, reduced: tuple[np.ndarray, float] | None = None) -> ScaleEstimate:
     small, factor = analysis_copy(rgb, side) if reduced is None else reduced
     green = flatten_background(small[..., 1])
     mask = flat_cell_mask(green)
     foreground = float(mask.mean())
     if not MIN_FOREGROUND <= foreground <= MAX_FOREGROUND:
         return ScaleEstimate(None, f"cells cover {foreground:.0%} of the image: too little contrast to measure",
-                             foreground, mask, green), factor
+                             foreground, mask, green, factor=factor)
     areas = pattern_spectrum(mask, RADII)
     lost = areas[:-1] - areas[1:]
     found = partial(ScaleEstimate, foreground=foreground, mask=mask, green=green, lost=lost, factor=factor)
     peak = int(np.argmax(_smoothed(lost)))
     if peak == len(lost) - 1 or lost[peak] <= 0:
-        return found(None, "no typical cell size in range"), factor
+        return found(None, "no typical cell size in range")
     radius, cells = _measure_peak(lost, peak)
     if cells < MIN_CELLS:
-        return found(None, f"too few cells to measure ({cells:.0f})"), factor
-    return found(2 * radius * factor), factor
+        return found(None, f"too few cells to measure ({cells:.0f})")
+    return found(2 * radius * factor)
 
 
 def _smoothed(lost: np.ndarray) -> np.ndarray:
