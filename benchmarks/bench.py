@@ -7,7 +7,9 @@ RSS of end-to-end runs at 100 and 2,000 images, time to the first result and mod
 ``--runtime both`` (the default) measures compute only and end to end with the Keras and the
 OpenVINO runtime in the same run and prints them side by side; ``keras`` or ``openvino`` measures one.
 End to end runs ``--pairs`` times with and without cells, back to back; rates and what the cells add are
-medians.
+medians. ``--baseline REV`` also runs end to end, ``--pairs`` times on the same images, the code and
+models of git commit REV (e.g. the commit an issue measured) from a copy of that commit, and prints the
+default runtime's rates against it.
 
 With ``--engine ray`` it measures instead the local engine beside the Ray engine on a local
 runtime with 1 and 2 scoring actors sharing this machine's CPUs: throughput once results
@@ -16,7 +18,7 @@ actor's peak memory.
 
 Usage:
     python benchmarks/bench.py [--count 200] [--images DIR] [--models DIR] [--batch-size 16]
-                               [--runtime keras|openvino|both] [--pairs 3] [--json]
+                               [--runtime keras|openvino|both] [--pairs 3] [--baseline REV] [--json]
     python benchmarks/bench.py --engine ray [--count 200] [--json]
 """
 
@@ -151,6 +153,34 @@ def end_to_end(images: Path, models: Path, batch_size: int, workdir: Path, engin
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def baseline_run(tree: Path, images: Path, batch_size: int, workdir: Path) -> dict:
+    """One end-to-end run of the code and models in ``tree`` (a copy of an earlier commit), by that commit's
+    own ``bench.py --child``: before the runtime and cells options its child took five arguments, since
+    then seven (the default runtime, cells on)."""
+    out = workdir / f"baseline-{images.name}.xlsx"
+    for stale in workdir.glob(f"baseline-{images.name}.xlsx*"):
+        stale.unlink()
+    script = tree / "benchmarks" / "bench.py"
+    args = [str(images), str(out), str(tree / "models"), str(batch_size), "local"]
+    if "nargs=7" in script.read_text():
+        args += ["auto", "on"]
+    done = subprocess.run([sys.executable, str(script), "--child", *args], capture_output=True, text=True, cwd=tree,
+                          env={**os.environ, "PYTHONPATH": str(tree)})
+    if done.returncode != 0:
+        raise SystemExit(f"baseline run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def checkout(rev: str, folder: Path) -> Path:
+    """A copy of commit ``rev``'s tree (code and models) in ``folder``, by ``git archive``."""
+    folder.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {rev} failed: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
+
+
 def naive(paths: list[Path], models: Path) -> float:
     """Images/s of notebook-style scoring: decode, then model.predict on a one-image batch, per model."""
     import numpy as np
@@ -212,6 +242,8 @@ def main() -> None:
                         help="the models' runtime to measure; both: Keras and OpenVINO in the same run")
     parser.add_argument("--pairs", type=int, default=3,
                         help="end-to-end runs with and without cells, alternated; the figures are their medians")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also measure end to end the code and models of this git commit, as often as --pairs")
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -250,6 +282,10 @@ def main() -> None:
             e2e = _median_run([on for on, _ in pairs[runtime]])
             measured[runtime] = (e2e, rss, compute_only(paths, args.models, args.batch_size, runtime))
         without_cells = {runtime: _median_run([off for _, off in pairs[runtime]]) for runtime in runtimes}
+        baseline = None
+        if args.baseline:
+            tree = checkout(args.baseline, work / "baseline")
+            baseline = [baseline_run(tree, speed_dir, args.batch_size, work) for _ in range(max(1, args.pairs))]
         naive_rate = naive(paths[: args.naive_count], args.models)
 
     figures = {
@@ -260,6 +296,8 @@ def main() -> None:
         **({"speedup_vs_keras": _rate(measured["openvino"][0]) / _rate(measured["keras"][0]),
             "speedup_vs_keras_without_cells": _rate(without_cells["openvino"]) / _rate(without_cells["keras"])}
            if len(measured) == 2 else {}),
+        **({"baseline": baseline_figures(args.baseline, baseline, measured[runtimes[-1]][0],
+                                         without_cells[runtimes[-1]])} if baseline else {}),
         "images": len(paths),
         "pairs": max(1, args.pairs),
         "batch_size": args.batch_size,
@@ -293,6 +331,12 @@ def main() -> None:
     if "speedup_vs_keras" in figures:
         table.add_row("end to end: OpenVINO / Keras, with / without cells", "",
                       f"{figures['speedup_vs_keras']:.2f}× / {figures['speedup_vs_keras_without_cells']:.2f}×", "≥ 3×")
+    if "baseline" in figures:
+        old = figures["baseline"]
+        table.add_row(f"end to end at {old['rev']} (median of {len(old['runs_img_s'])}); {runtimes[-1]} here:"
+                      " with / without cells", *[""] * (len(rows) - 1),
+                      f"{old['end_to_end_img_s']:.2f} img/s: {old['speedup']:.2f}× / "
+                      f"{old['speedup_without_cells']:.2f}×", "≥ 3×")
     for n in rss_counts:
         row(f"peak RSS, {n} images", lambda f, n=n: f"{f[f'peak_rss_mb_{n}']:.0f} MB", "≤ 1500 MB")
     if len(rss_counts) == 2:
@@ -330,6 +374,14 @@ def cell_figures(pairs: list[tuple[dict, dict]], runtime: str) -> dict:
             "without_cells_img_s": _rate(_median_run([off for _, off in pairs])),
             "added_time": statistics.median(added), "added_time_per_pair": added,
             "cells_per_s": with_cells["cells"] / with_cells["seconds"]}
+
+
+def baseline_figures(rev: str, runs: list[dict], with_cells: dict, without_cells: dict) -> dict:
+    """The earlier commit's median end-to-end rate and this code's (default runtime) against it."""
+    old = _median_run(runs)
+    return {"rev": rev, "end_to_end_img_s": _rate(old), "runs_img_s": [_rate(run) for run in runs],
+            "first_result_s": old["first_result_s"], "speedup": _rate(with_cells) / _rate(old),
+            "speedup_without_cells": _rate(without_cells) / _rate(old)}
 
 
 def runtime_figures(e2e: dict, rss: dict[int, dict], compute: dict, naive_rate: float) -> dict:
