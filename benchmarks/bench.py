@@ -59,6 +59,25 @@ def make_images(source: Path, count: int, folder: Path) -> list[Path]:
     return paths
 
 
+def speed_images(source: Path | None, count: int, folder: Path) -> list[Path]:
+    """The images every figure is measured on, in ``folder``: links to the first ``count`` of ``source``'s
+    images (as ``allscan predict`` finds them), or ``count`` re-encoded sample fields when ``source`` is
+    None. A run over ``folder`` then scores exactly the images the other figures measured."""
+    if source is None:
+        return make_images(REPO / "sample_images", count, folder)
+    from allscan.images import find_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    links = []
+    for i, path in enumerate(find_images([source])[:count]):
+        link = folder / f"img{i:05d}{path.suffix}"
+        link.symlink_to(path.resolve())
+        links.append(link)
+    if not links:
+        raise SystemExit(f"no images in {source}")
+    return links
+
+
 def actor_peaks_mb() -> list[float]:
     """Peak RSS (VmHWM) of each live Ray scoring actor on this machine."""
     peaks = []
@@ -229,7 +248,8 @@ def compute_only(paths: list[Path], models: Path, batch_size: int, runtime: str 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200, help="images for the speed figures")
-    parser.add_argument("--images", type=Path, help="use this folder's images instead of re-encoded samples")
+    parser.add_argument("--images", type=Path,
+                        help="the first --count of this folder's images instead of re-encoded samples")
     parser.add_argument("--models", type=Path, default=REPO / "models")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--naive-count", type=int, default=40, help="images for the (slow) naive baseline")
@@ -256,13 +276,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="allscan-bench-") as tmp:
         work = Path(tmp)
-        if args.images:
-            from allscan.images import find_images
-
-            speed_dir, paths = args.images, find_images([args.images])[: args.count]
-        else:
-            speed_dir = work / "speed"
-            paths = make_images(REPO / "sample_images", args.count, speed_dir)
+        speed_dir = work / "speed"
+        paths = speed_images(args.images, args.count, speed_dir)
         rss_counts = [int(n) for n in args.rss_counts.split(",")]
         rss_dirs = {}
         for n in rss_counts:

@@ -130,16 +130,15 @@ def run_budget(folder: Path, pipeline, batch_size: int, work: Path) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=400, help="images (re-encoded sample fields unless --images)")
-    parser.add_argument("--images", type=Path, help="use this folder's images instead")
+    parser.add_argument("--images", type=Path, help="the first --count of this folder's images instead")
     parser.add_argument("--models", type=Path, default=REPO / "models")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-cells", action="store_true", help="score without looking for white cells")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
 
-    from bench import make_images
+    from bench import speed_images
 
-    from allscan.images import find_images
     from allscan.models.ensemble import Ensemble
     from allscan.scoring.pipeline import Pipeline, as_pipeline
 
@@ -147,11 +146,8 @@ def main() -> None:
     pipeline = Pipeline(ensemble) if args.no_cells else as_pipeline(ensemble)
     with tempfile.TemporaryDirectory(prefix="allscan-budget-") as tmp:
         work = Path(tmp)
-        if args.images:
-            folder, paths = args.images, find_images([args.images])[: args.count]
-        else:
-            folder = work / "images"
-            paths = make_images(REPO / "sample_images", args.count, folder)
+        folder = work / "images"
+        paths = speed_images(args.images, args.count, folder)
         steps, prepared = prepare_budget(paths, pipeline.maker)
         fieldsets = [p.fields for p in prepared if p.fields is not None]
         models = models_budget(pipeline, fieldsets, args.batch_size)
