@@ -67,8 +67,8 @@ Address = Annotated[str | None, typer.Option("--address", help="Ray cluster: aut
                                              show_default=False)]
 Actors = Annotated[int, typer.Option("--actors", min=1, help="Ray actors scoring, each holding the models.",
                                      rich_help_panel=SCALE)]
-ActorCpus = Annotated[float, typer.Option("--actor-cpus", min=0.01, help="CPUs (TensorFlow threads) each Ray actor "
-                                          "takes.", rich_help_panel=SCALE)]
+ActorCpus = Annotated[float, typer.Option("--actor-cpus", min=0.01, help="CPUs each Ray actor takes (its models run "
+                                          "on as many threads, rounded up).", rich_help_panel=SCALE)]
 
 # watch
 Watched = Annotated[Path, typer.Argument(help="Incoming folder to watch (created if missing).", show_default=False)]
