@@ -100,10 +100,17 @@ def compile_openvino(model, precision: str = "fp32"):
     return _core().compile_model(model, "CPU", config)
 
 
-def limit_threads(threads: int) -> None:
-    """Run each OpenVINO model this process compiles from now on on at most ``threads`` CPU threads (a Ray
-    actor's share of a node; by default a model takes every core)."""
-    _core().set_property("CPU", {"INFERENCE_NUM_THREADS": int(threads)})
+def limit_threads(threads: int, runtimes: set[str]) -> None:
+    """Run the models this process loads from now on in ``runtimes`` (``keras``, ``openvino``) on at most
+    ``threads`` CPU threads, e.g. a Ray actor's share of a node (by default they take every core).
+    TensorFlow is imported only when ``keras`` is among them."""
+    if "keras" in runtimes:
+        from allscan._tf import tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    if "openvino" in runtimes:
+        _core().set_property("CPU", {"INFERENCE_NUM_THREADS": int(threads)})
 
 
 def bf16_supported() -> bool:

@@ -140,21 +140,10 @@ def _prepare_batch(batch: dict[str, np.ndarray], job: Job) -> dict[str, np.ndarr
 
 class _ScoreBatch:
     """Ray actor: loads the ensemble once, then runs the job's worker step on each batch, its models on
-    ``threads`` threads. TensorFlow is imported only where a model runs in Keras: an OpenVINO actor without
-    it holds half the memory and starts seconds sooner."""
+    ``threads`` threads."""
 
     def __init__(self, job: Job, threads: int):
-        runtimes = {job.runtime, job.cells_runtime}
-        if "keras" in runtimes:
-            from allscan._tf import tf
-
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        if "openvino" in runtimes:
-            from allscan.models.runtime import limit_threads
-
-            limit_threads(threads)
-        self.score = job.worker()
+        self.score = job.worker(threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.score([pickle.loads(blob) for blob in batch["prepared"]])
