@@ -161,32 +161,34 @@ def child(images: Path, out: Path, models: Path, batch_size: int, engine: str = 
 
 def end_to_end(images: Path, models: Path, batch_size: int, workdir: Path, engine: str = "local",
                runtime: str = "auto", cells: str = "on") -> dict:
-    out = workdir / f"e2e-{images.name}.xlsx"
-    for stale in workdir.glob(f"e2e-{images.name}.xlsx*"):
-        stale.unlink()
-    cmd = [sys.executable, __file__, "--child", str(images), str(out), str(models), str(batch_size), engine, runtime,
-           cells]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    if done.returncode != 0:
-        raise SystemExit(f"{engine} run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out = fresh_output(workdir, f"e2e-{images.name}.xlsx")
+    return run_child(REPO, [str(images), str(out), str(models), str(batch_size), engine, runtime, cells], engine)
 
 
 def baseline_run(tree: Path, images: Path, batch_size: int, workdir: Path) -> dict:
     """One end-to-end run of the code and models in ``tree`` (a copy of an earlier commit), by that commit's
     own ``bench.py --child``: before the runtime and cells options its child took five arguments, since
     then seven (the default runtime, cells on)."""
-    out = workdir / f"baseline-{images.name}.xlsx"
-    for stale in workdir.glob(f"baseline-{images.name}.xlsx*"):
-        stale.unlink()
-    script = tree / "benchmarks" / "bench.py"
+    out = fresh_output(workdir, f"baseline-{images.name}.xlsx")
     args = [str(images), str(out), str(tree / "models"), str(batch_size), "local"]
-    if "nargs=7" in script.read_text():
+    if "nargs=7" in (tree / "benchmarks" / "bench.py").read_text():
         args += ["auto", "on"]
-    done = subprocess.run([sys.executable, str(script), "--child", *args], capture_output=True, text=True, cwd=tree,
-                          env={**os.environ, "PYTHONPATH": str(tree)})
+    return run_child(tree, args, "baseline", cwd=tree)
+
+
+def fresh_output(workdir: Path, name: str) -> Path:
+    """``workdir / name`` with no earlier run's output file or results store left beside it."""
+    for stale in workdir.glob(f"{name}*"):
+        stale.unlink()
+    return workdir / name
+
+
+def run_child(tree: Path, args: list[str], what: str, cwd: Path | None = None) -> dict:
+    """The JSON that ``tree``'s ``bench.py --child ARGS`` prints, run in a fresh process on ``tree``'s code."""
+    done = subprocess.run([sys.executable, str(tree / "benchmarks" / "bench.py"), "--child", *args],
+                          capture_output=True, text=True, cwd=cwd, env={**os.environ, "PYTHONPATH": str(tree)})
     if done.returncode != 0:
-        raise SystemExit(f"baseline run failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{what} run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
