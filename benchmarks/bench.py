@@ -247,14 +247,25 @@ def compute_only(paths: list[Path], models: Path, batch_size: int, runtime: str 
             "member_runtimes": {m.name: m.runtime for m in ensemble.members}}
 
 
+def at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of 0 left a rate to divide by zero)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=200, help="images for the speed figures")
+    parser.add_argument("--count", type=at_least_one, default=200, help="images for the speed figures")
     parser.add_argument("--images", type=Path,
                         help="the first --count of this folder's images instead of re-encoded samples")
     parser.add_argument("--models", type=Path, default=REPO / "models")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--naive-count", type=int, default=40, help="images for the (slow) naive baseline")
+    parser.add_argument("--batch-size", type=at_least_one, default=16)
+    parser.add_argument("--naive-count", type=at_least_one, default=40, help="images for the (slow) naive baseline")
     parser.add_argument("--rss-counts", default="100,2000", help="image counts for the peak-RSS runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
@@ -262,7 +273,7 @@ def main() -> None:
     parser.add_argument("--ray-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray runtime")
     parser.add_argument("--runtime", choices=("keras", "openvino", "both"), default="both",
                         help="the models' runtime to measure; both: Keras and OpenVINO in the same run")
-    parser.add_argument("--pairs", type=int, default=3,
+    parser.add_argument("--pairs", type=at_least_one, default=3,
                         help="end-to-end runs with and without cells, alternated; the figures are their medians")
     parser.add_argument("--baseline", metavar="REV",
                         help="also measure end to end the code and models of this git commit, as often as --pairs")
