@@ -3,6 +3,7 @@
 import hashlib
 import io
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,9 +110,34 @@ def find_images(
     Raises:
         FileNotFoundError: A given path does not exist.
     """
+    return sorted(dict.fromkeys(_images(paths, recursive, exclude, exclude_dirs)))
+
+
+def has_images(paths: Iterable[Path], recursive: bool = True) -> bool:
+    """Whether :func:`find_images` would list anything, stopping at the first image found.
+
+    Raises:
+        FileNotFoundError: A given path does not exist.
+    """
+    return next(_images(paths, recursive), None) is not None
+
+
+def other_suffixes(paths: Iterable[Path], recursive: bool = True) -> Counter:
+    """How many files under ``paths`` of each suffix (lower case, ``""`` for none) are not images allscan reads."""
+    counts: Counter = Counter()
+    scanned: set[Path] = set()
+    for root in map(Path, paths):
+        for path in [root] if root.is_file() else _walk(root, recursive, scanned):
+            if path.is_file() and not is_image_file(path):
+                counts[path.suffix.lower()] += 1
+    return counts
+
+
+def _images(paths: Iterable[Path], recursive: bool, exclude: Iterable[Path] = (),
+            exclude_dirs: Iterable[Path] = ()) -> Iterator[Path]:
+    """:func:`find_images`'s paths in the order found, possibly repeated."""
     excluded = {Path(p).resolve() for p in exclude}
     excluded_dirs = [Path(d).resolve() for d in exclude_dirs]
-    found: dict[Path, None] = {}
     scanned: set[Path] = set()
     for root in paths:
         root = Path(root)
@@ -126,8 +152,7 @@ def find_images(
             if resolved in excluded or any(resolved.is_relative_to(d) for d in excluded_dirs):
                 continue
             if path.is_dir() or (path.is_file() and is_image_file(path)):
-                found.setdefault(path, None)
-    return sorted(found)
+                yield path
 
 
 def _walk(root: Path, recursive: bool, scanned: set[Path]) -> Iterator[Path]:

@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from allscan import __version__
 from allscan.cli import app
-from tests.utils import write_image
+from allscan.paths import store_path_for
+from tests.utils import cli_process, write_image
 
 runner = CliRunner()
 
@@ -47,6 +48,25 @@ def test_usage_errors_exit_two(tmp_path, models_dir):
         result = runner.invoke(app, ["predict", *args])
         assert result.exit_code == 2, (args, result.output)
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_inputs_without_an_image_are_refused_before_the_models_load_leaving_the_results_alone(tmp_path, models_dir):
+    slides = tmp_path / "slides"
+    (slides / "day1").mkdir(parents=True)
+    (slides / "a.webp").write_bytes(b"RIFF")
+    (slides / "notes").write_text("stains")
+    write_image(slides / "day1" / "ok.png")
+    out = tmp_path / "r.csv"
+    out.write_text("last week's results\n")
+    code, lines, _, tensorflow = cli_process("predict", slides, "--no-recursive", "-o", out, "--models", models_dir)
+    assert code == 2 and not tensorflow
+    assert " ".join(lines) == (f"error: no images to score in {slides}: allscan reads .bmp .jpeg .jpg .png .tif .tiff"
+                               " files; found only other files (1 .webp, 1 without a suffix); subfolders were not"
+                               " searched (--no-recursive)")
+    assert out.read_text() == "last week's results\n" and not store_path_for(out).exists()
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["predict", str(tmp_path / "empty"), "-o", str(out), "--models", str(models_dir)])
+    assert result.exit_code == 2 and "no images to score" in result.output and "found no files" in result.output
 
 
 def test_tampered_model_is_refused(tmp_path, models_copy):

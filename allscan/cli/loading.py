@@ -22,13 +22,18 @@ def refusing(*errors: type[Exception], message: Callable[[Exception], str] = str
 
 
 def preflight(out: Path, report: Path | None = None, inputs: list[Path] = (),
-              folders: list[tuple[str, Path | None]] = (), watched: Path | None = None, pdf: Path | None = None):
-    """Check inputs and outputs and claim the results store before anything heavy loads; the held lock."""
-    from allscan.run.preflight import PreflightError, check_inputs, check_outputs, check_watched_folder, claim_store
+              folders: list[tuple[str, Path | None]] = (), watched: Path | None = None, pdf: Path | None = None,
+              recursive: bool = True):
+    """Check inputs and outputs and claim the results store before anything heavy loads; the held lock.
+    ``inputs``, where given, must hold an image (searching subfolders if ``recursive``)."""
+    from allscan.run.preflight import (PreflightError, check_images_found, check_inputs, check_outputs,
+                                       check_watched_folder, claim_store)
 
     with refusing(PreflightError):
         check_outputs(out, report, folders, pdf)
         check_inputs(inputs)
+        if inputs:
+            check_images_found(inputs, recursive)
         if watched is not None:
             check_watched_folder(watched)
         lock, moved = claim_store(out)

@@ -29,7 +29,7 @@ def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("result
     assign = loading.specimens(paths, specimen_pattern, specimens)
     printable = loading.pdf_report(pdf, paper)
     folders = [("heatmaps folder", heatmaps), ("cells GeoJSON folder", cells_geojson)]
-    with loading.preflight(out, report, paths, folders, pdf=pdf):
+    with loading.preflight(out, report, paths, folders, pdf=pdf, recursive=recursive):
         from allscan.api import Screener
         from allscan.cli.display import LiveProgress
         from allscan.run.engines import EngineError, make_engine

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from allscan.fileio import describe
+from allscan.images import IMAGE_SUFFIXES, has_images, other_suffixes
 from allscan.paths import cells_path, check_output_suffix, sidecar_path, specimens_path, store_path_for
 from allscan.results.lock import StoreBusy, StoreLock
 from allscan.results.schema import StoreError, prepare_store
@@ -28,6 +29,20 @@ def check_inputs(paths: Iterable[Path]) -> None:
     for path in paths:
         if not Path(path).exists():
             raise PreflightError(f"no such file or folder: {path}")
+
+
+def check_images_found(paths: list[Path], recursive: bool = True) -> None:
+    """At least one image is among the inputs: a run over none is most likely the wrong folder, and would
+    replace the results file with an empty one."""
+    if has_images(paths, recursive):
+        return
+    others = other_suffixes(paths, recursive)
+    found = ", ".join(f"{count} {suffix or 'without a suffix'}" for suffix, count in others.most_common())
+    names = ", ".join(str(p) for p in paths)
+    raise PreflightError(
+        f"no images to score in {names}: allscan reads {' '.join(sorted(IMAGE_SUFFIXES))} files"
+        + (f"; found only other files ({found})" if found else "; found no files")
+        + ("; subfolders were not searched (--no-recursive)" if not recursive else ""))
 
 
 def check_watched_folder(folder: Path) -> None:
