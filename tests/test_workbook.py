@@ -25,3 +25,15 @@ def test_results_sheet_prints_landscape_one_page_wide_with_header_and_page_numbe
     width = {c: sheet.column_dimensions[sheet.cell(1, i + 1).column_letter].width for i, c in enumerate(COLUMNS)}
     assert width["file"] >= len(long_name) and width["path"] >= len(long_name)
     assert width["verdict"] >= len("verdict") and width["sha256"] <= 18
+
+
+def test_a_file_name_with_control_characters_is_written_escaped_not_a_crash(tmp_path, ensemble):
+    folder = tmp_path / "in"
+    write_image(folder / "slide\x01\x1b7.png")
+    write_image(folder / "b.png", seed=3)
+    out = tmp_path / "results.xlsx"
+    summary = run_batch([folder], out, ensemble)
+    assert summary.counts.errors == 0
+    sheet = load_workbook(out)["Results"]
+    files = [row[COLUMNS.index("file")] for row in sheet.iter_rows(min_row=2, values_only=True)]
+    assert files == ["b.png", "slide\\x01\\x1b7.png"]

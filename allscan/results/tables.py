@@ -10,6 +10,7 @@ from pathlib import Path
 
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import Font, PatternFill
 from openpyxl.formatting.rule import FormulaRule
 from openpyxl.utils import get_column_letter
@@ -66,6 +67,14 @@ def neutralise(value: object) -> object:
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
     return value
+
+
+def _sheet_value(value: object) -> object:
+    """:func:`neutralise`, with the control characters a workbook cannot hold (XML forbids them; a file name may
+    have them) written as ``\\xNN``, so that the name stays recognisable and the workbook can be written."""
+    if isinstance(value, str):
+        value = ILLEGAL_CHARACTERS_RE.sub(lambda found: f"\\x{ord(found.group()):02x}", value)
+    return neutralise(value)
 
 
 def restore(text: str) -> str:
@@ -231,8 +240,8 @@ def _table_sheet(book: Workbook, title: str, columns: tuple[str, ...], widths: d
 
 
 def _cell(sheet, value: object, fill: PatternFill | None, number: bool) -> WriteOnlyCell:
-    """A data cell: text neutralised, numbers shown with 3 decimals, the row's fill."""
-    cell = WriteOnlyCell(sheet, value=neutralise(value))
+    """A data cell: text neutralised (:func:`_sheet_value`), numbers shown with 3 decimals, the row's fill."""
+    cell = WriteOnlyCell(sheet, value=_sheet_value(value))
     if number:
         cell.number_format = "0.000"
     if fill is not None:
@@ -269,7 +278,7 @@ def _cells_sheet(book: Workbook, results: Callable[[], Iterable[ImageResult]], i
         if findings is not None:
             threshold = findings.threshold
         for row in result.cell_rows():
-            sheet.append([neutralise(row[c]) for c in CELL_COLUMNS])
+            sheet.append([_sheet_value(row[c]) for c in CELL_COLUMNS])
             n += 1
     last = get_column_letter(len(CELL_COLUMNS))
     sheet.auto_filter.ref = f"A1:{last}{n + 1}"
@@ -316,7 +325,7 @@ def _key_value_sheet(book: Workbook, title: str, rows: list[tuple], identity: st
     sheet.column_dimensions["A"].width = 28
     sheet.column_dimensions["B"].width = 70
     for row in rows:
-        sheet.append([neutralise(v) for v in row])
+        sheet.append([_sheet_value(v) for v in row])
 
 
 def _run_rows(info: RunInfo) -> list[tuple]:
