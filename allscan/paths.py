@@ -11,6 +11,18 @@ REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
 OUTPUT_SUFFIXES = (".csv", ".xlsx")
 
 
+def path_text(path: Path | str) -> str:
+    """``path`` as text that every output and the results store can hold: as it is, but for the bytes of a
+    name that are not UTF-8 (written in another system's encoding, e.g. Latin-1 from an old share), which
+    show as ``\\xNN``."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
+
+
 def default_models_dir() -> Path:
     """``$ALLSCAN_MODELS``, else ``./models`` when it has a manifest, else the models shipped with the source."""
     env = os.environ.get("ALLSCAN_MODELS")

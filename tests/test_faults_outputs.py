@@ -95,6 +95,35 @@ def test_a_file_name_too_long_for_its_heatmap_blocks_nothing(models_dir, tmp_pat
     assert figures[long_name.name].name.endswith(f"-{sha[:10]}.png")
 
 
+def test_names_that_are_not_utf8_are_scored_and_written_as_escaped_text(models_dir, tmp_path):
+    """A Latin-1 file and folder name (e.g. from an old share) ended the run with an internal error: the results
+    store, CSV, workbook and reports could not hold it. Each output now shows its bytes as \\xNN, heatmaps are
+    named so, the image is not its own duplicate, and a rerun finds it already scored."""
+    slides = tmp_path / "slides"
+    latin = os.fsdecode(b"caf\xe9")
+    write_image(slides / latin / f"{latin}.png")
+    write_image(slides / "plain.png", seed=1)
+    out = tmp_path / "r.csv"
+    args = ["predict", str(slides), "--out", str(out), "--models", str(models_dir), "--quiet", "--report",
+            str(tmp_path / "r.html"), "--pdf", str(tmp_path / "r.pdf"), "--heatmaps", str(tmp_path / "hm"),
+            "--heatmaps-all"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = {row["file"]: row for row in _rows(out)}
+    assert set(rows) == {"caf\\xe9.png", "plain.png"}
+    row = rows["caf\\xe9.png"]
+    assert row["path"] == f"{slides}/caf\\xe9/caf\\xe9.png" and row["specimen"] == "caf\\xe9"
+    assert row["verdict"] != "error" and row["duplicate_of"] == "" and Path(row["heatmap"]).is_file()
+    assert "caf\\xe9.png" in (tmp_path / "r.html").read_text(encoding="utf-8")
+    again = runner.invoke(app, [*args[:4], "--out", str(tmp_path / "r.xlsx"), *args[6:]])
+    assert again.exit_code == 0, again.output
+    import allscan
+
+    assert sorted(allscan.read_results(tmp_path / "r.xlsx")["file"]) == ["caf\\xe9.png", "plain.png"]
+    rerun = runner.invoke(app, args[:6])
+    assert rerun.exit_code == 0 and "2 images were already scored" in rerun.output
+
+
 def test_allscan_never_scores_its_own_figures(models_dir, tmp_path, monkeypatch):
     """Row D: heatmaps inside the input and explain's figure are not smears; explain writes into the cwd."""
     slides = _images(tmp_path / "slides", 2)

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from allscan.cli.app import console, err
+from allscan.paths import path_text
 from allscan.results.types import CellFindings, ImageResult, RunCounts
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ class WatchDisplay:
         for column in ("image", "verdict", "p_all", "review", "domain"):
             table.add_column(column)
         for r in getattr(self.stats, "recent", []):
-            table.add_row(r.path.name, r.verdict, f"{r.score.p_all:.3f}" if r.score else "-",
+            table.add_row(escape(path_text(r.path.name)), r.verdict, f"{r.score.p_all:.3f}" if r.score else "-",
                           "yes" if r.score and r.score.review else "",
                           r.score.domain.domain if r.score and r.score.domain else "")
         return Group(self.summary_line(), table)
@@ -388,7 +389,7 @@ def print_cell_heads(out: Path, result) -> None:
 
 def _print_cross_validated(title: str, threshold: str, result) -> None:
     for path, reason in result.skipped:
-        err.print(f"[yellow]left out[/] {escape(str(path))}: {escape(reason)}")
+        err.print(f"[yellow]left out[/] {escape(path_text(path))}: {escape(reason)}")
     f = result.figures
     console.print(escape(title), soft_wrap=True)
     table = Table()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from allscan.paths import path_text
 from allscan.results.types import CellFindings, CellResult, ImageResult
 
 BLAST_COLOUR = "#e4002b"
@@ -128,7 +129,7 @@ document.addEventListener('DOMContentLoaded',function(){
 
 def _tile(tile: Tile, crop: str) -> str:
     e = html.escape
-    path = str(tile.result.path)
+    path = path_text(tile.result.path)
     key = f"{path} {tile.result.specimen}".lower()
     picture = f'<img alt="cell {tile.cell.cell}" src="{crop}">' if crop else '<div class="gone">no image</div>'
     title = f"{path}, cell {tile.cell.cell}" + (f", specimen {tile.result.specimen}" if tile.result.specimen else "")

@@ -25,6 +25,7 @@ from reportlab.rl_config import TTFSearchPath
 
 from allscan.fileio import atomic_write
 from allscan.images import ImageError, decode_file
+from allscan.paths import path_text
 from allscan.results.tables import RunInfo
 from allscan.results.types import VERDICT_ALL, CellFindings, ImageResult, RunCounts, SpecimenSummary
 
@@ -146,7 +147,7 @@ def _cell_counts(findings: CellFindings) -> str:
 
 def _field_cell(result: ImageResult, styles: dict) -> list:
     score = result.score
-    caption = f"{_escape(result.path.name)}<br/>{score.verdict} p(ALL) {score.p_all:.3f}"
+    caption = f"{_escape(path_text(result.path.name))}<br/>{score.verdict} p(ALL) {score.p_all:.3f}"
     caption += f"<br/>{_cell_counts(score.cells)}" if score.cells is not None else ""
     caption += "<br/>review" if score.review else ""
     caption += "<br/>out of domain" if score.out_of_domain else ""
@@ -188,7 +189,7 @@ def _specimen_pages(summary: SpecimenSummary, results: list[ImageResult], width:
         heatmaps = [(r, _heatmap(r.heatmap, width)) for r in shown[:2]]
         for result, figure in heatmaps:
             if figure is not None:
-                story += [Paragraph(f"Grad-CAM heatmap of {_escape(result.path.name)}", styles["small"]), figure]
+                story += [Paragraph(f"Grad-CAM heatmap of {_escape(path_text(result.path.name))}", styles["small"]), figure]
     else:
         story.append(Paragraph("No field is called ALL or flagged for review.", styles["body"]))
     signature = Table([["Reviewed by:", ""], ["Date:", ""], ["Comment:", ""], ["", ""]],

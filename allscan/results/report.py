@@ -17,6 +17,7 @@ from PIL import Image
 from allscan.fileio import atomic_write_text
 from allscan.images import DECODE_MAX_SIDE, ImageError, decode_file
 from allscan.models.registry import MODEL_NAMES
+from allscan.paths import path_text
 from allscan.results.gallery import (GALLERY_SCRIPT, GALLERY_STYLE, colour_of, crop_cell, draw_cells, gallery_tiles,
                                      jpeg_uri, render_gallery)
 from allscan.results.types import CellFindings, CellResult, ImageResult, RunCounts, SpecimenSummary
@@ -161,7 +162,7 @@ def _card(card: str, result: ImageResult, pictures: _Pictures, report_dir: Path)
              f'data-verdict="{e(result.verdict)}" data-review="{"yes" if review else "no"}" '
              f'data-domain="{e(domain)}">']
     if thumb:
-        parts.append(f'<img class="thumb" alt="{e(result.path.name)}" src="{thumb}"{click}>')
+        parts.append(f'<img class="thumb" alt="{e(path_text(result.path.name))}" src="{thumb}"{click}>')
     parts.append(f'<div><span class="verdict">{e(result.verdict)}</span>'
                  + ('<span class="flag">review</span>' if review else "")
                  + ('<span class="ood">out of domain</span>' if domain == "out" else "") + "</div>")
@@ -182,7 +183,7 @@ def _card(card: str, result: ImageResult, pictures: _Pictures, report_dir: Path)
     if heatmap:
         parts.append(f'<div><a href="{e(heatmap)}" onclick="show(this.getAttribute(\'href\'));return false">'
                      "heatmap</a></div>")
-    parts.append(f'<div class="name">{e(str(result.path))}</div></div>')
+    parts.append(f'<div class="name">{e(path_text(result.path))}</div></div>')
     return "".join(parts)
 
 

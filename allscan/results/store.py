@@ -14,7 +14,7 @@ from datetime import datetime, UTC
 from pathlib import Path
 
 from allscan.fileio import OutputError
-from allscan.paths import store_path_for
+from allscan.paths import path_text, store_path_for
 from allscan.results.types import CellFindings, CellResult, DomainInfo, ImageResult, Score
 from allscan.results.lock import StoreLock
 from allscan.results.schema import open_database
@@ -164,8 +164,9 @@ class ResultStore:
                     " DO UPDATE SET sha256=excluded.sha256, width=excluded.width, height=excluded.height,"
                     " error=excluded.error, first_path=excluded.first_path, heatmap=excluded.heatmap,"
                     " recorded_at=excluded.recorded_at, specimen=excluded.specimen",
-                    (self.digest, str(result.path), result.sha256, result.width, result.height, result.error,
-                     result.duplicate_of, result.heatmap, seq, now, result.specimen),
+                    (self.digest, path_text(result.path), result.sha256, result.width, result.height,
+                     path_text(result.error), path_text(result.duplicate_of), path_text(result.heatmap), seq, now,
+                     path_text(result.specimen)),
                 )
 
     def _replace_cells(self, sha256: str, cells: CellFindings | None) -> None:
@@ -181,7 +182,7 @@ class ResultStore:
             yield from self._results(paths)
 
     def _results(self, paths: Iterable[Path] | None) -> Iterator[ImageResult]:
-        wanted = None if paths is None else {str(p) for p in paths}
+        wanted = None if paths is None else {path_text(p): Path(p) for p in paths}
         score_columns = ", ".join(f"s.{c}" for c in _SCORE_COLUMNS.split(", "))
         rows = self._db.execute(
             f"SELECT f.path, f.sha256, f.width, f.height, f.error, f.first_path, f.heatmap, f.specimen,"
@@ -194,19 +195,22 @@ class ResultStore:
             if wanted is not None and path not in wanted:
                 continue
             score = self._stored_score(score_row, sha) if not error and score_row[0] is not None else None
-            yield ImageResult(Path(path), sha, width, height, score, error, first, heatmap, specimen)
+            # The path as asked for: a name that is not UTF-8 is stored as its text (path_text), not as itself.
+            path = Path(path) if wanted is None else wanted[path]
+            yield ImageResult(path, sha, width, height, score, error, first, heatmap, specimen)
 
     def set_specimens(self, specimens: dict[str, str]) -> None:
         """Record each path's specimen (``{path: specimen}``) in one transaction; rows that already hold it
         are not rewritten (a watch records every row's at each rewrite of its outputs)."""
         with self._io(), self._db:
             self._db.executemany("UPDATE files SET specimen=? WHERE digest=? AND path=? AND specimen!=?",
-                                 [(specimen, self.digest, path, specimen) for path, specimen in specimens.items()])
+                                 [(specimen, self.digest, path_text(path), specimen)
+                                  for path, specimen in specimens.items()])
 
     def has_path(self, path: Path, sha256: str | None = None) -> bool:
         """Whether ``path`` already has a row under these models (for this content, when given)."""
         query = "SELECT 1 FROM files WHERE digest=? AND path=?"
-        args: tuple = (self.digest, str(path))
+        args: tuple = (self.digest, path_text(path))
         if sha256 is not None:
             query += " AND sha256=?"
             args += (sha256,)

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from allscan.models.registry import CELL_MODEL_NAMES, MODEL_NAMES
+from allscan.paths import path_text
 
 VERDICT_ALL = "ALL"
 VERDICT_NORMAL = "normal"
@@ -209,8 +210,8 @@ class ImageResult:
         """The row in :data:`COLUMNS` order; probabilities are floats, missing values None."""
         score = self.score
         values: dict[str, object] = {
-            "path": str(self.path),
-            "file": self.path.name,
+            "path": path_text(self.path),
+            "file": path_text(self.path.name),
             "sha256": self.sha256,
             "width": self.width,
             "height": self.height,
@@ -240,7 +241,7 @@ class ImageResult:
     def cell_rows(self) -> list[dict[str, object]]:
         """Its cells' rows in :data:`CELL_COLUMNS` order (none when cells were not looked for)."""
         cells = self.score.cells if self.score else None
-        return [c.row(str(self.path), self.sha256) for c in cells.cells] if cells else []
+        return [c.row(path_text(self.path), self.sha256) for c in cells.cells] if cells else []
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,7 @@ class RunCounts:
     def add(self, result: ImageResult, skipped: bool = False) -> None:
         self.done += 1
         self.skipped += int(skipped)
-        folder = self.per_folder.setdefault(str(result.path.parent),
+        folder = self.per_folder.setdefault(path_text(result.path.parent),
                                             {"ALL": 0, "normal": 0, "error": 0, "review": 0, "out of domain": 0})
         folder[result.verdict] += 1
         if result.score is None:

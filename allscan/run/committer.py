@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
+from allscan.paths import path_text
 from allscan.results.geojson import write_geojson
 from allscan.results.types import ImageResult, RunCounts, Score
 from allscan.run.job import Prepared, to_results
@@ -75,7 +76,7 @@ class MemoryResults:
             self._rows[str(result.path)].append(result)
             if result.score is not None:
                 self._scores.setdefault(result.sha256, result.score)
-                self._firsts.setdefault(result.sha256, str(result.path))
+                self._firsts.setdefault(result.sha256, path_text(result.path))
 
     def results(self, paths: Iterable[Path | str] | None = None) -> Iterator[ImageResult]:
         """One row per path asked for, in that order (a path asked for twice gives its rows in turn)."""
@@ -170,7 +171,8 @@ class Committer:
         """Mark a file whose content was already stored (or seen earlier in this batch) under another path."""
         if result.score is None:
             return result
-        first = self.sink.first_path_for(result.sha256) or batch_firsts.setdefault(result.sha256, str(result.path))
-        if first == str(result.path):
+        own = path_text(result.path)
+        first = self.sink.first_path_for(result.sha256) or batch_firsts.setdefault(result.sha256, own)
+        if first == own:
             return result
         return replace(result, duplicate_of=first)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from allscan.paths import path_text
+
 OWN_BY_PATTERN = "matched no --specimen-pattern: each such image is its own specimen"
 OWN_BY_MAP = "not in the specimen map: each such image is its own specimen"
 
@@ -51,7 +53,11 @@ class Specimens:
         self.mapping = mapping
 
     def __call__(self, path: Path) -> Assignment:
-        path = Path(path)
+        """The specimen of the image at ``path``, named as text every output can hold (:func:`path_text`)."""
+        assigned = self._assign(Path(path))
+        return Assignment(path_text(assigned.specimen), assigned.note)
+
+    def _assign(self, path: Path) -> Assignment:
         if self.mapping is not None:
             specimen = self.mapping.get(str(path.resolve()))
             return Assignment(specimen) if specimen else Assignment(path.stem, OWN_BY_MAP)

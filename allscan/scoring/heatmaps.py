@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from allscan.paths import path_text
 from allscan.results.types import VERDICT_ALL, Score
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def figure_path(folder: Path, image_path: Path, sha256: str) -> Path:
     """``folder/STEM-SHA.png``: the image's name, shortened to fit a file name, then its sha256 prefix
     (which keeps names unique)."""
     suffix = f"-{sha256[:10]}.png"
-    stem = Path(image_path).stem
+    stem = path_text(Path(image_path).stem)
     while len(os.fsencode(stem + suffix)) > FIGURE_NAME_MAX_BYTES:
         stem = stem[:-1]  # whole characters, so the name stays text
     return Path(folder) / f"{stem}{suffix}"

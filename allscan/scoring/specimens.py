@@ -20,6 +20,7 @@ import numpy as np
 
 from allscan.fileio import atomic_write_text
 from allscan.models.manifest import ManifestError
+from allscan.paths import path_text
 from allscan.results.types import VERDICT_ALL, VERDICT_ERROR, VERDICT_NORMAL, ImageResult, SpecimenSummary
 
 SPECIMEN_RULE_JSON = "specimen_rule.json"
@@ -67,7 +68,7 @@ class SpecimenRule:
         review = bool(low <= score < high or (verdict == VERDICT_NORMAL and n_all) or out or errors)
         return SpecimenSummary(
             specimen, verdict, review, len(results), len(scored), n_all, len(scored) - n_all,
-            sum(r.score.review for r in scored), out, errors, float(p[best]), str(scored[best].path), score,
+            sum(r.score.review for r in scored), out, errors, float(p[best]), path_text(scored[best].path), score,
             "; ".join(remarks),
         )
 
