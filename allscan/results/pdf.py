@@ -189,7 +189,8 @@ def _specimen_pages(summary: SpecimenSummary, results: list[ImageResult], width:
         heatmaps = [(r, _heatmap(r.heatmap, width)) for r in shown[:2]]
         for result, figure in heatmaps:
             if figure is not None:
-                story += [Paragraph(f"Grad-CAM heatmap of {_escape(path_text(result.path.name))}", styles["small"]), figure]
+                caption = f"Grad-CAM heatmap of {_escape(path_text(result.path.name))}"
+                story += [Paragraph(caption, styles["small"]), figure]
     else:
         story.append(Paragraph("No field is called ALL or flagged for review.", styles["body"]))
     signature = Table([["Reviewed by:", ""], ["Date:", ""], ["Comment:", ""], ["", ""]],
