@@ -65,6 +65,17 @@ def test_map_csv_assigns_and_refuses_missing_files_and_duplicates_naming_the_lin
         read_map(headless)
 
 
+def test_a_map_saved_by_a_spreadsheet_with_semicolons_or_tabs_reads_as_with_commas(tmp_path):
+    for name in ("f1.png", "f;2.png"):
+        write_image(tmp_path / name)
+    semicolons = tmp_path / "excel-de.csv"
+    semicolons.write_bytes("\ufeffPath;Specimen\r\nf1.png;S 1\r\n\"f;2.png\";S,2\r\n".encode("utf-8"))
+    tabs = tmp_path / "lis.tsv"
+    tabs.write_text("specimen\tpath\nS 1\tf1.png\nS,2\tf;2.png\n")
+    expected = {str(tmp_path / "f1.png"): "S 1", str(tmp_path / "f;2.png"): "S,2"}
+    assert read_map(semicolons) == expected and read_map(tabs) == expected
+
+
 def test_specimen_rule_on_a_known_answer():
     rule = SpecimenRule(min_all=2, top=2, threshold=0.6, review_band=(0.2, 0.8))
     results = [

@@ -8,6 +8,7 @@ own specimen, named after the file, with a note saying so.
 """
 
 import csv
+import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,9 +79,16 @@ class Specimens:
         return path.parent.resolve().name or str(path.parent)
 
 
+def _delimiter(text: str) -> str:
+    """The map's delimiter, from its header line: a comma, or the semicolon or tab that spreadsheets in many
+    locales write instead (a header with none of them has one column, and is refused for its columns)."""
+    header = text.split("\n", 1)[0]
+    return max(",;\t", key=header.count)
+
+
 def read_map(path: Path) -> dict[str, str]:
-    """A specimen map: a CSV with the columns ``path`` and ``specimen`` (a header row; paths absolute
-    or relative to the map's folder), as ``{resolved path: specimen}``.
+    """A specimen map: a CSV with the columns ``path`` and ``specimen`` (a header row; comma, semicolon or tab
+    separated; paths absolute or relative to the map's folder), as ``{resolved path: specimen}``.
 
     Raises:
         SpecimenError: The file cannot be read, lacks the columns, or a row names a missing file, repeats a
@@ -89,7 +97,8 @@ def read_map(path: Path) -> dict[str, str]:
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
+            text = handle.read()
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text)))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise SpecimenError(f"specimen map {path}: cannot be read ({err})") from None
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
