@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from allscan import __version__
 from allscan.cli import app
 from allscan.paths import store_path_for
+from allscan.results.types import COLUMNS
 from tests.utils import cli_process, write_image
 
 runner = CliRunner()
@@ -57,13 +58,13 @@ def test_inputs_without_an_image_are_refused_before_the_models_load_leaving_the_
     (slides / "notes").write_text("stains")
     write_image(slides / "day1" / "ok.png")
     out = tmp_path / "r.csv"
-    out.write_text("last week's results\n")
+    out.write_text(",".join(COLUMNS) + "\nlast week's results\n")
     code, lines, _, tensorflow = cli_process("predict", slides, "--no-recursive", "-o", out, "--models", models_dir)
     assert code == 2 and not tensorflow
     assert " ".join(lines) == (f"error: no images to score in {slides}: allscan reads .bmp .jpeg .jpg .png .tif .tiff"
                                " files; found only other files (1 .webp, 1 without a suffix); subfolders were not"
                                " searched (--no-recursive)")
-    assert out.read_text() == "last week's results\n" and not store_path_for(out).exists()
+    assert out.read_text().endswith("\nlast week's results\n") and not store_path_for(out).exists()
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["predict", str(tmp_path / "empty"), "-o", str(out), "--models", str(models_dir)])
     assert result.exit_code == 2 and "no images to score" in result.output and "found no files" in result.output
@@ -100,3 +101,20 @@ def test_training_commands_say_which_extra_they_need(monkeypatch, tmp_path):
         result = runner.invoke(app, command)
         assert result.exit_code == 2
         assert "allscan[train]" in result.output and "Traceback" not in result.output
+
+
+def test_an_existing_output_that_allscan_did_not_write_is_refused_and_left_whole(tmp_path, models_dir):
+    write_image(tmp_path / "in" / "ok.png")
+    theirs = {"results.xlsx": b"PK\x03\x04 a lab's own workbook", "patients.csv": b"name,ward\nA,3\n"}
+    for name, content in theirs.items():
+        (tmp_path / name).write_bytes(content)
+        code, lines, _, tensorflow = cli_process("predict", tmp_path / "in", "-o", tmp_path / name,
+                                                 "--models", models_dir)
+        assert code == 2 and not tensorflow
+        assert f"the output {tmp_path / name} exists and is not an allscan results file" in " ".join(lines)
+        assert (tmp_path / name).read_bytes() == content and not store_path_for(tmp_path / name).exists()
+    for name in ("mine.csv", "mine.xlsx"):  # an output allscan wrote is replaced, however often
+        for _ in range(2):
+            result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / name), "--models",
+                                         str(models_dir), "--rescore"])
+            assert result.exit_code == 0, result.output

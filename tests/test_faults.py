@@ -31,7 +31,7 @@ from allscan.images import IMAGE_SUFFIXES, ImageError, decode_bytes, find_images
 from allscan.models.manifest import ManifestError, load_manifest
 from allscan.run.batch import run_batch
 from allscan.run.job import prepare
-from allscan.results.types import ImageResult
+from allscan.results.types import COLUMNS, ImageResult
 from allscan.results.store import ResultStore, store_path_for
 from allscan.results.lock import StoreLock
 from allscan.results.schema import StoreError
@@ -239,7 +239,8 @@ def test_disk_full_while_writing_the_store(tmp_path, models_dir, monkeypatch):
 @pytest.mark.parametrize("fault", ["disk full", "permission lost"])
 def test_failure_while_writing_the_results_file(fault, tmp_path, models_dir, monkeypatch):
     slides, out = _slides(tmp_path / "slides", 4), tmp_path / "r.csv"
-    out.write_text("the previous results\n")
+    previous = ",".join(COLUMNS) + "\n/slides/old.png,old.png\n"
+    out.write_text(previous)
     if fault == "disk full":
         def fail(*args):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -256,7 +257,7 @@ def test_failure_while_writing_the_results_file(fault, tmp_path, models_dir, mon
     assert result.exit_code == 3, result.output
     (line,) = _error_lines(result.output)
     assert f"cannot write {out}: {cause}" in line
-    assert out.read_text() == "the previous results\n"  # atomic: the old file stays whole
+    assert out.read_text() == previous  # atomic: the old file stays whole
     assert [p.name for p in tmp_path.iterdir() if "allscan-tmp" in p.name] == []
     monkeypatch.undo()
     again = _invoke("predict", slides, "-o", out, "--models", models_dir)

@@ -8,8 +8,10 @@ imported here: no TensorFlow.
 """
 
 import os
+import re
 import sqlite3
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -67,6 +69,7 @@ def check_outputs(out: Path, report: Path | None = None, folders: Iterable[tuple
     except ValueError as exc:
         raise PreflightError(str(exc)) from None
     check_writable_file(out, "output")
+    check_results_file(out)
     if Path(out).suffix.lower() == ".csv":
         check_writable_file(sidecar_path(out), "run metadata file")
         check_writable_file(specimens_path(out), "specimens table")
@@ -79,6 +82,37 @@ def check_outputs(out: Path, report: Path | None = None, folders: Iterable[tuple
     for what, folder in folders:
         if folder is not None:
             check_writable_folder(folder, what)
+
+
+RESULTS_HEADER = "path,file,sha256,"
+"""How every results CSV allscan has written begins (its first columns never changed)."""
+RESULTS_SHEET = re.compile(rb'<sheet\b[^>]*\bname="Results"')
+"""The ``Results`` sheet in a workbook's ``xl/workbook.xml``, as every allscan workbook has it."""
+
+
+def check_results_file(out: Path) -> None:
+    """An existing ``out`` is one allscan wrote (or empty), since a run replaces it: not, say, a lab's own
+    ``results.xlsx`` (the default name) or patient list given as ``--out`` by mistake."""
+    out = Path(out)
+    if not out.is_file() or out.stat().st_size == 0:
+        return
+    if out.suffix.lower() == ".csv":
+        try:
+            with open(out, "rb") as handle:
+                first = handle.read(len(RESULTS_HEADER) + 3).decode("utf-8", "replace").lstrip("\ufeff")
+        except OSError as err:
+            raise PreflightError(f"cannot read the output {out}: {describe(err)}") from None
+        ours, what = first.startswith(RESULTS_HEADER), "its first line is not allscan's header"
+    else:
+        try:
+            with zipfile.ZipFile(out) as book:
+                ours = bool(RESULTS_SHEET.search(book.read("xl/workbook.xml")))
+        except (OSError, KeyError, zipfile.BadZipFile):
+            ours = False
+        what = "it has no Results sheet"
+    if not ours:
+        raise PreflightError(f"the output {out} exists and is not an allscan results file ({what}); a run"
+                             " replaces its output: give another --out, or move that file away first")
 
 
 def check_writable_file(path: Path, what: str) -> None:
