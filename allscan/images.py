@@ -50,6 +50,7 @@ class DecodedImage:
         rgb: ``(height, width, 3)`` uint8 array, EXIF orientation applied.
         reduction: Size of ``rgb`` relative to the file's own pixels (below 1 when a large JPEG
             was decoded reduced).
+        pages: Pages or frames in the file (a multi-page TIFF, an animated PNG); the first is decoded.
     """
 
     path: Path
@@ -58,6 +59,7 @@ class DecodedImage:
     height: int
     rgb: np.ndarray
     reduction: float = 1.0
+    pages: int = 1
 
 
 def is_image_file(path: Path) -> bool:
@@ -202,6 +204,7 @@ def decode_bytes(data: bytes, path: Path, max_side: int | None = None) -> Decode
                         f"image too large: {image.width}x{image.height} pixels (limit {MAX_PIXELS:,})"
                     )
                 full_width, full_height = image.size
+                pages = int(getattr(image, "n_frames", 1))
                 if max_side and max(image.size) > max_side and image.format == "JPEG":
                     k = max_side / max(image.size)
                     image.draft("RGB", (int(image.width * k) + 1, int(image.height * k) + 1))
@@ -228,7 +231,7 @@ def decode_bytes(data: bytes, path: Path, max_side: int | None = None) -> Decode
     if reduction != 1.0:
         swapped = (width >= height) != (full_width >= full_height)  # EXIF orientation turned it
         width, height = (full_height, full_width) if swapped else (full_width, full_height)
-    return DecodedImage(path, digest, width, height, rgb, reduction)
+    return DecodedImage(path, digest, width, height, rgb, reduction, pages)
 
 
 def decode_array(rgb: np.ndarray, path: Path) -> DecodedImage:

@@ -97,3 +97,17 @@ def test_exif_orientation_is_applied():
 def test_unreadable_file_is_an_image_error(tmp_path):
     with pytest.raises(ImageError, match="cannot read"):
         decode_file(tmp_path / "missing.png")
+
+
+def test_a_multi_page_file_scores_its_first_page_and_its_row_says_so(tmp_path, models_dir):
+    import allscan
+
+    first, second = Image.fromarray(smear(1)), Image.fromarray(smear(2))
+    first.save(tmp_path / "stack.tiff", save_all=True, append_images=[second, second])
+    first.save(tmp_path / "single.tiff")
+    decoded = decode_file(tmp_path / "stack.tiff")
+    assert decoded.pages == 3 and np.array_equal(decoded.rgb, smear(1))
+    frame = allscan.predict([tmp_path / "stack.tiff", tmp_path / "single.tiff"], models=models_dir).set_index("file")
+    assert frame.loc["stack.tiff", "notes"].endswith("only the first of its 3 pages was scored")
+    assert "pages" not in frame.loc["single.tiff", "notes"]
+    assert frame.loc["stack.tiff", "p_all"] == frame.loc["single.tiff", "p_all"]

@@ -84,6 +84,8 @@ def prepare(source: Path | np.ndarray, maker: FieldMaker, known: set[str] | froz
     if decoded.sha256 in known:
         return Prepared(path, decoded.sha256, decoded.width, decoded.height, known=True)
     fields = in_original_pixels(maker(decoded.rgb), decoded.reduction)
+    if decoded.pages > 1:
+        fields = replace(fields, notes=(*fields.notes, f"only the first of its {decoded.pages} pages was scored"))
     display = display_copy(decoded.rgb) if keep_display else None
     return Prepared(path, decoded.sha256, decoded.width, decoded.height, fields, display=display)
 
