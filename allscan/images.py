@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,10 @@ from allscan import _libtiff
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 MAX_PIXELS = 50_000_000
 """Images above this many pixels are refused (a smear field is far smaller)."""
+MAX_FILE_BYTES = 1 << 30
+"""Files above this many bytes (1 GiB) are refused before they are read: an image of :data:`MAX_PIXELS` holds at
+most 800 MB even as uncompressed floating-point RGBA, and a whole-slide scan of several GB read whole by each
+decoding thread could exhaust a lab PC's memory."""
 MIN_SIDE = 64
 """Images narrower or lower than this many pixels are refused: too little of a field to call."""
 
@@ -281,7 +286,12 @@ def read_file(path: Path) -> bytes:
         ImageError: It cannot be read (also when it is a folder that could not be listed).
     """
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(f"file too large: {size / (1 << 30):.1f} GiB (limit {MAX_FILE_BYTES >> 30} GiB);"
+                                 " allscan scores smear fields and camera images, not whole-slide scans")
+            return handle.read()
     except IsADirectoryError:
         raise ImageError(_unlisted_folder(Path(path))) from None
     except OSError as err:

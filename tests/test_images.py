@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from allscan.images import ImageError, decode_bytes, decode_file, find_images
+from allscan.images import MAX_FILE_BYTES, ImageError, decode_bytes, decode_file, find_images
 from tests.utils import jpeg_bytes, smear, write_image
 
 
@@ -111,3 +111,16 @@ def test_a_multi_page_file_scores_its_first_page_and_its_row_says_so(tmp_path, m
     assert frame.loc["stack.tiff", "notes"].endswith("only the first of its 3 pages was scored")
     assert "pages" not in frame.loc["single.tiff", "notes"]
     assert frame.loc["stack.tiff", "p_all"] == frame.loc["single.tiff", "p_all"]
+
+
+def test_a_file_over_a_gibibyte_is_an_error_row_without_being_read(tmp_path, models_dir):
+    import allscan
+
+    scan = tmp_path / "whole-slide.tif"
+    with open(scan, "wb") as handle:
+        handle.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
+    write_image(tmp_path / "field.png")
+    frame = allscan.predict([tmp_path], models=models_dir).set_index("file")
+    assert frame.loc["whole-slide.tif", "verdict"] == "error"
+    assert frame.loc["whole-slide.tif", "error"].startswith("file too large: 1.0 GiB (limit 1 GiB)")
+    assert frame.loc["field.png", "verdict"] != "error"
