@@ -211,6 +211,27 @@ def test_poll_mode_for_network_shares(ensemble, tmp_path):
     assert [r.path.name for r, _ in run.recorder.results] == ["polled.png"]
 
 
+@pytest.mark.parametrize("poll", [False, True])
+def test_a_watched_folder_that_goes_is_reported_and_watched_again_when_it_returns(ensemble, tmp_path, poll):
+    """A share unmounted or a drive pulled left the watch waiting in silence, and deaf once the folder returned."""
+    incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
+    incoming.mkdir()
+    with Running(ensemble, incoming, out, poll=poll) as run:
+        shutil.rmtree(incoming)
+        stats = run.watcher.stats
+        deadline = time.monotonic() + 10
+        while not stats.notice and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stats.notice == f"the watched folder {incoming} is gone (unmounted or deleted): waiting for it to return"
+        incoming.mkdir()
+        write_image(incoming / "while-away.png", seed=1)  # there when it returns: caught up
+        run.wait_for(1)
+        assert stats.notice == ""
+        write_image(incoming / "after.png", seed=2)  # lands once it is watched again
+        run.wait_for(2)
+    assert sorted(r["file"] for r in _rows(out)) == ["after.png", "while-away.png"]
+
+
 def test_rows_appended_while_watching_carry_their_specimen(ensemble, tmp_path):
     incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
     incoming.mkdir()
@@ -221,3 +242,24 @@ def test_rows_appended_while_watching_carry_their_specimen(ensemble, tmp_path):
         live = {r["file"]: r["specimen"] for r in _rows(out)}  # appended row by row, before any rewrite
     assert live == {"f1.png": "P-001", "f2.png": "incoming"}
     assert {r["file"]: r["specimen"] for r in _rows(out)} == live
+
+
+def test_the_watch_display_says_once_when_the_folder_goes_and_when_it_is_back():
+    import io
+
+    from rich.console import Console
+
+    from allscan.cli.display import WatchDisplay
+    from allscan.run.watch import WatchStats
+
+    console, stats = Console(file=io.StringIO(), width=200), WatchStats()
+    display = WatchDisplay(console, stats, quiet=True)
+    display.refresh()
+    stats.notice = "the watched folder /lab/in is gone (unmounted or deleted): waiting for it to return"
+    display.refresh()
+    display.refresh()
+    stats.notice = ""
+    display.refresh()
+    assert console.file.getvalue().splitlines() == [
+        "warning: the watched folder /lab/in is gone (unmounted or deleted): waiting for it to return",
+        "the watched folder is back: watching it again"]

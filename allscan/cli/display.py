@@ -115,6 +115,7 @@ class WatchDisplay:
         self.tally: Counter[str] = Counter()
         self._labels: dict[Path, tuple[str, ...]] = {}
         self.lines = quiet or not console.is_terminal
+        self._notice = ""
         self.live = None if self.lines else Live(self._render(), console=console, refresh_per_second=4)
 
     def __enter__(self) -> "WatchDisplay":
@@ -145,6 +146,12 @@ class WatchDisplay:
     def refresh(self) -> None:
         if self.live is not None:
             self.live.update(self._render())
+            return
+        notice = getattr(self.stats, "notice", "")
+        if notice != self._notice:
+            self._notice = notice
+            line = f"warning: {notice}" if notice else "the watched folder is back: watching it again"
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def _render(self):
         from rich.console import Group
@@ -156,7 +163,9 @@ class WatchDisplay:
             table.add_row(escape(path_text(r.path.name)), r.verdict, f"{r.score.p_all:.3f}" if r.score else "-",
                           "yes" if r.score and r.score.review else "",
                           r.score.domain.domain if r.score and r.score.domain else "")
-        return Group(self.summary_line(), table)
+        notice = getattr(self.stats, "notice", "")
+        lines = [Text(f"warning: {notice}", style="bold red")] if notice else []
+        return Group(*lines, self.summary_line(), table)
 
     def summary_line(self) -> Text:
         """Counts of files by their latest row, queue length and rate."""

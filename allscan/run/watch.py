@@ -97,6 +97,8 @@ class WatchStats:
     started: float = field(default_factory=time.monotonic)
     recent: list[ImageResult] = field(default_factory=list)
     stored_paths: set[Path] = field(default_factory=set)
+    notice: str = ""
+    """What the user should know now (the watched folder is gone), or empty."""
 
     def stored(self, result: ImageResult) -> None:
         if result.path not in self.stored_paths:
@@ -121,6 +123,11 @@ class _Handler(FileSystemEventHandler):
                 self.notify(Path(os.fsdecode(path)))
 
 
+FOLDER_CHECK = 1.0
+"""Seconds between checks that the watched folder is still there (a share unmounted or a drive pulled stops its
+events without a word)."""
+
+
 class Watcher:
     """Watches a folder and scores each complete new image once.
 
@@ -142,6 +149,7 @@ class Watcher:
         self._excluded = {p.resolve() for p in (config.out, store_path_for(config.out), sidecar_path(config.out))}
         self._excluded_dirs = [d for d in (config.move_to, config.heatmaps and config.heatmaps.folder) if d]
         self._csv = None
+        self._observer = None
         self._last_rewrite = 0.0
         self._dirty = False
         self._started = datetime.now().astimezone()
@@ -197,15 +205,13 @@ class Watcher:
         observer = PollingObserver(timeout=0.5) if self.config.poll else InotifyObserver()
         observer.schedule(_Handler(self.notify), str(folder), recursive=self.config.recursive)
         observer.start()
+        self._observer = observer
         try:
             with ResultStore(store_path_for(self.config.out), self.pipeline.digest) as store:
                 self._write_all(store)  # repairs a CSV line cut by a crash; a CSV is then appended to
-                found = find_images([folder], self.config.recursive, self._excluded, self._excluded_dirs)
-                missing = [path for path in found if not store.has_path(path)]
-                for path in missing:
-                    self.notify(path)
+                missing = self._catch_up(store)
                 if self.on_ready is not None:
-                    self.on_ready(len(missing))
+                    self.on_ready(missing)
                 committer = Committer(self.pipeline, store, self.config.batch_size, _Relay(self),
                                       self.config.heatmaps, self._specimens, self.config.cells_geojson)
                 self._loop(committer, store)
@@ -216,10 +222,36 @@ class Watcher:
             if self._csv is not None:
                 self._csv.close()
 
+    def _catch_up(self, store: ResultStore) -> int:
+        """Queue the folder's images that have no row yet; how many."""
+        found = find_images([self.config.folder], self.config.recursive, self._excluded, self._excluded_dirs)
+        missing = [path for path in found if not store.has_path(path)]
+        for path in missing:
+            self.notify(path)
+        return len(missing)
+
+    def _check_folder(self, store: ResultStore) -> None:
+        """Say so when the watched folder goes; when it is back, watch it again and catch up on what it holds."""
+        folder = self.config.folder
+        present = folder.is_dir()
+        if present != bool(self.stats.notice):
+            return
+        if not present:
+            self.stats.notice = f"the watched folder {folder} is gone (unmounted or deleted): waiting for it to return"
+            return
+        self._observer.unschedule_all()
+        self._observer.schedule(_Handler(self.notify), str(folder), recursive=self.config.recursive)
+        self._catch_up(store)
+        self.stats.notice = ""
+
     def _loop(self, committer: Committer, store: ResultStore) -> None:
         oldest_ready: float | None = None
+        checked = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
+            if now - checked >= FOLDER_CHECK:
+                self._check_folder(store)
+                checked = now
             for item in self._ready(now, store):
                 committer.add(item)
                 if committer.pending and oldest_ready is None:
