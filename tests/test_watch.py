@@ -232,6 +232,26 @@ def test_a_watched_folder_that_goes_is_reported_and_watched_again_when_it_return
     assert sorted(r["file"] for r in _rows(out)) == ["after.png", "while-away.png"]
 
 
+def test_a_csv_moved_away_while_watching_is_written_again_with_every_row(ensemble, tmp_path):
+    """Rows went on being appended to the moved file, and the output path stayed empty until the watch stopped."""
+    incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
+    incoming.mkdir()
+    with Running(ensemble, incoming, out) as run:
+        write_image(incoming / "morning.png", seed=1)
+        run.wait_for(1)
+        out.rename(tmp_path / "archived.csv")
+        write_image(incoming / "afternoon.png", seed=2)
+        run.wait_for(2)
+        deadline = time.monotonic() + 10
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert sorted(r["file"] for r in _rows(out)) == ["afternoon.png", "morning.png"]
+        write_image(incoming / "evening.png", seed=3)
+        run.wait_for(3)
+        assert sorted(r["file"] for r in _rows(out)) == ["afternoon.png", "evening.png", "morning.png"]
+
+
 def test_rows_appended_while_watching_carry_their_specimen(ensemble, tmp_path):
     incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
     incoming.mkdir()

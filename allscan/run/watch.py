@@ -125,7 +125,7 @@ class _Handler(FileSystemEventHandler):
 
 FOLDER_CHECK = 1.0
 """Seconds between checks that the watched folder is still there (a share unmounted or a drive pulled stops its
-events without a word)."""
+events without a word) and that a CSV output is still the file being appended to."""
 
 
 class Watcher:
@@ -244,6 +244,19 @@ class Watcher:
         self._catch_up(store)
         self.stats.notice = ""
 
+    def _check_output(self, store: ResultStore) -> None:
+        """A CSV output moved away or deleted while watching (archived at the end of a day, say) is written
+        again from the store, with every row so far: appends had gone to the file that was moved."""
+        if self._csv is None:
+            return
+        try:
+            current = os.stat(self.config.out)
+        except FileNotFoundError:
+            current = None
+        opened = os.fstat(self._csv.fileno())
+        if current is None or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
+            self._write_all(store)
+
     def _loop(self, committer: Committer, store: ResultStore) -> None:
         oldest_ready: float | None = None
         checked = time.monotonic()
@@ -251,6 +264,7 @@ class Watcher:
             now = time.monotonic()
             if now - checked >= FOLDER_CHECK:
                 self._check_folder(store)
+                self._check_output(store)
                 checked = now
             for item in self._ready(now, store):
                 committer.add(item)
