@@ -118,3 +118,10 @@ def test_an_existing_output_that_allscan_did_not_write_is_refused_and_left_whole
             result = runner.invoke(app, ["predict", str(tmp_path / "in"), "-o", str(tmp_path / name), "--models",
                                          str(models_dir), "--rescore"])
             assert result.exit_code == 0, result.output
+
+
+def test_explain_given_a_folder_says_so_and_points_to_predict(tmp_path):
+    result = runner.invoke(app, ["explain", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"{tmp_path} is a folder: explain takes one image (allscan predict scores a folder)" in " ".join(
+        result.output.split())

@@ -92,6 +92,8 @@ def explain(ctx: typer.Context, image: o.Image, out: o.Figure = None, models: o.
     """Print each model's and the ensemble's probability for one image and write its Grad-CAM figure."""
     from allscan.run.preflight import PreflightError, check_writable_file
 
+    if image.is_dir():
+        raise usage_error(f"{image} is a folder: explain takes one image (allscan predict scores a folder)")
     if not image.is_file():
         raise usage_error(f"no such file: {image}")
     target = out or Path(f"{image.stem}-heatmap.png")  # the current folder: never the input's, which may be scored
