@@ -130,13 +130,15 @@ def has_images(paths: Iterable[Path], recursive: bool = True) -> bool:
 
 
 def other_suffixes(paths: Iterable[Path], recursive: bool = True) -> Counter:
-    """How many files under ``paths`` of each suffix (lower case, ``""`` for none) are not images allscan reads."""
+    """How many files under ``paths`` of each suffix (lower case, ``""`` for none) are not images allscan reads;
+    allscan's own figures count apart, as ``".png written by allscan"``."""
     counts: Counter = Counter()
     scanned: set[Path] = set()
     for root in map(Path, paths):
         for path in [root] if root.is_file() else _walk(root, recursive, scanned):
             if path.is_file() and not is_image_file(path):
-                counts[path.suffix.lower()] += 1
+                suffix = path.suffix.lower()
+                counts[f"{suffix} written by allscan" if suffix in IMAGE_SUFFIXES else suffix] += 1
     return counts
 
 

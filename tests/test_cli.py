@@ -3,10 +3,13 @@
 import json
 
 from openpyxl import load_workbook
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from typer.testing import CliRunner
 
 from allscan import __version__
 from allscan.cli import app
+from allscan.images import OWN_FIGURE_SOFTWARE
 from allscan.paths import store_path_for
 from allscan.results.types import COLUMNS
 from tests.utils import cli_process, write_image
@@ -68,6 +71,14 @@ def test_inputs_without_an_image_are_refused_before_the_models_load_leaving_the_
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["predict", str(tmp_path / "empty"), "-o", str(out), "--models", str(models_dir)])
     assert result.exit_code == 2 and "no images to score" in result.output and "found no files" in result.output
+    figures = tmp_path / "figures"
+    info = PngInfo()
+    info.add_text("Software", OWN_FIGURE_SOFTWARE)
+    write_image(figures / "a-heatmap.png")
+    Image.open(figures / "a-heatmap.png").save(figures / "a-heatmap.png", pnginfo=info)
+    result = runner.invoke(app, ["predict", str(figures), "-o", str(out), "--models", str(models_dir)])
+    assert result.exit_code == 2 and "found only other files (1 .png written by allscan)" in " ".join(
+        result.output.split())
 
 
 def test_tampered_model_is_refused(tmp_path, models_copy):
