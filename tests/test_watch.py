@@ -202,6 +202,23 @@ def test_watch_writes_heatmaps_and_report(ensemble, tmp_path):
     assert report.read_text(encoding="utf-8").count('class="card') == 1
 
 
+def test_the_report_of_a_watch_that_moves_images_still_shows_them(ensemble, tmp_path):
+    """With --move-to, the report's cards had no thumbnail: it looked for each image where it had been found."""
+    incoming, out, done = tmp_path / "incoming", tmp_path / "results.csv", tmp_path / "sorted"
+    incoming.mkdir()
+    report = tmp_path / "report.html"
+    with Running(ensemble, incoming, out, move_to=done, report=report) as run:
+        write_image(incoming / "a.png", seed=1)
+        write_image(incoming / "b.png", seed=2)
+        run.wait_for(2)
+    assert not list(incoming.iterdir())
+    assert report.read_text(encoding="utf-8").count('<img class="thumb"') == 2
+    report.unlink()
+    with Running(ensemble, incoming, out, move_to=done, report=report):  # a later watch finds them in the buckets
+        pass
+    assert report.read_text(encoding="utf-8").count('<img class="thumb"') == 2
+
+
 def test_poll_mode_for_network_shares(ensemble, tmp_path):
     incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
     incoming.mkdir()

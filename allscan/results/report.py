@@ -8,7 +8,7 @@ twelve cards. A lab can mail the one file.
 
 import html
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,11 +98,16 @@ class _Pictures:
 
 CHANGED_NOTE = "the image file changed since it was scored: its cells are not drawn"
 
+Locate = Callable[[Path], Path]
+"""Where the image found at a path is now, for its thumbnail: the path itself, unless a watch moved the file
+(``--move-to``)."""
 
-def _pictures(result: ImageResult, wanted: Collection[int]) -> _Pictures:
-    """Decode the image once for its thumbnail and the crops of the cells numbered in ``wanted``."""
+
+def _pictures(result: ImageResult, wanted: Collection[int], source: Path) -> _Pictures:
+    """Decode the image, found at ``source``, once for its thumbnail and the crops of the cells numbered in
+    ``wanted``."""
     try:
-        decoded = decode_file(result.path, DECODE_MAX_SIDE)
+        decoded = decode_file(source, DECODE_MAX_SIDE)
     except (ImageError, OSError):
         return _Pictures()
     image = Image.fromarray(decoded.rgb)
@@ -219,7 +224,7 @@ def _cell_summary(results: list[ImageResult]) -> list[tuple[str, object]]:
     return [("white cells", cells), ("blasts", f"{blasts} ({100 * blasts / cells:.1f}%)" if cells else "0")]
 
 
-def _cards_and_gallery(ordered: list[ImageResult], report_dir: Path) -> tuple[list[str], str]:
+def _cards_and_gallery(ordered: list[ImageResult], report_dir: Path, locate: Locate) -> tuple[list[str], str]:
     """Each image's card, and the run's cell gallery ("" when no image was looked at for cells).
 
     Each image is decoded once, for its thumbnail, its strip and its cells in the gallery."""
@@ -232,15 +237,15 @@ def _cards_and_gallery(ordered: list[ImageResult], report_dir: Path) -> tuple[li
     rendered, crops = [], {}
     for card, result in cards:
         chosen = in_gallery.get(card, set())
-        pictures = _pictures(result, chosen | {c.cell for c in _strip(result)})
+        pictures = _pictures(result, chosen | {c.cell for c in _strip(result)}, locate(result.path))
         rendered.append(_card(card, result, pictures, report_dir))
         crops.update({(card, n): uri for n, uri in pictures.crops.items() if n in chosen})
     return rendered, render_gallery(tiles, total, crops) if looked else ""
 
 
 def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCounts, report_dir: Path,
-                  specimens: list[SpecimenSummary] = ()) -> str:
-    """The report's HTML text."""
+                  specimens: list[SpecimenSummary] = (), locate: Locate = Path) -> str:
+    """The report's HTML text; ``locate`` says where each image's file is now (see :data:`Locate`)."""
     ordered = sorted(results, key=_sort_key)
     run_rows = [
         ("allscan", info.allscan_version), ("finished", info.finished), ("host", info.host),
@@ -250,7 +255,7 @@ def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCoun
     summary_rows = [("ALL", counts.all_), ("normal", counts.normal), ("flagged for review", counts.review),
                     ("out of domain (also flagged)", counts.out_of_domain), ("errors", counts.errors),
                     ("images", counts.done), *_cell_summary(ordered)]
-    cards, gallery = _cards_and_gallery(ordered, report_dir)
+    cards, gallery = _cards_and_gallery(ordered, report_dir, locate)
     pages = [f'<section class="page">{"".join(cards[start:start + CARDS_PER_PAGE])}</section>'
              for start in range(0, len(cards), CARDS_PER_PAGE)]
     return (
@@ -272,7 +277,7 @@ def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCoun
 
 
 def write_report(path: Path, results: Iterable[ImageResult], info: RunInfo, counts: RunCounts,
-                 specimens: list[SpecimenSummary] = ()) -> None:
+                 specimens: list[SpecimenSummary] = (), locate: Locate = Path) -> None:
     """Write the report atomically."""
     path = Path(path)
-    atomic_write_text(path, render_report(results, info, counts, path.parent, specimens))
+    atomic_write_text(path, render_report(results, info, counts, path.parent, specimens, locate))

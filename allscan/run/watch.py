@@ -150,6 +150,7 @@ class Watcher:
         self._excluded_dirs = [d for d in (config.move_to, config.heatmaps and config.heatmaps.folder) if d]
         self._csv = None
         self._observer = None
+        self._moved: dict[Path, Path] = {}
         self._last_rewrite = 0.0
         self._dirty = False
         self._started = datetime.now().astimezone()
@@ -345,9 +346,18 @@ class Watcher:
         try:
             shutil.move(str(result.path), target)
         except FileNotFoundError:
-            pass
+            return
         except OSError as err:
             raise OutputError(target, describe(err)) from err
+        self._moved[result.path] = target
+
+    def _locate(self, path: Path) -> Path:
+        """Where the image found at ``path`` is now: moved by this watch, or, moved by an earlier one, under its
+        name in a ``--move-to`` bucket (the report checks its content against the result's)."""
+        if path in self._moved or self.config.move_to is None or path.exists():
+            return self._moved.get(path, path)
+        buckets = [self.config.move_to / b for b in ("ALL", "normal", "review", "error")]
+        return next((b / path.name for b in buckets if (b / path.name).is_file()), path)
 
     def _write_all(self, store: ResultStore) -> None:
         """Rewrite the whole output atomically from the store (every row stored for these models)."""
@@ -356,7 +366,7 @@ class Watcher:
             self._csv = None
         paths = [r.path for r in store.results()]
         write_outputs(self.config.out, store, paths, self.pipeline, self._started, report=self.config.report,
-                      specimens=self._specimens)
+                      specimens=self._specimens, locate=self._locate)
         if self._csv is None and self.config.out.suffix.lower() == ".csv" and not self._stop.is_set():
             try:
                 self._csv = open(self.config.out, "a", encoding="utf-8", newline="")
