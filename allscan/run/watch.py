@@ -150,6 +150,7 @@ class Watcher:
         self._excluded_dirs = [d for d in (config.move_to, config.heatmaps and config.heatmaps.folder) if d]
         self._csv = None
         self._observer = None
+        self._folder_gone = False
         self._moved: dict[Path, Path] = {}
         self._last_rewrite = 0.0
         self._dirty = False
@@ -235,8 +236,9 @@ class Watcher:
         """Say so when the watched folder goes; when it is back, watch it again and catch up on what it holds."""
         folder = self.config.folder
         present = folder.is_dir()
-        if present != bool(self.stats.notice):
+        if present != self._folder_gone:
             return
+        self._folder_gone = not present
         if not present:
             self.stats.notice = f"the watched folder {folder} is gone (unmounted or deleted): waiting for it to return"
             return
@@ -254,6 +256,8 @@ class Watcher:
             current = os.stat(self.config.out)
         except FileNotFoundError:
             current = None
+        except OSError:  # cannot tell (a share that stalls): appends go on, and the stop rewrites it anyway
+            return
         opened = os.fstat(self._csv.fileno())
         if current is None or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
             self._write_all(store)
