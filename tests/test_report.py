@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from allscan.run.batch import run_batch
-from allscan.results.report import write_report
+from allscan.results.report import render_report, write_report
 from allscan.results.types import ImageResult, RunCounts, Score
 from allscan.results.tables import RunInfo
 from tests.utils import write_image
@@ -117,3 +117,22 @@ def test_chromium_renders_cards_and_filter_hides_normal(mixed_report, tmp_path):
     for card in cards:
         hidden = " hidden" in card
         assert hidden == ('data-verdict="ALL"' not in card), card
+
+
+def test_a_report_rewritten_with_kept_pictures_decodes_each_unchanged_image_once(tmp_path, monkeypatch):
+    """A watch rewrites its report every half minute: each rewrite decoded every image again."""
+    from allscan.results import report as report_module
+    from allscan.results.report import ReportPictures
+
+    paths = [write_image(tmp_path / f"f{i}.png", seed=i) for i in range(3)]
+    results = [ImageResult(p, "", 64, 64, None) for p in paths]
+    decoded = []
+    real = report_module.decode_file
+    monkeypatch.setattr(report_module, "decode_file", lambda path, *a: decoded.append(path) or real(path, *a))
+    kept = ReportPictures(keep=True)
+    first = render_report(results, _info(), RunCounts(), tmp_path, pictures=kept)
+    assert render_report(results, _info(), RunCounts(), tmp_path, pictures=kept) == first
+    assert sorted(decoded) == sorted(paths)
+    write_image(paths[0], seed=9)  # a file that changed is decoded again
+    render_report(results, _info(), RunCounts(), tmp_path, pictures=kept)
+    assert len(decoded) == 4 and decoded[-1] == paths[0]

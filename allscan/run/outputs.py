@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from allscan import __version__
 from allscan.results.pdf import PdfReport, write_pdf
-from allscan.results.report import Locate, write_report
+from allscan.results.report import ReportPictures, write_report
 from allscan.results.store import ResultStore
 from allscan.results.tables import RunInfo, write_results
 from allscan.results.types import RunCounts
@@ -70,11 +70,11 @@ def _cells(pipeline: Pipeline) -> dict:
 
 def write_outputs(out: Path, store: ResultStore, images: list[Path], pipeline: Pipeline, started: datetime,
                   skipped: int = 0, command: str | None = None, report: Path | None = None,
-                  specimens: Specimens | None = None, pdf: PdfReport | None = None, locate: Locate = Path
-                  ) -> RunCounts:
+                  specimens: Specimens | None = None, pdf: PdfReport | None = None,
+                  pictures: ReportPictures | None = None) -> RunCounts:
     """Write the results file (and the HTML and PDF reports, if asked) for ``images`` from the store, after
     recording each image's specimen (``specimens`` assigns them [default: by folder]) and judging each
-    specimen; ``locate`` finds each image's file for the HTML report's thumbnails."""
+    specimen; ``pictures`` makes the HTML report's thumbnails and cell crops [default: from each image's file]."""
     notes = _assign_specimens(store, images, specimens or Specimens())
     counts = RunCounts(total=len(images))
     for result in store.results(images):
@@ -84,7 +84,7 @@ def write_outputs(out: Path, store: ResultStore, images: list[Path], pipeline: P
     judged = summarise(store.results(images), pipeline.specimen_rule, notes)
     write_results(out, lambda: store.results(images), info, counts, judged)
     if report is not None:
-        write_report(report, store.results(images), info, counts, judged, locate)
+        write_report(report, store.results(images), info, counts, judged, pictures)
     if pdf is not None:
         write_pdf(pdf.path, store.results(images), info, counts, judged, pdf.paper)
     return counts

@@ -24,6 +24,7 @@ from watchdog.observers.polling import PollingObserver
 from allscan.fileio import OutputError, describe
 from allscan.images import find_images, is_image_file
 from allscan.paths import check_output_suffix, sidecar_path, store_path_for
+from allscan.results.report import ReportPictures
 from allscan.results.store import ResultStore
 from allscan.results.tables import csv_line
 from allscan.results.types import ImageResult
@@ -152,6 +153,7 @@ class Watcher:
         self._observer = None
         self._folder_gone = False
         self._moved: dict[Path, Path] = {}
+        self._pictures = ReportPictures(self._locate, keep=True)
         self._last_rewrite = 0.0
         self._dirty = False
         self._started = datetime.now().astimezone()
@@ -370,7 +372,7 @@ class Watcher:
             self._csv = None
         paths = [r.path for r in store.results()]
         write_outputs(self.config.out, store, paths, self.pipeline, self._started, report=self.config.report,
-                      specimens=self._specimens, locate=self._locate)
+                      specimens=self._specimens, pictures=self._pictures)
         if self._csv is None and self.config.out.suffix.lower() == ".csv" and not self._stop.is_set():
             try:
                 self._csv = open(self.config.out, "a", encoding="utf-8", newline="")
