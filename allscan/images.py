@@ -133,12 +133,10 @@ def other_suffixes(paths: Iterable[Path], recursive: bool = True) -> Counter:
     """How many files under ``paths`` of each suffix (lower case, ``""`` for none) are not images allscan reads;
     allscan's own figures count apart, as ``".png written by allscan"``."""
     counts: Counter = Counter()
-    scanned: set[Path] = set()
-    for root in map(Path, paths):
-        for path in [root] if root.is_file() else _walk(root, recursive, scanned):
-            if path.is_file() and not is_image_file(path):
-                suffix = path.suffix.lower()
-                counts[f"{suffix} written by allscan" if suffix in IMAGE_SUFFIXES else suffix] += 1
+    for path in _files(paths, recursive):
+        if path.is_file() and not is_image_file(path):
+            suffix = path.suffix.lower()
+            counts[f"{suffix} written by allscan" if suffix in IMAGE_SUFFIXES else suffix] += 1
     return counts
 
 
@@ -147,21 +145,26 @@ def _images(paths: Iterable[Path], recursive: bool, exclude: Iterable[Path] = ()
     """:func:`find_images`'s paths in the order found, possibly repeated."""
     excluded = {Path(p).resolve() for p in exclude}
     excluded_dirs = [Path(d).resolve() for d in exclude_dirs]
+    for path in _files(paths, recursive):
+        resolved = path.resolve()
+        if resolved in excluded or any(resolved.is_relative_to(d) for d in excluded_dirs):
+            continue
+        if path.is_dir() or (path.is_file() and is_image_file(path)):
+            yield path
+
+
+def _files(paths: Iterable[Path], recursive: bool) -> Iterator[Path]:
+    """Each given file, and the files under each given folder (:func:`_walk`; a folder that cannot be listed
+    is yielded itself).
+
+    Raises:
+        FileNotFoundError: A given path does not exist.
+    """
     scanned: set[Path] = set()
-    for root in paths:
-        root = Path(root)
+    for root in map(Path, paths):
         if not root.exists():
             raise FileNotFoundError(f"no such file or folder: {root}")
-        if root.is_file():
-            candidates: Iterator[Path] = iter([root])
-        else:
-            candidates = _walk(root, recursive, scanned)
-        for path in candidates:
-            resolved = path.resolve()
-            if resolved in excluded or any(resolved.is_relative_to(d) for d in excluded_dirs):
-                continue
-            if path.is_dir() or (path.is_file() and is_image_file(path)):
-                yield path
+        yield from [root] if root.is_file() else _walk(root, recursive, scanned)
 
 
 def _walk(root: Path, recursive: bool, scanned: set[Path]) -> Iterator[Path]:
