@@ -98,8 +98,8 @@ class _Pictures:
 
 CHANGED_NOTE = "the image file changed since it was scored: its cells are not drawn"
 
-Locate = Callable[[Path], Path]
-"""Where the image found at a path is now, for its thumbnail: the path itself, unless a watch moved the file
+Locate = Callable[[ImageResult], Path]
+"""Where a result's image file is now, for its thumbnail: where it was found, unless a watch moved it
 (``--move-to``)."""
 
 
@@ -108,13 +108,13 @@ class ReportPictures:
     kept for the next report of the same run while the file and the cells shown stay the same (a watch rewrites
     its report every ``--xlsx-every`` seconds, and decoding every image again cost 2.7 ms an image)."""
 
-    def __init__(self, locate: Locate = Path, keep: bool = False):
+    def __init__(self, locate: Locate = lambda result: result.path, keep: bool = False):
         self.locate = locate
         self.keep = keep
         self._kept: dict[Path, tuple[tuple, _Pictures]] = {}
 
     def __call__(self, result: ImageResult, wanted: Collection[int]) -> _Pictures:
-        source = self.locate(result.path)
+        source = self.locate(result)
         if not self.keep:
             return _pictures(result, wanted, source)
         try:

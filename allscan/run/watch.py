@@ -340,9 +340,12 @@ class Watcher:
         if self.config.move_to is not None:
             self._move(result)
 
+    def _bucket(self, result: ImageResult) -> Path:
+        """The ``--move-to`` folder a stored image goes to: ``review`` when flagged, else its verdict's."""
+        return self.config.move_to / ("review" if result.score is not None and result.score.review else result.verdict)
+
     def _move(self, result: ImageResult) -> None:
-        bucket = "review" if result.score is not None and result.score.review else result.verdict
-        target_dir = self.config.move_to / bucket
+        target_dir = self._bucket(result)
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / result.path.name
         n = 1
@@ -357,13 +360,13 @@ class Watcher:
             raise OutputError(target, describe(err)) from err
         self._moved[result.path] = target
 
-    def _locate(self, path: Path) -> Path:
-        """Where the image found at ``path`` is now: moved by this watch, or, moved by an earlier one, under its
-        name in a ``--move-to`` bucket (the report checks its content against the result's)."""
+    def _locate(self, result: ImageResult) -> Path:
+        """Where a result's image is now: moved by this watch, or, moved by an earlier one, under its name in its
+        ``--move-to`` folder (the report checks its content against the result's)."""
+        path = result.path
         if path in self._moved or self.config.move_to is None or path.exists():
             return self._moved.get(path, path)
-        buckets = [self.config.move_to / b for b in ("ALL", "normal", "review", "error")]
-        return next((b / path.name for b in buckets if (b / path.name).is_file()), path)
+        return self._bucket(result) / path.name
 
     def _write_all(self, store: ResultStore) -> None:
         """Rewrite the whole output atomically from the store (every row stored for these models)."""
