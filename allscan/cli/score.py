@@ -11,7 +11,8 @@ from allscan.cli.display import print_explanation, print_run_summary, watch_read
 
 @app.command()
 def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("results.xlsx"),
-            recursive: o.Recursive = True, models: o.Models = None, batch_size: o.BatchSize = 16, workers: o.Workers = 2,
+            recursive: o.Recursive = True, models: o.Models = None, batch_size: o.BatchSize = 16,
+            workers: o.Workers = 2,
             rescore: o.Rescore = False, quiet: o.Quiet = False, heatmaps: o.Heatmaps = None,
             heatmaps_all: o.HeatmapsAll = False, report: o.Report = None, specimen_pattern: o.SpecimenPattern = None,
             specimens: o.SpecimenMap = None, pdf: o.Pdf = None, paper: o.Paper = "a4", engine: o.Engine = "local",
@@ -55,7 +56,8 @@ def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("result
 def watch(ctx: typer.Context, folder: o.Watched, out: o.WatchOut = Path("results.csv"),
           recursive: o.WatchRecursive = True,
           poll: o.Poll = False, settle: o.Settle = 1.0, max_delay: o.MaxDelay = 1.0, batch_size: o.LargestBatch = 16,
-          xlsx_every: o.XlsxEvery = 30.0, move_to: o.MoveTo = None, models: o.Models = None, quiet: o.WatchQuiet = False,
+          xlsx_every: o.XlsxEvery = 30.0, move_to: o.MoveTo = None, models: o.Models = None,
+          quiet: o.WatchQuiet = False,
           heatmaps: o.Heatmaps = None, heatmaps_all: o.HeatmapsAll = False, report: o.WatchReport = None,
           runtime: o.Runtime = "auto", site: o.Site = None, stain_norm: o.StainNorm = True,
           rbc_diameter: o.RbcDiameter = None, cells: o.Cells = True, cells_geojson: o.CellsGeojson = None) -> None:

@@ -244,7 +244,8 @@ def _openvino_problem(entry: ModelEntry) -> str:
     if converted is None:
         return ""
     if converted.precision not in OPENVINO_PRECISIONS:
-        return f"{entry.name}'s OpenVINO precision {converted.precision!r} is not one of {', '.join(OPENVINO_PRECISIONS)}"
+        return (f"{entry.name}'s OpenVINO precision {converted.precision!r} is not one of"
+                f" {', '.join(OPENVINO_PRECISIONS)}")
     if converted.source_sha256 != entry.sha256:
         return (f"{entry.name}'s OpenVINO files were converted from another .keras file (sha256"
                 f" {converted.source_sha256[:12]}…, the model is {entry.sha256[:12]}…): ship the models again to"
