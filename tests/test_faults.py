@@ -148,6 +148,27 @@ def test_preflight_refuses_before_models_load(case, tmp_path, models_dir):
     assert not (tmp_path / "r.csv.allscan.sqlite").exists()
 
 
+
+@pytest.mark.parametrize("clash, expected", [
+    (["--report", "r.csv"], "the output and the report are both"),
+    (["--pdf", "r.csv.allscan.sqlite"], "the results store and the PDF report are both"),
+    (["--report", "r.csv.specimens.csv"], "the specimens table and the report are both"),
+    (["--report", "r.html", "--pdf", "r.html"], "the report and the PDF report are both"),
+    (["--cells-geojson", "r.csv"], "the output and the cells GeoJSON folder are both"),
+    (["--heatmaps", "maps", "--cells-geojson", "maps/../maps"], "the heatmaps folder and the cells GeoJSON folder"),
+])
+def test_two_outputs_on_one_path_are_refused_before_anything_is_written(clash, expected, tmp_path, models_dir):
+    """--report given --out's name made the report replace the results (and --pdf the store) with exit 0;
+    --cells-geojson given it made a folder of that name, and every rerun failed."""
+    slides = _slides(tmp_path / "slides", 1)
+    clash = [arg if arg.startswith("--") else tmp_path / arg for arg in clash]
+    code, lines, _, tf_loaded = cli_process("predict", slides, "-o", tmp_path / "r.csv", *clash,
+                                            "--models", models_dir)
+    assert code == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert not tf_loaded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slides"]  # nothing made, not even a folder
+
+
 def test_long_error_stays_on_one_line(tmp_path, models_dir):
     deep = tmp_path / ("a-rather-long-folder-name-" * 6) / "results.csv"
     deep.mkdir(parents=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from allscan.fileio import describe
 from allscan.images import IMAGE_SUFFIXES, has_images, other_suffixes
 from allscan.paths import cells_path, check_output_suffix, sidecar_path, specimens_path, store_path_for
-from allscan.results.lock import StoreBusy, StoreLock
+from allscan.results.lock import StoreBusy, StoreLock, lock_path_for
 from allscan.results.schema import StoreError, prepare_store
 
 
@@ -63,25 +63,37 @@ def check_watched_folder(folder: Path) -> None:
 def check_outputs(out: Path, report: Path | None = None, folders: Iterable[tuple[str, Path | None]] = (),
                   pdf: Path | None = None) -> None:
     """The results file, its sidecar, specimens and cell tables and store, the reports and ``(what, folder)``
-    pairs can all be written."""
+    pairs are each a path of their own and can all be written."""
     try:
         check_output_suffix(out)
     except ValueError as exc:
         raise PreflightError(str(exc)) from None
+    files = [("output", out)]
+    if Path(out).suffix.lower() == ".csv":
+        files += [("run metadata file", sidecar_path(out)), ("specimens table", specimens_path(out)),
+                  ("cell table", cells_path(out))]
+    files += [("results store", store_path_for(out)), ("results store's lock", lock_path_for(store_path_for(out))),
+              ("report", report), ("PDF report", pdf)]
+    files = [(what, path) for what, path in files if path is not None]
+    folders = [(what, folder) for what, folder in folders if folder is not None]
+    check_distinct([*files, *folders])
     check_writable_file(out, "output")
     check_results_file(out)
-    if Path(out).suffix.lower() == ".csv":
-        check_writable_file(sidecar_path(out), "run metadata file")
-        check_writable_file(specimens_path(out), "specimens table")
-        check_writable_file(cells_path(out), "cell table")
-    check_writable_file(store_path_for(out), "results store")
-    if report is not None:
-        check_writable_file(report, "report")
-    if pdf is not None:
-        check_writable_file(pdf, "PDF report")
+    for what, path in files[1:]:
+        check_writable_file(path, what)
     for what, folder in folders:
-        if folder is not None:
-            check_writable_folder(folder, what)
+        check_writable_folder(folder, what)
+
+
+def check_distinct(outputs: list[tuple[str, Path]]) -> None:
+    """No two of the ``(what, path)`` outputs are one path (as typed, or through a link): one would
+    overwrite the other, e.g. ``--report`` given the name of ``--out``."""
+    seen: dict[Path, str] = {}
+    for what, path in outputs:
+        key = Path(path).resolve()
+        if key in seen:
+            raise PreflightError(f"the {seen[key]} and the {what} are both {path}: give each its own name")
+        seen[key] = what
 
 
 RESULTS_HEADER = "path,file,sha256,"
