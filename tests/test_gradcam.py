@@ -1,5 +1,7 @@
 """Grad-CAM on a model whose answer is known, and the heatmap figures written by predict and explain."""
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
@@ -78,6 +80,29 @@ def test_predict_writes_heatmaps_and_fills_the_column(ensemble, tmp_path):
     assert figure.width > 6 * 64 and figure.height > 64
     run_batch([tmp_path / "in"], out, ensemble, heatmaps=HeatmapOptions(folder, every=True), rescore=True)
     assert len(list(csv.DictReader(open(out, encoding="utf-8")))) == 3
+
+
+def test_a_rerun_keeps_the_heatmaps_and_draws_those_it_lacks(ensemble, tmp_path):
+    """Rerunning the same command (as after Ctrl-C) emptied the heatmap column of every image already scored;
+    a rerun that added --heatmaps drew nothing."""
+    import csv
+
+    for i in range(3):
+        write_image(tmp_path / "in" / f"{i}.png", seed=i, size=64)
+    out, folder = tmp_path / "r.csv", tmp_path / "maps"
+
+    def column():
+        return {r["file"]: r["heatmap"] for r in csv.DictReader(open(out, encoding="utf-8"))}
+
+    run_batch([tmp_path / "in"], out, ensemble)
+    assert set(column().values()) == {""}
+    run_batch([tmp_path / "in"], out, ensemble, heatmaps=HeatmapOptions(folder, every=True))
+    drawn = column()
+    assert all(drawn.values()) and all(Path(p).is_file() for p in drawn.values())
+    summary = run_batch([tmp_path / "in"], out, ensemble, heatmaps=HeatmapOptions(folder, every=True))
+    assert column() == drawn and summary.counts.skipped == 3  # kept, and nothing scored again
+    run_batch([tmp_path / "in"], out, ensemble)
+    assert column() == drawn
 
 
 def test_explain_prints_probabilities_and_writes_figure(models_dir, tmp_path, monkeypatch):

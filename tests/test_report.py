@@ -136,3 +136,33 @@ def test_a_report_rewritten_with_kept_pictures_decodes_each_unchanged_image_once
     write_image(paths[0], seed=9)  # a file that changed is decoded again
     render_report(results, _info(), RunCounts(), tmp_path, pictures=kept)
     assert len(decoded) == 4 and decoded[-1] == paths[0]
+
+
+@pytest.mark.parametrize("name", ["x');alert(document.domain);('.png", "case #12.png", "O'Brien field1.png"])
+def test_a_heatmap_name_is_data_to_the_script_and_a_whole_link(name, tmp_path):
+    """The heatmap's path went into the click handler's JavaScript escaped for HTML only: an apostrophe broke
+    the handler, a crafted name ran its script, and '#' cut the link short."""
+    from urllib.parse import unquote
+
+    image = write_image(tmp_path / "imgs" / "a.png", size=64)
+    figure = tmp_path / "maps" / name
+    figure.parent.mkdir()
+    figure.write_bytes(b"png")
+    result = ImageResult(image, "0" * 64, 64, 64, _score(0.9), heatmap=str(figure))
+    counts = RunCounts()
+    counts.add(result)
+    report = tmp_path / "report.html"
+    write_report(report, [result], _info(), counts)
+    checker = _Checker()
+    handlers, targets = [], []
+
+    def collect(tag, attrs):
+        attrs = dict(attrs)
+        handlers.extend(v for k, v in attrs.items() if k.startswith("on"))
+        targets.extend(attrs[k] for k in ("href", "data-heatmap") if k in attrs and not attrs[k].startswith("#"))
+
+    checker.handle_starttag = collect
+    checker.feed(report.read_text(encoding="utf-8"))
+    assert targets and all(unquote(t) == f"maps/{name}" for t in targets)
+    assert all("#" not in t and "'" not in t for t in targets)
+    assert not any("maps" in h or "alert" in h for h in handlers)  # the script gets the path as data only

@@ -43,6 +43,34 @@ def test_pattern_takes_the_first_group_and_an_unmatched_file_is_its_own_specimen
         Specimens(pattern="(unclosed")
 
 
+def test_folders_of_one_name_under_two_inputs_stay_two_specimens(tmp_path):
+    """labA/slides and labB/slides were both specimen "slides": a normal patient's fields and an ALL field
+    were judged as one specimen."""
+    images = [tmp_path / "labA" / "slides" / "f1.jpg", tmp_path / "labA" / "slides" / "f2.jpg",
+              tmp_path / "labB" / "slides" / "f1.jpg"]
+    assign = Specimens([tmp_path / "labA" / "slides", tmp_path / "labB" / "slides"]).with_images(images)
+    assert [assign(p).specimen for p in images] == ["labA/slides", "labA/slides", "labB/slides"]
+    nested = [tmp_path / "clinicA" / "slide1" / "f.jpg", tmp_path / "clinicB" / "slide1" / "f.jpg",
+              tmp_path / "clinicB" / "slide2" / "f.jpg"]
+    assign = Specimens([tmp_path / "clinicA", tmp_path / "clinicB"]).with_images(nested)
+    assert [assign(p).specimen for p in nested] == ["clinicA/slide1", "clinicB/slide1", "slide2"]
+    watched = Specimens([tmp_path / "in"])  # a watch meets its images one by one: the second of a name is qualified
+    assert watched(tmp_path / "in" / "a.jpg").specimen == "in"
+    assert watched(tmp_path / "in" / "in" / "b.jpg").specimen == "in/in"
+    assert watched(tmp_path / "in" / "c.jpg").specimen == "in"
+
+
+def test_an_unplaced_file_named_like_a_specimen_stays_its_own(tmp_path):
+    """ACC1.jpg, unmatched by the pattern, joined specimen ACC1 (and turned it ALL); two unmatched files of one
+    name in two folders were one specimen."""
+    images = [tmp_path / "ACC1_a.jpg", tmp_path / "ACC1_b.jpg", tmp_path / "ACC1.jpg", tmp_path / "x" / "stray.jpg",
+              tmp_path / "y" / "stray.jpg"]
+    assign = Specimens(pattern=r"^(ACC\d+)_").with_images(images)
+    names = [assign(p) for p in images]
+    assert [a.specimen for a in names] == ["ACC1", "ACC1", f"{tmp_path.name}/ACC1.jpg", "x/stray.jpg", "y/stray.jpg"]
+    assert [a.note for a in names[2:]] == [OWN_BY_PATTERN] * 3
+
+
 def test_map_csv_assigns_and_refuses_missing_files_and_duplicates_naming_the_line(tmp_path):
     for name in ("f1.png", "f2.png", "f3.png"):
         write_image(tmp_path / name)
@@ -95,6 +123,9 @@ def test_specimen_rule_on_a_known_answer():
     assert (judged["D"].verdict, judged["D"].review, judged["D"].out_of_domain) == ("normal", True, 1)
     assert (judged["E"].verdict, judged["E"].review, judged["E"].errors) == ("error", True, 1)
     assert SpecimenRule(min_all=3, top=2, threshold=0.6).judge("A", results[:3]).verdict == "ALL"  # by the top-2 mean
+    by_one = SpecimenRule(min_all=3, top=1, threshold=0.9).judge("F", [_result("f0", 0.97, "F"), _result("f1", 0.1, "F")])
+    assert (by_one.verdict, by_one.review) == ("ALL", True)  # was not flagged: one field decided an ALL specimen
+    assert "1 image(s) called ALL, fewer than the rule's 3" in by_one.notes
     with pytest.raises(ManifestError):
         SpecimenRule(min_all=0)
 

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from PIL import Image
 
@@ -184,10 +185,12 @@ def _card(card: str, result: ImageResult, pictures: _Pictures, report_dir: Path)
     review = bool(score and score.review)
     domain = score.domain.domain if score and score.domain else ""
     heatmap = ""
-    if result.heatmap:
-        heatmap = Path(os.path.relpath(Path(result.heatmap).resolve(), report_dir.resolve())).as_posix()
+    if result.heatmap:  # a relative URL: any character of a file name is percent-encoded, so it is only data
+        heatmap = quote(Path(os.path.relpath(Path(result.heatmap).resolve(), report_dir.resolve())).as_posix(),
+                        errors="surrogateescape")
     thumb = pictures.thumbnail
-    click = f' onclick="show(\'{e(heatmap)}\')" title="click for the heatmap"' if heatmap else ""
+    click = (f' data-heatmap="{e(heatmap)}" onclick="show(this.dataset.heatmap)" title="click for the heatmap"'
+             if heatmap else "")
     parts = [f'<div class="card v-{e(result.verdict)}{" review" if review else ""}" id="{card}" '
              f'data-verdict="{e(result.verdict)}" data-review="{"yes" if review else "no"}" '
              f'data-domain="{e(domain)}">']

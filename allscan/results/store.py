@@ -130,6 +130,13 @@ class ResultStore:
             rows = self._db.execute("SELECT sha256 FROM scores WHERE digest=?", (self.digest,)).fetchall()
         return frozenset(r[0] for r in rows)
 
+    def figures(self) -> dict[str, str]:
+        """The heatmap figure stored for each content that has one, ``{sha256: path}`` (the latest)."""
+        with self._io():
+            rows = self._db.execute("SELECT sha256, heatmap FROM files WHERE digest=? AND heatmap!='' ORDER BY seq",
+                                    (self.digest,)).fetchall()
+        return dict(rows)
+
     def first_path_for(self, sha256: str) -> str | None:
         """The first path stored with this content (to mark later copies as duplicates)."""
         with self._io():

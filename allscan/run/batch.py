@@ -86,7 +86,7 @@ def run_batch(
                          exclude_dirs=[heatmaps.folder] if heatmaps else [])
     started = datetime.now().astimezone()
     pipeline = as_pipeline(scoring)
-    specimens = specimens or Specimens(inputs)
+    specimens = (specimens or Specimens(inputs)).with_images(images)
     with ResultStore(store_file, pipeline.digest) as store:
         committer = Committer(pipeline, store, batch_size, observer, heatmaps, specimens, cells_geojson)
         job = Job.of(pipeline, batch_size, heatmaps, rescore)

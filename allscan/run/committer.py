@@ -49,6 +49,8 @@ class ResultSink(Protocol):
 
     def first_path_for(self, sha256: str) -> str | None: ...
 
+    def figures(self) -> dict[str, str]: ...
+
     def add(self, results: Iterable[ImageResult]) -> None: ...
 
     def results(self, paths: Iterable[Path] | None = None) -> Iterator[ImageResult]: ...
@@ -70,6 +72,9 @@ class MemoryResults:
 
     def first_path_for(self, sha256: str) -> str | None:
         return self._firsts.get(sha256)
+
+    def figures(self) -> dict[str, str]:
+        return {r.sha256: r.heatmap for rows in self._rows.values() for r in rows if r.heatmap}
 
     def add(self, results: Iterable[ImageResult]) -> None:
         for result in results:
@@ -97,7 +102,9 @@ def geojson_path(folder: Path, result: ImageResult) -> Path:
 class Committer:
     """Scores prepared images in batches and commits each batch to the sink before reporting it, each
     result with its specimen when ``specimens`` assigns them; with ``cells_geojson``, each committed image's
-    cells are written there as GeoJSON (:func:`geojson_path`), stored ones included."""
+    cells are written there as GeoJSON (:func:`geojson_path`), stored ones included. A content already scored
+    keeps its heatmap figure where one is on disk; one that this run wants a figure for and has none is
+    scored again to draw it."""
 
     def __init__(self, pipeline: Pipeline, sink: ResultSink, batch_size: int, observer: Observer | None = None,
                  heatmaps: HeatmapOptions | None = None, specimens: Specimens | None = None,
@@ -111,10 +118,22 @@ class Committer:
         self.observer = observer or Silent()
         self.pending: list[Prepared] = []
         self.counts = RunCounts()
+        self._figures: dict[str, str] | None = None
 
     def known_hashes(self) -> frozenset[str]:
-        """Contents the sink already holds a score for: an engine need not decode them."""
-        return self.sink.scored_hashes()
+        """Contents the sink already holds a score for, and a heatmap figure if this run wants one: an engine
+        need not decode them."""
+        known = self.sink.scored_hashes()
+        if self.heatmaps is None:
+            return known
+        return frozenset(sha for sha in known
+                         if self._figure(sha) or not self.heatmaps.wanted(self.sink.score_for(sha)))
+
+    def _figure(self, sha256: str) -> str:
+        """The heatmap figure of this content that is on disk, or ``""``."""
+        if self._figures is None:
+            self._figures = {sha: path for sha, path in self.sink.figures().items() if Path(path).is_file()}
+        return self._figures.get(sha256, "")
 
     def stored(self, paths: Sequence[Path]) -> list[ImageResult]:
         """The rows the sink already holds, with a score, for these paths."""
@@ -128,7 +147,8 @@ class Committer:
         if item.known or item.fields is None:
             score = self.sink.score_for(item.sha256)
             if score is not None:
-                result = ImageResult(item.path, item.sha256, item.width, item.height, score)
+                result = ImageResult(item.path, item.sha256, item.width, item.height, score,
+                                     heatmap=self._figure(item.sha256))
                 self.commit([result], skipped=True)
                 return
         self.pending.append(item)
@@ -155,6 +175,8 @@ class Committer:
         if self.specimens is not None:  # stored and reported with its specimen, as a watch appends it to a CSV
             results = [replace(r, specimen=self.specimens(r.path).specimen) for r in results]
         self.sink.add(results)
+        if self._figures is not None:
+            self._figures.update((r.sha256, r.heatmap) for r in results if r.heatmap)
         self._write_geojson(results)
         for result in results:
             self.counts.add(result, skipped)

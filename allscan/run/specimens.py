@@ -5,6 +5,10 @@ under (a slide's fields in one folder); ``--specimen-pattern REGEX`` takes the f
 file name (e.g. an accession number); ``--specimens MAP.csv`` reads ``path,specimen`` rows as a
 laboratory information system exports them. An image the pattern or the map does not place is its
 own specimen, named after the file, with a note saying so.
+
+Two different folders (or unplaced files) never share a specimen by their name alone: where inputs hold
+folders of one name (``labA/slides``, ``labB/slides``), or an unplaced file is named like a specimen, each
+is named with as many of its parent folders as tell them apart (``labA/slides``).
 """
 
 import csv
@@ -52,22 +56,58 @@ class Specimens:
         except re.error as err:
             raise SpecimenError(f"--specimen-pattern {pattern!r} is not a regular expression: {err}") from None
         self.mapping = mapping
+        self._names: dict[_Source, str] = {}
+        self._owners: dict[str, _Source | None] = {}
+
+    def with_images(self, images: Sequence[Path]) -> "Specimens":
+        """The same assignment with every name of a run's ``images`` settled at once: where two folders (or
+        unplaced files) would share a name, both are qualified, whichever is met first."""
+        planned = Specimens(self.roots, mapping=self.mapping)
+        planned.pattern = self.pattern
+        sources = sorted({planned._source(Path(path)) for path in images}, key=lambda s: (s.where is not None, s))
+        groups: dict[str, list[_Source]] = {}
+        for source in sources:
+            groups.setdefault(source.name, []).append(source)
+        for name, group in groups.items():
+            if len(group) > 1:
+                planned._owners[name] = None  # reserved: every folder or file of this name is qualified
+        for source in sorted(sources, key=lambda s: len(groups[s.name]) > 1):
+            planned._name(source)
+        return planned
 
     def __call__(self, path: Path) -> Assignment:
         """The specimen of the image at ``path``, named as text every output can hold (:func:`path_text`)."""
-        assigned = self._assign(Path(path))
-        return Assignment(path_text(assigned.specimen), assigned.note)
+        source = self._source(Path(path))
+        return Assignment(path_text(self._name(source)), source.note)
 
-    def _assign(self, path: Path) -> Assignment:
+    def _source(self, path: Path) -> "_Source":
         if self.mapping is not None:
             specimen = self.mapping.get(str(path.resolve()))
-            return Assignment(specimen) if specimen else Assignment(path.stem, OWN_BY_MAP)
+            return _Source(specimen) if specimen else _Source(path.stem, _own(path), OWN_BY_MAP)
         if self.pattern is not None:
             match = self.pattern.search(path.name)
             if match is None or not (match.group(1) if self.pattern.groups else match.group(0)):
-                return Assignment(path.stem, OWN_BY_PATTERN)
-            return Assignment(match.group(1) if self.pattern.groups else match.group(0))
-        return Assignment(self._folder(path))
+                return _Source(path.stem, _own(path), OWN_BY_PATTERN)
+            return _Source(match.group(1) if self.pattern.groups else match.group(0))
+        return _Source(self._folder(path), str(path.parent.resolve()))
+
+    def _name(self, source: "_Source") -> str:
+        """``source``'s specimen name: its own, or qualified by its folders when another source holds that."""
+        if source in self._names:
+            return self._names[source]
+        if source.where is None or source.name not in self._owners:
+            return self._claim(source, source.name)
+        parts = Path(source.where).parts
+        for count in range(len(Path(source.name).parts) + 1, len(parts) + 1):
+            name = "/".join(parts[-count:]).lstrip("/")
+            if name not in self._owners:
+                return self._claim(source, name)
+        return self._claim(source, source.where)
+
+    def _claim(self, source: "_Source", name: str) -> str:
+        self._names[source] = name
+        self._owners.setdefault(name, source)
+        return name
 
     def _folder(self, path: Path) -> str:
         for root in self.roots:
@@ -77,6 +117,21 @@ class Specimens:
                 continue
             return relative.as_posix() if relative.parts else (root.resolve().name or str(root))
         return path.parent.resolve().name or str(path.parent)
+
+
+@dataclass(frozen=True, order=True)
+class _Source:
+    """Where an image's specimen comes from: a name, and for a folder or an unplaced file the resolved path
+    that is the specimen (None for a name the pattern or the map gave, which all its images share)."""
+
+    name: str
+    where: str | None = None
+    note: str = ""
+
+
+def _own(path: Path) -> str:
+    """An unplaced image's specimen, which is the file itself: its resolved path with its suffix."""
+    return str(path.resolve())
 
 
 def _delimiter(text: str) -> str:

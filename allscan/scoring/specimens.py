@@ -59,13 +59,14 @@ class SpecimenRule:
         low, high = self.review_band
         if low <= score < high:
             remarks.append(f"rule score {score:.3f} near the threshold")
-        if verdict == VERDICT_NORMAL and n_all:
+        few = 0 < n_all < self.min_all  # one stray field decides too little, whichever way the rule went
+        if few:
             remarks.append(f"{n_all} image(s) called ALL, fewer than the rule's {self.min_all}")
         if out:
             remarks.append(f"{out} image(s) out of domain")
         if errors:
             remarks.append(f"{errors} image(s) could not be scored")
-        review = bool(low <= score < high or (verdict == VERDICT_NORMAL and n_all) or out or errors)
+        review = bool(low <= score < high or few or out or errors)
         return SpecimenSummary(
             specimen, verdict, review, len(results), len(scored), n_all, len(scored) - n_all,
             sum(r.score.review for r in scored), out, errors, float(p[best]), path_text(scored[best].path), score,
