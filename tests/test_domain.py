@@ -72,6 +72,10 @@ def test_guard_passes_a_typical_image_and_flags_scale_colour_and_features():
     assert odd.domain == "out" and "content" in odd.reasons[0]
     blank = assess(checks, None, typical, rng.normal(0, 1, (1, 10)), True)
     assert blank.domain == "out" and "background" in blank.reasons[0]
+    unmeasured_field = assess(checks, None, typical, rng.normal(0, 1, (1, 10)), False, long_side=224)
+    assert unmeasured_field.domain == "in"  # scored whole, as the training fields were
+    unmeasured = assess(checks, None, typical, rng.normal(0, 1, (1, 10)), False, long_side=6720)
+    assert unmeasured.domain == "out" and "could not be measured" in unmeasured.reasons[0]
 
 
 def test_reinhard_brings_a_hed_shifted_image_back_to_the_reference_colour():
@@ -126,6 +130,24 @@ def test_no_scale_estimate_scores_the_whole_image_and_says_so(domain_ensemble):
     score = pipeline.score([pipeline.fields(np.full((300, 400, 3), 235, np.uint8))])[0]
     assert score.domain.scale is None and score.domain.tiles == 1
     assert "no red-cell size estimate" in score.domain.notes
+
+
+def test_an_unmeasured_image_larger_than_a_field_or_a_blank_one_is_never_in_domain(domain_ensemble):
+    """A strip of 30 fields side by side, whose red cells the estimate could not measure, was squashed into one
+    field and came out in domain (a silent normal where each field alone was ALL); a blank frame was in domain
+    on scale and background."""
+    pipeline = Pipeline(domain_ensemble)
+    rng = np.random.default_rng(0)
+    strip = np.clip(rng.normal((205, 130, 150), 4, (224, 6720, 3)), 0, 255).astype(np.uint8)  # packed cells...
+    for y, x in zip(rng.integers(0, 224, 800), rng.integers(0, 6720, 800)):
+        strip[y:y + 4, x:x + 4] = 245  # ...with specks of background between them: cells cover 97%
+    blank = np.full((480, 640, 3), 250, np.uint8)
+    strip_fields, blank_fields = pipeline.fields(strip), pipeline.fields(blank)
+    assert strip_fields.scale is None and blank_fields.scale is None  # neither was measured
+    strip_score, blank_score = pipeline.score([strip_fields, blank_fields])
+    assert strip_score.domain.domain == "out" and strip_score.review
+    assert "red cells could not be measured" in strip_score.domain.notes
+    assert blank_score.domain.domain == "out" and "mostly background" in blank_score.domain.notes
 
 
 def test_large_image_streams_through_reduced_decoding(domain_ensemble, tmp_path):

@@ -8,7 +8,8 @@ import numpy as np
 
 from allscan.domain.cells import CellCrops, cell_crops
 from allscan.domain.reference import SCALE_TOLERANCE, SINGLE_FIELD_SIDE, DomainChecks, DomainReference
-from allscan.domain.scale import ScaleEstimate, analysis_copy, cell_mask, diameter_between, estimate_diameter
+from allscan.domain.scale import (MIN_FOREGROUND, ScaleEstimate, analysis_copy, cell_mask, diameter_between,
+                                  estimate_diameter)
 from allscan.domain.stain import colour_stats, reinhard
 from allscan.domain.tiles import FIELD_SIZE, MIN_CELL_FRACTION, Box, cell_fractions, field_boxes, pad_to_field, rescale
 from allscan.images import resize
@@ -80,11 +81,13 @@ class FieldSet:
         return len(self.boxes)
 
 
-METHOD_REVISION = 2
+METHOD_REVISION = 3
 """The per-image method's revision (scale, fields, cells), part of the results digest: raised when a change
 moves some image's results with the same models, so that a results store's rows from an earlier revision are
 scored again rather than mixed with new ones. 2: crowded single fields measured at their red cells
-(:func:`crowded_field_diameter`), distances exact whatever the thread count."""
+(:func:`crowded_field_diameter`), distances exact whatever the thread count. 3: an image scored whole for want
+of a red-cell estimate is mostly background when its cells cover too little of it, and out of domain when it
+is larger than one field (see :mod:`allscan.domain.guard`)."""
 
 NO_REFERENCE_NOTE = "these models came without a domain reference: no rescale, no out-of-domain check"
 
@@ -165,6 +168,7 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
         if diameter is None:
             whole = whole_image(rgb, sizes, colour,
                                 (f"no red-cell size estimate ({estimate.reason}): whole image scored as one field",))
+            whole = replace(whole, background_only=estimate.foreground < MIN_FOREGROUND)
             return with_cells(whole, rgb, reference.checks.rbc_diameter) if cells else whole
         crowded = crowded_field_diameter(estimate, reference.checks, rgb.shape[:2])
         if crowded is not None:
