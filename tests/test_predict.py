@@ -232,3 +232,34 @@ def test_kill_9_midway_then_rerun_finishes_the_job(models_dir, tmp_path):
     rows = _csv_rows(out)
     assert sorted(r["file"] for r in rows) == [f"f{i:02d}.png" for i in range(60)]
     assert all(r["verdict"] in ("ALL", "normal") for r in rows)
+
+
+def test_sigterm_midway_writes_what_was_scored_as_ctrl_c_does(models_dir, tmp_path):
+    """A service manager's stop (SIGTERM) killed predict with nothing written and no message (exit 143)."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "many"
+    for i in range(60):
+        write_image(folder / f"f{i:02d}.png", seed=i)
+    out = tmp_path / "results.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "allscan", "predict", str(folder), "-o", str(out), "--models",
+                             str(models_dir), "--batch-size", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    store, stored, deadline = store_path_for(out), 0, time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and stored < 5:
+        try:
+            stored = sqlite3.connect(f"{store.as_uri()}?mode=ro", uri=True).execute("SELECT COUNT(*) FROM files"
+                                                                                   ).fetchone()[0]
+        except sqlite3.Error:
+            stored = 0
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: results so far were written" in err
+    assert 5 <= len(_csv_rows(out)) < 60

@@ -5,6 +5,9 @@ code from the README's table, never a traceback (``ALLSCAN_DEBUG=1`` shows one).
 """
 
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -17,6 +20,21 @@ from allscan import __version__
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_IO, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 _RUN_COMMANDS = ("predict", "watch")
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager's stop, ``docker stop``, a scheduler's limit) ends the command as Ctrl-C does:
+    what was scored is written and the exit code is 130, instead of the process dying with nothing written."""
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _OneLineErrors(TyperGroup):

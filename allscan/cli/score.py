@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from allscan.cli import loading, options as o
-from allscan.cli.app import EXIT_SOME_FAILED, app, console, error_line, usage_error
+from allscan.cli.app import EXIT_SOME_FAILED, app, console, error_line, terminate_as_interrupt, usage_error
 from allscan.cli.display import print_explanation, print_run_summary, watch_ready_line
 
 
@@ -25,28 +25,29 @@ def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("result
     done), 3 an output or the results store could not be written (rerun to finish), 4 internal error,
     130 interrupted.
     """
-    loading.check_heatmap_flags(heatmaps, heatmaps_all)
-    loading.check_cell_flags(cells, cells_geojson)
-    assign = loading.specimens(paths, specimen_pattern, specimens)
-    printable = loading.pdf_report(pdf, paper)
-    folders = [("heatmaps folder", heatmaps), ("cells GeoJSON folder", cells_geojson)]
-    with loading.preflight(out, report, paths, folders, pdf=pdf, recursive=recursive):
-        from allscan.api import Screener
-        from allscan.cli.display import LiveProgress
-        from allscan.run.engines import EngineError, make_engine
+    with terminate_as_interrupt():
+        loading.check_heatmap_flags(heatmaps, heatmaps_all)
+        loading.check_cell_flags(cells, cells_geojson)
+        assign = loading.specimens(paths, specimen_pattern, specimens)
+        printable = loading.pdf_report(pdf, paper)
+        folders = [("heatmaps folder", heatmaps), ("cells GeoJSON folder", cells_geojson)]
+        with loading.preflight(out, report, paths, folders, pdf=pdf, recursive=recursive):
+            from allscan.api import Screener
+            from allscan.cli.display import LiveProgress
+            from allscan.run.engines import EngineError, make_engine
 
-        with loading.refusing(EngineError):
-            runner = make_engine(engine, workers, address, actors, actor_cpus)
-        # Ray's actors load their own models: the driver only checks them.
-        pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, load_models=engine == "local",
-                                    site_origin=loading.site_origin(ctx), runtime=runtime, cells=cells,
-                                    need_cells=cells_geojson is not None)
-        with loading.refusing(EngineError), LiveProgress(console, quiet) as live:
-            summary = Screener(pipeline).run(paths, out, recursive=recursive, batch_size=batch_size,
-                                             workers=workers, rescore=rescore, engine=runner, observer=live,
-                                             heatmaps=loading.heatmap_options(heatmaps, heatmaps_all),
-                                             report=report, specimens=assign, pdf=printable,
-                                             cells_geojson=cells_geojson)
+            with loading.refusing(EngineError):
+                runner = make_engine(engine, workers, address, actors, actor_cpus)
+            # Ray's actors load their own models: the driver only checks them.
+            pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, load_models=engine == "local",
+                                        site_origin=loading.site_origin(ctx), runtime=runtime, cells=cells,
+                                        need_cells=cells_geojson is not None)
+            with loading.refusing(EngineError), LiveProgress(console, quiet) as live:
+                summary = Screener(pipeline).run(paths, out, recursive=recursive, batch_size=batch_size,
+                                                 workers=workers, rescore=rescore, engine=runner, observer=live,
+                                                 heatmaps=loading.heatmap_options(heatmaps, heatmaps_all),
+                                                 report=report, specimens=assign, pdf=printable,
+                                                 cells_geojson=cells_geojson)
     if not quiet:
         print_run_summary(summary, report, pdf)
     raise typer.Exit(summary.exit_code)
