@@ -325,6 +325,21 @@ def test_i_a_bad_value_is_refused_naming_file_row_and_column(results_csv, tmp_pa
     assert str(refused.value).startswith(f"{edited}, row 2, column {column}: {reason}")
 
 
+@pytest.mark.parametrize("content", [b"%PDF-1.4 a report saved over the store", b""])
+def test_i_a_store_that_is_not_one_is_refused_as_a_results_file_error(content, tmp_path):
+    """A file named like a store that is not an SQLite database, or an SQLite database of another program,
+    raised sqlite3.DatabaseError, not the ValueError the README promises."""
+    import sqlite3
+
+    store = tmp_path / "r.csv.allscan.sqlite"
+    if content:
+        store.write_bytes(content)
+    else:
+        sqlite3.connect(store).execute("CREATE TABLE other (x)").connection.commit()
+    with pytest.raises(ResultsFileError, match="is not a readable allscan results store"):
+        allscan.read_results(store)
+
+
 def test_i_an_empty_file_or_columns_missing_or_reordered_are_refused_by_name(results_csv, tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"")

@@ -8,6 +8,7 @@ for error rows) and ``review`` as a nullable boolean. A cells frame has the colu
 """
 
 import math
+import sqlite3
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -237,13 +238,17 @@ def _columns_problem(columns: list) -> str:
 
 
 def _read_store(path: Path, digest: str | None, cells: bool) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+    from allscan.results.schema import StoreError
     from allscan.results.store import ResultStore, latest_digest
 
-    digest = digest or latest_digest(path)
-    results: list[ImageResult] = []
-    if digest is not None:
-        with ResultStore(path, digest, writer=False) as store:
-            results = list(store.results())
+    try:
+        digest = digest or latest_digest(path)
+        results: list[ImageResult] = []
+        if digest is not None:
+            with ResultStore(path, digest, writer=False) as store:
+                results = list(store.results())
+    except (StoreError, sqlite3.DatabaseError) as err:
+        raise ResultsFileError(f"{path} is not a readable allscan results store: {err}") from None
     return (results_frame(results), cells_frame(results)) if cells else results_frame(results)
 
 
