@@ -125,6 +125,21 @@ def test_rbc_diameter_override_sets_the_scale(domain_ensemble):
     assert fields.scale == pytest.approx(pipeline.reference.checks.rbc_diameter / 32.0)
 
 
+def test_a_rescale_beyond_the_pixel_limit_is_an_error_row_and_the_run_goes_on(domain_ensemble, tmp_path):
+    """--rbc-diameter 1 enlarged an image 15.5 times (and a tiny red-cell estimate without bound): gigabytes and
+    minutes for one image, or the process killed."""
+    _write(tmp_path / "in" / "a.png", disc_smear(16, (480, 640), seed=1))
+    _write(tmp_path / "in" / "b.png", disc_smear(16, seed=2))
+    out = tmp_path / "r.csv"
+    pipeline = Pipeline(domain_ensemble, DomainOptions(rbc_diameter=1.0))
+    summary = run_batch([tmp_path / "in"], out, pipeline)
+    rows = {r["file"]: r for r in csv.DictReader(out.open())}
+    assert rows["a.png"]["verdict"] == "error" and summary.exit_code == 1
+    assert "at the training scale this image would be" in rows["a.png"]["error"]
+    assert "over the 50 MP limit" in rows["a.png"]["error"]
+    assert rows["b.png"]["verdict"] in ("ALL", "normal")  # 224 px enlarged 15.5 times: 12 MP, scored
+
+
 def test_no_scale_estimate_scores_the_whole_image_and_says_so(domain_ensemble):
     pipeline = Pipeline(domain_ensemble)
     score = pipeline.score([pipeline.fields(np.full((300, 400, 3), 235, np.uint8))])[0]

@@ -64,6 +64,28 @@ def test_ensemble_map_is_weighted_and_resized():
     assert combined[:10, :10].max() == 1.0 and combined[30:, 30:].max() < 0.2
 
 
+def test_gradcam_of_many_fields_runs_a_batch_at_a_time_with_the_same_maps(ensemble, monkeypatch):
+    """A large image's hundreds of fields went through Grad-CAM in one call: gigabytes (4.2 GB for 256 fields)."""
+    from allscan.models import ensemble as ensemble_module
+
+    rng = np.random.default_rng(0)
+    fields = {s: rng.integers(0, 255, (37, s, s, 3), dtype=np.uint8) for s in ensemble.input_sizes}
+    whole = ensemble.gradcams(fields)
+    seen = []
+    for member in ensemble.members:
+        compiled = member.gradcam
+        member.gradcam = lambda batch, compiled=compiled: seen.append(len(batch)) or compiled(batch)
+    monkeypatch.setattr(ensemble_module, "GRADCAM_BATCH", 8)
+    try:
+        chunked = ensemble.gradcams(fields)
+    finally:
+        for member in ensemble.members:
+            member.gradcam = None
+    assert max(seen) == 8 and sum(seen) == 37 * len(ensemble.members)
+    for name in whole:
+        assert chunked[name].shape == whole[name].shape and np.allclose(chunked[name], whole[name], atol=1e-5)
+
+
 def test_predict_writes_heatmaps_and_fills_the_column(ensemble, tmp_path):
     for i in range(3):
         write_image(tmp_path / "in" / f"{i}.png", seed=i, size=64)

@@ -12,7 +12,7 @@ from allscan.domain.scale import (MIN_FOREGROUND, ScaleEstimate, analysis_copy, 
                                   estimate_diameter)
 from allscan.domain.stain import colour_stats, reinhard
 from allscan.domain.tiles import FIELD_SIZE, MIN_CELL_FRACTION, Box, cell_fractions, field_boxes, pad_to_field, rescale
-from allscan.images import resize
+from allscan.images import MAX_PIXELS, ImageError, resize
 
 STAIN_NORM_FACTOR = 3.0
 """Colour is normalised only when an image's colour distance exceeds this many times the guard's
@@ -182,6 +182,7 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
     if scale < smallest:
         scale = min(1.0, smallest)
         notes.append("not shrunk below one field (its red cells stay larger than the training's)")
+    check_rescaled_size(rgb.shape[:2], scale, diameter, reference.checks.rbc_diameter)
     image = rescale(rgb, scale)
     colour_limit = STAIN_NORM_FACTOR * reference.checks.colour.threshold
     normalise = options.stain_norm and reference.checks.colour.distance(colour)[0] > colour_limit
@@ -203,6 +204,20 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
     fields = FieldSet(inputs, tuple(kept), image.shape[:2], content, scale, diameter, colour, normalise,
                       background_only, tuple(notes), max(rgb.shape[:2]))
     return with_cells(fields, rgb, cells_mask=mask, green=green) if cells else fields
+
+
+def check_rescaled_size(shape: tuple[int, int], scale: float, diameter: float, reference_diameter: float) -> None:
+    """An image enlarged to the training scale stays within :data:`~allscan.images.MAX_PIXELS`: tiny red cells
+    (or a small ``--rbc-diameter``) would otherwise enlarge it without bound, and its fields with it.
+
+    Raises:
+        ImageError: It would not.
+    """
+    height, width = (round(side * scale) for side in shape)
+    if height * width > MAX_PIXELS:
+        raise ImageError(f"at the training scale this image would be {width}x{height} pixels (red cells"
+                         f" {diameter:.1f} px across where the training's are {reference_diameter:.1f}): over"
+                         f" the {MAX_PIXELS / 1e6:.0f} MP limit; check --rbc-diameter, or give a larger image")
 
 
 CROWDED_MIN_CELLS = 25

@@ -17,6 +17,10 @@ from allscan.models.runtime import (Forward, KerasForward, OpenVINOForward, choo
                                     load_keras_model, read_openvino, running_precision)
 
 
+GRADCAM_BATCH = 16
+"""Fields per Grad-CAM call: the gradients of a batch are held at once."""
+
+
 @dataclass
 class Member:
     """An ensemble member: its forward pass, loaded by :meth:`load` or on first use, and (built on
@@ -142,10 +146,13 @@ class Ensemble:
         return probabilities, features
 
     def gradcams(self, batches: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
-        """Each model's Grad-CAM maps ``(n, h, w)`` for the ALL logit, in [0, 1] (always in Keras)."""
+        """Each model's Grad-CAM maps ``(n, h, w)`` for the ALL logit, in [0, 1] (always in Keras), computed
+        :data:`GRADCAM_BATCH` fields at a time: a large image's hundreds of fields at once took gigabytes."""
         maps = {}
         for m in self.members:
             if m.gradcam is None:
                 m.gradcam = compiled_gradcam(m.model, m.preprocessing, m.input_size)
-            maps[m.name] = m.gradcam(np.asarray(batches[m.input_size], np.uint8)).numpy()
+            fields = np.asarray(batches[m.input_size], np.uint8)
+            maps[m.name] = np.concatenate([m.gradcam(fields[i:i + GRADCAM_BATCH]).numpy()
+                                           for i in range(0, max(len(fields), 1), GRADCAM_BATCH)])
         return maps

@@ -83,7 +83,10 @@ def prepare(source: Path | np.ndarray, maker: FieldMaker, known: set[str] | froz
             return Prepared(path, sha256=hashlib.sha256(data).hexdigest(), error=str(err))
     if decoded.sha256 in known:
         return Prepared(path, decoded.sha256, decoded.width, decoded.height, known=True)
-    fields = in_original_pixels(maker(decoded.rgb), decoded.reduction)
+    try:
+        fields = in_original_pixels(maker(decoded.rgb), decoded.reduction)
+    except ImageError as err:
+        return Prepared(path, sha256=decoded.sha256, error=str(err))
     if decoded.pages > 1:
         fields = replace(fields, notes=(*fields.notes, f"only the first of its {decoded.pages} pages was scored"))
     display = display_copy(decoded.rgb) if keep_display else None
