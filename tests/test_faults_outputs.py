@@ -185,3 +185,18 @@ def test_watch_counts_files_not_events_after_a_stalled_write(ensemble, tmp_path)
     head = str(display.summary_line())
     assert "error 0" in head
     assert sum(int(head.split(label)[1].split()[0]) for label in ("ALL ", "normal ")) == 3
+
+
+def test_an_image_given_again_under_another_spelling_is_not_its_own_duplicate(ensemble, tmp_path, monkeypatch):
+    """A rerun with the folder given as an absolute path marked every image a duplicate of itself (its relative
+    spelling from the first run); a true copy stays marked."""
+    from allscan.run.batch import run_batch
+
+    write_image(tmp_path / "in" / "a.png", seed=1)
+    write_image(tmp_path / "in" / "b.png", seed=2)
+    write_image(tmp_path / "in" / "b-copy.png", seed=2)
+    monkeypatch.chdir(tmp_path)
+    run_batch([Path("in")], Path("r.csv"), ensemble)
+    run_batch([tmp_path / "in"], Path("r.csv"), ensemble)
+    rows = {r["file"]: r["duplicate_of"] for r in _rows(tmp_path / "r.csv")}
+    assert rows == {"a.png": "", "b-copy.png": "", "b.png": "in/b-copy.png"}

@@ -7,6 +7,7 @@ prepared images (:meth:`Committer.add`) or finished results (:meth:`Committer.co
 what is already stored; they never see the sink.
 """
 
+import os
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -195,6 +196,14 @@ class Committer:
             return result
         own = path_text(result.path)
         first = self.sink.first_path_for(result.sha256) or batch_firsts.setdefault(result.sha256, own)
-        if first == own:
+        if first == own or _same_file(first, result.path):
             return result
         return replace(result, duplicate_of=first)
+
+
+def _same_file(stored: str, path: Path) -> bool:
+    """Whether the stored path names ``path``'s file, spelt otherwise (relative and absolute, through a link)."""
+    try:
+        return os.path.samefile(stored, path)
+    except (OSError, ValueError):
+        return False
