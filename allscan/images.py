@@ -1,5 +1,6 @@
 """Finding image files and decoding them into RGB arrays, turning bad input into clear errors."""
 
+import functools
 import hashlib
 import io
 import os
@@ -9,8 +10,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageCms
 
 from allscan import _libtiff
 
@@ -37,6 +39,22 @@ wherever it lies, such a file is not a smear."""
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_HEAD_BYTES = 4096
 """Pillow writes text chunks before the image data: the start of a figure holds its marker."""
+
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+_PROFILE_PROBE = Image.fromarray(
+    np.stack(np.meshgrid(*[np.linspace(0, 255, 17).round().astype(np.uint8)] * 3), axis=-1).reshape(17, 289, 3)
+)
+"""A 17-step grid of RGB colours: an embedded profile that maps each within one level of itself is sRGB."""
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""How to turn an image of each EXIF orientation upright (1, or none, is upright); 5 to 8 swap its sides."""
 
 
 class ImageError(Exception):
@@ -110,7 +128,8 @@ def find_images(
     under ``exclude_dirs`` (e.g. the heatmaps folder) are never picked up. A symlinked
     folder is followed once at most, by its real path, after the real folders, so a link
     loop ends and a folder reached twice is listed once. A symlink to a file, wherever
-    the file lies, counts as an image under the link's name. A folder that cannot be listed
+    the file lies, counts as an image under the link's name, as does one whose target is missing (an
+    unmounted share): reading it gives an error row saying so. A folder that cannot be listed
     (e.g. no read permission) is listed itself: reading it gives an error row saying so, and the
     run goes on.
 
@@ -131,10 +150,13 @@ def has_images(paths: Iterable[Path], recursive: bool = True) -> bool:
 
 def other_suffixes(paths: Iterable[Path], recursive: bool = True) -> Counter:
     """How many files under ``paths`` of each suffix (lower case, ``""`` for none) are not images allscan reads;
-    allscan's own figures count apart, as ``".png written by allscan"``."""
+    allscan's own figures count apart, as ``".png written by allscan"``, and so do links whose target is
+    missing, as ``"with a missing link target"``."""
     counts: Counter = Counter()
     for path in _files(paths, recursive):
-        if path.is_file() and not is_image_file(path):
+        if _is_dangling_link(path) and not is_image_file(path):
+            counts["with a missing link target"] += 1
+        elif path.is_file() and not is_image_file(path):
             suffix = path.suffix.lower()
             counts[f"{suffix} written by allscan" if suffix in IMAGE_SUFFIXES else suffix] += 1
     return counts
@@ -149,8 +171,13 @@ def _images(paths: Iterable[Path], recursive: bool, exclude: Iterable[Path] = ()
         resolved = path.resolve()
         if resolved in excluded or any(resolved.is_relative_to(d) for d in excluded_dirs):
             continue
-        if path.is_dir() or (path.is_file() and is_image_file(path)):
+        if path.is_dir() or ((path.is_file() or _is_dangling_link(path)) and is_image_file(path)):
             yield path
+
+
+def _is_dangling_link(path: Path) -> bool:
+    """Whether ``path`` is a symlink whose target is missing (e.g. on a share that is not mounted)."""
+    return path.is_symlink() and not path.exists()
 
 
 def _files(paths: Iterable[Path], recursive: bool) -> Iterator[Path]:
@@ -192,13 +219,13 @@ def _walk(root: Path, recursive: bool, scanned: set[Path]) -> Iterator[Path]:
 
 
 def decode_bytes(data: bytes, path: Path, max_side: int | None = None) -> DecodedImage:
-    """Decode image bytes to 8-bit RGB, converting odd modes and applying EXIF orientation.
+    """Decode image bytes to 8-bit sRGB, converting odd modes and colour profiles and applying EXIF orientation.
 
-    With ``max_side``, a JPEG larger than that is decoded reduced, to no less than ``max_side``
-    on its long side; ``width`` and ``height`` stay the file's own.
+    With ``max_side``, a JPEG larger than that is decoded reduced, to no less than ``max_side`` on its long
+    side and :data:`MIN_SIDE` on its short side; ``width``, ``height`` and the size limits are the file's own.
 
     Raises:
-        ImageError: Empty, not an image, truncated, corrupt or too large.
+        ImageError: Empty, not an image, truncated, corrupt, too large or too small.
     """
     digest = hashlib.sha256(data).hexdigest()
     if not data:
@@ -209,26 +236,24 @@ def decode_bytes(data: bytes, path: Path, max_side: int | None = None) -> Decode
             warnings.simplefilter("ignore")  # Pillow's notes on odd metadata: the row says what matters
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise ImageError(
-                        f"image too large: {image.width}x{image.height} pixels (limit {MAX_PIXELS:,})"
-                    )
-                full_width, full_height = image.size
+                check_max_pixels(*image.size)
+                deep = _is_rgb_16_bit(image)  # before reading a PNG's EXIF, which decodes it
+                orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+                file_width = image.width
+                width, height = (image.height, image.width) if orientation in (5, 6, 7, 8) else image.size
+                check_min_side(width, height)
                 pages = int(getattr(image, "n_frames", 1))
-                if max_side and max(image.size) > max_side and image.format == "JPEG":
-                    k = max_side / max(image.size)
-                    image.draft("RGB", (int(image.width * k) + 1, int(image.height * k) + 1))
-                reduction = image.width / full_width
+                if max_side and image.format == "JPEG":
+                    _draft(image, max_side)
+                reduction = image.width / file_width
                 image.load()
-                image = ImageOps.exif_transpose(image)
-                check_min_side(image.width, image.height)
-                rgb = _to_rgb(image)
+                rgb = _upright(_to_rgb(_rgb_16_bit(image, data) if deep else image), orientation)
     except ImageError:
         raise
     except Image.UnidentifiedImageError:
         raise ImageError("not a recognised image file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"image too large (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+        raise ImageError(_too_large(data)) from None
     except OSError as err:
         raise ImageError(f"corrupt or truncated image: {err}") from None
     except (ValueError, SyntaxError) as err:
@@ -237,11 +262,46 @@ def decode_bytes(data: bytes, path: Path, max_side: int | None = None) -> Decode
         raise ImageError("image too large to decode in the memory available") from None
     except Exception as err:  # Pillow's decoders raise many other types on hostile input
         raise ImageError(f"unreadable image: {type(err).__name__}: {err}") from None
-    height, width = rgb.shape[:2]
-    if reduction != 1.0:
-        swapped = (width >= height) != (full_width >= full_height)  # EXIF orientation turned it
-        width, height = (full_height, full_width) if swapped else (full_width, full_height)
     return DecodedImage(path, digest, width, height, rgb, reduction, pages)
+
+
+def _draft(image: Image.Image, max_side: int) -> None:
+    """Have a JPEG over ``max_side`` decoded reduced, its long side to no less than ``max_side`` and its short
+    side to no less than :data:`MIN_SIDE` (a thin strip keeps the pixels that make it a field)."""
+    if max(image.size) <= max_side:
+        return
+    k = max(max_side / max(image.size), MIN_SIDE / min(image.size))
+    image.draft("RGB", (int(image.width * k) + 1, int(image.height * k) + 1))
+
+
+def _upright(rgb: np.ndarray, orientation: object) -> np.ndarray:
+    """``rgb`` turned as its EXIF ``orientation`` says it is displayed."""
+    method = _UPRIGHT.get(orientation)
+    return rgb if method is None else np.asarray(Image.fromarray(rgb).transpose(method))
+
+
+def _too_large(data: bytes) -> str:
+    """The reason an image over Pillow's decompression-bomb limit (above :data:`MAX_PIXELS`) is refused."""
+    size = _header_size(data)
+    if size is None:
+        return f"image too large (over the limit of {MAX_PIXELS:,} pixels)"
+    return f"image too large: {size[0]}x{size[1]} pixels (limit {MAX_PIXELS:,})"
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """An image's size from its header, read as :func:`PIL.Image.open` does but without Pillow's own
+    decompression-bomb check, which refuses an image without saying its size; None if no format reads it."""
+    Image.init()
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        if accept is not None and not accept(data[:16]):
+            continue
+        try:
+            with factory(io.BytesIO(data)) as image:
+                return image.size
+        except Exception:  # as in Image.open: a format that cannot read it leaves it to the next
+            continue
+    return None
 
 
 def decode_array(rgb: np.ndarray, path: Path) -> DecodedImage:
@@ -257,12 +317,21 @@ def decode_array(rgb: np.ndarray, path: Path) -> DecodedImage:
         layout = f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
         raise ImageError(f"not an RGB image array: expected uint8 (height, width, 3), got {layout}")
     height, width = rgb.shape[:2]
-    if width * height > MAX_PIXELS:
-        raise ImageError(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
+    check_max_pixels(width, height)
     check_min_side(width, height)
     rgb = np.ascontiguousarray(rgb)
     digest = hashlib.sha256(f"{height}x{width}x3:".encode() + rgb.tobytes()).hexdigest()
     return DecodedImage(Path(path), digest, width, height, rgb)
+
+
+def check_max_pixels(width: int, height: int) -> None:
+    """Refuse an image over :data:`MAX_PIXELS`, file or array alike.
+
+    Raises:
+        ImageError: It is too large.
+    """
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
 
 
 def check_min_side(width: int, height: int) -> None:
@@ -299,6 +368,10 @@ def read_file(path: Path) -> bytes:
             return handle.read()
     except IsADirectoryError:
         raise ImageError(_unlisted_folder(Path(path))) from None
+    except FileNotFoundError as err:
+        if _is_dangling_link(Path(path)):
+            raise ImageError(f"link target missing: {Path(path).resolve()}") from None
+        raise ImageError(f"cannot read file: {err.strerror or err}") from None
     except OSError as err:
         raise ImageError(f"cannot read file: {err.strerror or err}") from None
 
@@ -312,20 +385,101 @@ def _unlisted_folder(path: Path) -> str:
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
-    """8-bit RGB from any Pillow mode; 16-bit and float images are rescaled, alpha goes on white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    """8-bit sRGB from any Pillow mode: 16-bit and float images are rescaled (:func:`_from_16_bit`), alpha goes
+    on white, and an RGB image's embedded colour profile is honoured (:func:`_to_srgb`)."""
+    if image.mode in ("I;16", "I;16B", "I;16L"):
+        return np.repeat(_from_16_bit(np.asarray(image))[..., None], 3, axis=2)
+    if image.mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
-        high = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
-        gray = np.clip(values / high * 255.0, 0, 255).astype(np.uint8)
+        gray = np.clip(values / max(float(values.max()), 1.0) * 255.0, 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
+    icc = image.info.get("icc_profile")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
-    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    image = image.convert("RGB")
+    if icc:
+        image = _to_srgb(image, icc)
+    rgb = np.asarray(image, dtype=np.uint8)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageError(f"unsupported image layout {rgb.shape}")
     return rgb
+
+
+def _is_rgb_16_bit(image: Image.Image) -> bool:
+    """Whether the not yet loaded ``image`` holds 16-bit RGB(A) samples, which Pillow decodes to their high
+    bytes."""
+    args = image.tile[0].args if image.tile else None
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return isinstance(rawmode, str) and rawmode.startswith(("RGB;16", "RGBA;16", "RGBX;16"))
+
+
+def _rgb_16_bit(image: Image.Image, data: bytes) -> Image.Image:
+    """The 16-bit RGB(A) ``image`` decoded from ``data`` again with all its bits (:func:`_from_16_bit`), alpha
+    on white, keeping its colour profile; ``image`` itself if OpenCV cannot read it so."""
+    values = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if values is None or values.dtype != np.uint16 or values.ndim != 3 or values.shape[2] not in (3, 4) \
+            or values.shape[:2] != (image.height, image.width):
+        return image
+    rgb = _from_16_bit(values[..., 2::-1])
+    if values.shape[2] == 4:
+        alpha = values[..., 3:] / 65535.0
+        rgb = np.round(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    deep = Image.fromarray(rgb)
+    deep.info.update({key: image.info[key] for key in ("icc_profile",) if key in image.info})
+    return deep
+
+
+def _from_16_bit(values: np.ndarray) -> np.ndarray:
+    """8-bit values from 16-bit samples, scaled by the smallest camera depth (10, 12, 14 or 16 bits) that holds
+    the brightest of them.
+
+    A TIFF declares 16 bits a sample whether the camera filled 12 of them or all 16 (no tag says which), and a
+    PNG's ``sBIT`` chunk declares the depth of samples already scaled up to 16 bits: only the values tell.
+    Read as 16 bits, 12-bit data would be a near-black field. A true 16-bit field is read as less than 16 bits only when
+    its brightest pixel is under a quarter of the full range: a field near black however it is read, whereas
+    a bright-field smear's background is the brightest part of any exposure that can be scored.
+    """
+    high = next(2.0**bits - 1 for bits in (10, 12, 14, 16) if values.max(initial=0) < 2**bits)
+    return np.clip(values / high * 255.0, 0, 255).astype(np.uint8)
+
+
+def _to_srgb(image: Image.Image, icc: bytes) -> Image.Image:
+    """An RGB image whose values are in the colour space of the ICC profile ``icc``, converted to sRGB
+    (unchanged where :func:`_srgb_transform` finds nothing to convert)."""
+    transform = _srgb_transform(icc)
+    return image if transform is None else ImageCms.applyTransform(image, transform)
+
+
+@functools.lru_cache(maxsize=8)
+def _srgb_transform(icc: bytes) -> ImageCms.ImageCmsTransform | None:
+    """The transform from the ICC profile ``icc`` to sRGB, made once per profile (a camera tags every image
+    with the same one); without LittleCMS's one-pixel cache, so that the decode threads can share it.
+
+    The models learned sRGB colours, as a colour-managed viewer shows them: an image tagged Adobe RGB or
+    ProPhoto holds other numbers for the same stain. The relative colorimetric intent keeps every colour
+    that sRGB can show exactly as the profile says (the stains, and all of an image that was sRGB before
+    it was tagged) and clips only the few beyond sRGB's gamut; the perceptual intent would compress all
+    colours to make room for those few, and a matrix profile, the usual kind, has no perceptual table.
+
+    None, for the image to stay as it is, when the profile is sRGB or close to it (a trial grid of colours
+    moves by one level at most), so that an sRGB-tagged image decodes as an untagged one; when it is not an
+    RGB profile (a grey or CMYK one: such images are converted as before); and when it is corrupt or lcms
+    cannot use it: the raw values are then the best reading of the image.
+    """
+    try:
+        profile = ImageCms.getOpenProfile(io.BytesIO(icc))
+        if profile.profile.xcolor_space != "RGB ":
+            return None
+        transform = ImageCms.buildTransform(profile, _SRGB, "RGB", "RGB", ImageCms.Intent.RELATIVE_COLORIMETRIC,
+                                            flags=ImageCms.Flags.NOCACHE)
+        probe = np.asarray(ImageCms.applyTransform(_PROFILE_PROBE, transform), dtype=np.int16)
+        if np.abs(probe - np.asarray(_PROFILE_PROBE, dtype=np.int16)).max() <= 1:
+            return None
+        return transform
+    except ImageCms.PyCMSError:
+        return None
 
 
 def resize(rgb: np.ndarray, size: int) -> np.ndarray:

@@ -123,7 +123,8 @@ def test_specimen_rule_on_a_known_answer():
     assert (judged["D"].verdict, judged["D"].review, judged["D"].out_of_domain) == ("normal", True, 1)
     assert (judged["E"].verdict, judged["E"].review, judged["E"].errors) == ("error", True, 1)
     assert SpecimenRule(min_all=3, top=2, threshold=0.6).judge("A", results[:3]).verdict == "ALL"  # by the top-2 mean
-    by_one = SpecimenRule(min_all=3, top=1, threshold=0.9).judge("F", [_result("f0", 0.97, "F"), _result("f1", 0.1, "F")])
+    by_one = SpecimenRule(min_all=3, top=1, threshold=0.9).judge("F", [_result("f0", 0.97, "F"),
+                                                                       _result("f1", 0.1, "F")])
     assert (by_one.verdict, by_one.review) == ("ALL", True)  # was not flagged: one field decided an ALL specimen
     assert "1 image(s) called ALL, fewer than the rule's 3" in by_one.notes
     with pytest.raises(ManifestError):
