@@ -16,7 +16,8 @@ from PIL import ExifTags, Image, ImageCms
 
 from allscan import _libtiff
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+"""What allscan reads: JPEG under each of its names (browsers on Windows save ``.jfif``), PNG, BMP, TIFF, WebP."""
 MAX_PIXELS = 50_000_000
 """Images above this many pixels are refused (a smear field is far smaller)."""
 MAX_FILE_BYTES = 1 << 30

@@ -57,15 +57,16 @@ def test_usage_errors_exit_two(tmp_path, models_dir):
 def test_inputs_without_an_image_are_refused_before_the_models_load_leaving_the_results_alone(tmp_path, models_dir):
     slides = tmp_path / "slides"
     (slides / "day1").mkdir(parents=True)
-    (slides / "a.webp").write_bytes(b"RIFF")
+    (slides / "a.heic").write_bytes(b"ftypheic")
     (slides / "notes").write_text("stains")
     write_image(slides / "day1" / "ok.png")
     out = tmp_path / "r.csv"
     out.write_text(",".join(COLUMNS) + "\nlast week's results\n")
     code, lines, _, tensorflow = cli_process("predict", slides, "--no-recursive", "-o", out, "--models", models_dir)
     assert code == 2 and not tensorflow
-    assert " ".join(lines) == (f"error: no images to score in {slides}: allscan reads .bmp .jpeg .jpg .png .tif .tiff"
-                               " files; found only other files (1 .webp, 1 without a suffix); subfolders were not"
+    assert " ".join(lines) == (f"error: no images to score in {slides}: allscan reads .bmp .jfif .jpe .jpeg .jpg .png"
+                               " .tif .tiff .webp files; found only other files (1 .heic, 1 without a suffix);"
+                               " subfolders were not"
                                " searched (--no-recursive)")
     assert out.read_text().endswith("\nlast week's results\n") and not store_path_for(out).exists()
     (tmp_path / "empty").mkdir()

@@ -191,3 +191,14 @@ def test_an_image_over_the_pixel_limit_is_refused_with_its_size_and_allscans_lim
     struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
     with pytest.raises(ImageError, match=f"image too large: {side}x{side} pixels \\(limit {MAX_PIXELS:,}\\)"):
         decode_bytes(bytes(data), None)
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".jfif", "JPEG"), (".jpe", "JPEG"), (".webp", "WEBP")])
+def test_jpegs_saved_as_jfif_or_jpe_and_webp_images_are_read(suffix, fmt, tmp_path):
+    """A .jfif (what browsers on Windows save a JPEG as), .jpe or .webp file beside .jpg files was left out of
+    the run without a word."""
+    write_image(tmp_path / "a.jpg")
+    Image.fromarray(smear(seed=3)).save(tmp_path / f"b{suffix}", fmt, quality=95)
+    found = find_images([tmp_path])
+    assert [p.name for p in found] == ["a.jpg", f"b{suffix}"]
+    assert decode_file(found[1]).rgb.shape[2] == 3
