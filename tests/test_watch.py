@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+from pathlib import Path
+
 import pytest
 from openpyxl import load_workbook
 
@@ -99,6 +101,24 @@ def test_slow_chunked_write_is_scored_once_when_complete(ensemble, tmp_path):
     assert result.sha256 == hashlib.sha256(data).hexdigest()
 
 
+def test_a_write_that_stalls_more_often_than_the_retries_is_scored_not_moved_to_error(ensemble, tmp_path):
+    """A copy over a slow share paused longer than the settle time more than three times: each pause failed to
+    decode, the retries ran out, the half-written file got an error row and --move-to put it in error/."""
+    incoming, out, done = tmp_path / "incoming", tmp_path / "results.csv", tmp_path / "done"
+    incoming.mkdir()
+    data = jpeg_bytes(seed=8, size=96)
+    step = len(data) // 6 + 1
+    with Running(ensemble, incoming, out, settle=0.2, move_to=done) as run:
+        with open(incoming / "slow.jpg", "wb") as handle:
+            for start in range(0, len(data), step):
+                handle.write(data[start:start + step])
+                handle.flush()
+                time.sleep(0.7)  # longer than the settle time: each pause is tried, and fails
+        run.wait_for(1)
+    assert [r.error for r, _ in run.recorder.results] == [""]
+    assert [p.parent.name for p in done.rglob("slow.jpg")] != ["error"]
+
+
 def test_restart_scores_only_new_images_and_marks_renamed_copies(ensemble, tmp_path):
     incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
     for i in range(3):
@@ -117,6 +137,62 @@ def test_restart_scores_only_new_images_and_marks_renamed_copies(ensemble, tmp_p
     assert len(rows) == 6
     assert rows["renamed-copy.png"]["duplicate_of"] == str(incoming / "old0.png")
     assert rows["renamed-copy.png"]["p_all"] == rows["old0.png"]["p_all"]
+
+
+def test_restart_with_the_folder_spelt_otherwise_scores_nothing_again(ensemble, tmp_path, monkeypatch):
+    """Restarting with the folder given absolute after relative gave every image a second row (a duplicate of
+    itself), and its specimen twice the images."""
+    monkeypatch.chdir(tmp_path)
+    for i in range(2):
+        write_image(tmp_path / "incoming" / "P1" / f"f{i}.png", seed=i)
+    with Running(ensemble, Path("incoming"), Path("results.csv")) as first:
+        first.wait_for(2)
+    with Running(ensemble, tmp_path / "incoming", tmp_path / "results.csv") as second:
+        time.sleep(1.0)
+    assert second.recorder.results == []
+    rows = _rows(tmp_path / "results.csv")
+    assert len(rows) == 2 and not any(r["duplicate_of"] for r in rows)
+
+
+def test_an_image_replaced_while_no_watch_ran_is_scored_again(ensemble, tmp_path):
+    """A field replaced under the same name between two watches kept its old result: catch-up looked for a row
+    under that name only."""
+    incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
+    write_image(incoming / "Image001.png", seed=1)
+    with Running(ensemble, incoming, out) as first:
+        first.wait_for(1)
+    time.sleep(2.1)  # rows are recorded to the second
+    write_image(incoming / "Image001.png", seed=2)
+    with Running(ensemble, incoming, out) as second:
+        second.wait_for(1)
+    (old, _), (new, _) = first.recorder.results[0], second.recorder.results[0]
+    assert new.path.name == "Image001.png" and new.sha256 != old.sha256
+    assert [r["sha256"] for r in _rows(out)] == [new.sha256]
+
+
+def test_images_in_hidden_folders_are_not_watched(ensemble, tmp_path):
+    """A file deleted to the desktop's trash inside the watched folder (.Trash-1000) got a row, which catch-up
+    and predict never give it."""
+    incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
+    incoming.mkdir()
+    with Running(ensemble, incoming, out) as run:
+        write_image(incoming / ".Trash-1000" / "files" / "deleted.png", seed=1)
+        write_image(incoming / "kept.png", seed=2)
+        run.wait_for(1)
+        time.sleep(1.0)
+    assert [r.path.name for r, _ in run.recorder.results] == ["kept.png"]
+
+
+def test_a_csv_watch_keeps_its_specimens_and_cell_tables_current(ensemble, tmp_path):
+    """With a CSV output the specimens table, cell table and run metadata stayed empty until the watch stopped."""
+    incoming, out = tmp_path / "incoming", tmp_path / "results.csv"
+    incoming.mkdir()
+    with Running(ensemble, incoming, out, xlsx_every=0.2) as run:
+        write_image(incoming / "P1" / "a.png", seed=1)
+        run.wait_for(1)
+        time.sleep(1.0)
+        tables = _rows(f"{out}.specimens.csv")
+    assert [t["specimen"] for t in tables] == ["P1"]
 
 
 def test_move_to_moves_only_stored_images(ensemble, tmp_path):
@@ -155,8 +231,11 @@ def test_deleted_before_scoring_is_skipped(ensemble, tmp_path):
     assert [r.path.name for r, _ in run.recorder.results] == ["kept.png"]
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
-def test_sigterm_stops_cleanly_with_complete_outputs(models_dir, tmp_path, suffix):
+def test_sigterm_or_ctrl_c_stops_cleanly_with_complete_outputs(models_dir, tmp_path, suffix, stop):
+    """Ctrl-C (SIGINT) left the workbook's sheets and the CSV's specimens table empty: the interpreter exited
+    while the loop was still writing them."""
     incoming, out = tmp_path / "incoming", tmp_path / f"results{suffix}"
     incoming.mkdir()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -177,14 +256,16 @@ def test_sigterm_stops_cleanly_with_complete_outputs(models_dir, tmp_path, suffi
             if line:
                 lines.append(line)
         assert len(lines) == 3, lines
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
     if suffix == ".csv":
-        assert len(_rows(out)) == 3
+        assert len(_rows(out)) == 3 and len(_rows(f"{out}.specimens.csv")) == 1
     else:
-        assert load_workbook(out)["Results"].max_row == 4
+        book = load_workbook(out)
+        assert book["Results"].max_row == 4 and book["Specimens"].max_row == 2
+    assert not list(tmp_path.glob("*.allscan-tmp"))
 
 
 def test_watch_writes_heatmaps_and_report(ensemble, tmp_path):

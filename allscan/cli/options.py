@@ -83,7 +83,8 @@ Settle = Annotated[float, typer.Option(help="Seconds a file must stay unchanged 
 MaxDelay = Annotated[float, typer.Option("--max-delay", help="Longest an image waits for a batch to fill (s).",
                                          rich_help_panel=RUN)]
 LargestBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Largest batch.", rich_help_panel=RUN)]
-XlsxEvery = Annotated[float, typer.Option("--xlsx-every", help="Seconds between .xlsx rewrites.",
+XlsxEvery = Annotated[float, typer.Option("--xlsx-every", help="Seconds between rewrites of the .xlsx, the tables "
+                                          "beside a CSV and the report.",
                                           rich_help_panel=OUTPUT)]
 MoveTo = Annotated[Path | None, typer.Option("--move-to", help="Move each image, once its row is stored, to "
                                              "DIR/ALL, DIR/normal, DIR/review or DIR/error.",

@@ -214,6 +214,12 @@ class ResultStore:
                                  [(specimen, self.digest, path_text(path), specimen)
                                   for path, specimen in specimens.items()])
 
+    def recorded(self) -> dict[str, datetime]:
+        """When each stored path's row was last recorded, ``{path: time}``, for these models."""
+        with self._io():
+            rows = self._db.execute("SELECT path, recorded_at FROM files WHERE digest=?", (self.digest,)).fetchall()
+        return {path: datetime.fromisoformat(when) for path, when in rows}
+
     def has_path(self, path: Path, sha256: str | None = None) -> bool:
         """Whether ``path`` already has a row under these models (for this content, when given)."""
         query = "SELECT 1 FROM files WHERE digest=? AND path=?"

@@ -81,11 +81,15 @@ class WatchConfig:
 
 @dataclass
 class _Pending:
+    """A file waiting to be scored: its size and mtime when last seen and since when they hold, its failed
+    decodes, when it may be tried next, and its size and mtime when a decode last failed."""
+
     size: int
     mtime: float
     stable_since: float
     attempts: int = 0
     not_before: float = 0.0
+    failed: tuple[int, float] | None = None
 
 
 @dataclass
@@ -167,7 +171,7 @@ class Watcher:
         """Note that ``path`` appeared or changed (called from the filesystem observer thread)."""
         if any(_inside(path, d) for d in self._excluded_dirs):
             return
-        if not is_image_file(path) or path.resolve() in self._excluded:
+        if not is_image_file(path) or path.resolve() in self._excluded or _in_hidden_folder(path, self.config.folder):
             return
         if not self.config.recursive and path.parent.resolve() != self.config.folder.resolve():
             return
@@ -187,18 +191,19 @@ class Watcher:
             except BaseException as exc:  # raised on the calling thread below
                 failure.append(exc)
 
-        previous = signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        # Ctrl-C asks the loop to stop, as SIGTERM does, rather than raising in the main thread: a
+        # KeyboardInterrupt inside Thread.join leaves the thread marked as ended, and the interpreter then
+        # exited while the loop was still writing the outputs.
+        previous = {sig: signal.signal(sig, lambda *_: self.stop()) for sig in (signal.SIGINT, signal.SIGTERM)}
         runner = threading.Thread(target=run, name="allscan-watch")
         runner.start()
         try:
             while runner.is_alive():
                 runner.join(interval)
                 tick()
-        except KeyboardInterrupt:
-            self.stop()
-            runner.join()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if failure:
             raise failure[0]
 
@@ -227,9 +232,11 @@ class Watcher:
                 self._csv.close()
 
     def _catch_up(self, store: ResultStore) -> int:
-        """Queue the folder's images that have no row yet; how many."""
+        """Queue the folder's images that have no row yet, under any spelling of their path (the folder given
+        relative, then absolute), or that changed since their row was recorded; how many."""
         found = find_images([self.config.folder], self.config.recursive, self._excluded, self._excluded_dirs)
-        missing = [path for path in found if not store.has_path(path)]
+        recorded = {_resolved(path): when for path, when in store.recorded().items()}
+        missing = [path for path in found if _changed_since(path, recorded.get(_resolved(path)))]
         for path in missing:
             self.notify(path)
         return len(missing)
@@ -306,11 +313,15 @@ class Watcher:
             if now - state.stable_since < self.config.settle:
                 continue
             item = prepare(path, self.pipeline.maker, frozenset(), self.config.heatmaps is not None)
-            if item.error and state.attempts < DECODE_RETRIES and path.exists():
-                state.attempts += 1
-                state.not_before = now + self.config.settle
-                state.size = -1
-                continue
+            if item.error and path.exists():
+                if state.failed != (st.st_size, st.st_mtime):
+                    state.attempts = 0  # it changed since it last failed to decode: still being written
+                if state.attempts < DECODE_RETRIES:
+                    state.attempts += 1
+                    state.failed = (st.st_size, st.st_mtime)
+                    state.not_before = now + self.config.settle
+                    state.size = -1
+                    continue
             if item.error and not path.exists():
                 self._forget(path)
                 continue
@@ -385,9 +396,9 @@ class Watcher:
         self._dirty = False
 
     def _maybe_rewrite(self, store: ResultStore) -> None:
-        """Rewrite an .xlsx output and the report every ``xlsx_every`` seconds while results arrive."""
-        periodic = self.config.out.suffix.lower() == ".xlsx" or self.config.report is not None
-        if not periodic or not self._dirty:
+        """Rewrite the outputs every ``xlsx_every`` seconds while results arrive: an .xlsx output, a CSV's
+        specimens and cell tables and run metadata (the CSV itself is appended row by row), and the report."""
+        if not self._dirty:
             return
         if time.monotonic() - self._last_rewrite >= self.config.xlsx_every:
             self._write_all(store)
@@ -406,6 +417,34 @@ class _Relay:
         self.watcher.stored(result)
         if self.watcher.observer is not None:
             self.watcher.observer.result(result, skipped)
+
+
+def _resolved(path: Path | str) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):
+        return Path(path)
+
+
+def _changed_since(path: Path, recorded: datetime | None) -> bool:
+    """Whether ``path`` has no row (``recorded`` None) or was modified after its row was recorded (replaced
+    while no watch ran)."""
+    if recorded is None:
+        return True
+    try:
+        return path.stat().st_mtime > recorded.timestamp() + 1  # rows are recorded to the second
+    except OSError:
+        return False
+
+
+def _in_hidden_folder(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in a hidden folder below ``root`` (``.Trash-1000``, ``.snapshot``), which the
+    catch-up pass and ``predict`` never look in."""
+    folder = Path(path).parent
+    for inner, outer in ((folder, Path(root)), (_resolved(folder), _resolved(root))):
+        if inner.is_relative_to(outer):
+            return any(part.startswith(".") for part in inner.relative_to(outer).parts)
+    return False
 
 
 def _inside(path: Path, folder: Path | None) -> bool:
