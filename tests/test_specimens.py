@@ -21,7 +21,7 @@ from tests.utils import store_at_schema, write_image
 def _result(name: str, p: float, specimen: str, threshold: float = 0.5, domain: str = "in") -> ImageResult:
     verdict = "ALL" if p >= threshold else "normal"
     score = Score(p, verdict, False, int(p >= threshold), {"a": p}, DomainInfo(1.0, 1, domain, 0.5, ""))
-    return ImageResult(Path(name), "x", 64, 64, score, specimen=specimen)
+    return ImageResult(Path(name), f"sha-{name}", 64, 64, score, specimen=specimen)
 
 
 def test_default_specimen_is_the_folder_below_the_input(tmp_path):
@@ -123,6 +123,11 @@ def test_specimen_rule_on_a_known_answer():
     assert (judged["D"].verdict, judged["D"].review, judged["D"].out_of_domain) == ("normal", True, 1)
     assert (judged["E"].verdict, judged["E"].review, judged["E"].errors) == ("error", True, 1)
     assert SpecimenRule(min_all=3, top=2, threshold=0.6).judge("A", results[:3]).verdict == "ALL"  # by the top-2 mean
+    copies = [_result(f"g{i}", 0.97, "G") for i in range(3)]
+    copies = [type(r)(r.path, "same", r.width, r.height, r.score, specimen="G") for r in copies]
+    saved_thrice = SpecimenRule(min_all=3, top=1, threshold=0.99).judge("G", copies)
+    assert (saved_thrice.verdict, saved_thrice.all_, saved_thrice.review) == ("normal", 1, True)  # one field, not 3
+    assert "2 copy(ies) of an image counted once" in saved_thrice.notes and saved_thrice.images == 3
     by_one = SpecimenRule(min_all=3, top=1, threshold=0.9).judge("F", [_result("f0", 0.97, "F"),
                                                                        _result("f1", 0.1, "F")])
     assert (by_one.verdict, by_one.review) == ("ALL", True)  # was not flagged: one field decided an ALL specimen

@@ -4,7 +4,8 @@ A specimen is ALL when at least ``min_all`` of its fields are called ALL, or whe
 of its ``top`` most suspicious fields reaches ``threshold`` (blasts need not lie in every field,
 so the most suspicious fields speak for the slide, as the vote's field aggregation does for an
 image). It is flagged for review when that mean lies in ``review_band``, when fewer than
-``min_all`` but some fields are ALL, or when any field is out of domain or could not be scored.
+``min_all`` but some fields are ALL, or when any field is out of domain or could not be scored. Copies of
+one content (a field saved under two names) count once.
 
 The parameters are fitted on the validation split (``benchmarks/specimen_rule.py``) and ship
 beside the models as ``specimen_rule.json``; they do not change any image's score, so they are
@@ -44,8 +45,13 @@ class SpecimenRule:
     def judge(self, specimen: str, results: Iterable[ImageResult], notes: tuple[str, ...] = ()) -> SpecimenSummary:
         """The summary and verdict of one specimen from its images' results."""
         results = list(results)
-        scored = [r for r in results if r.score is not None]
-        errors = len(results) - len(scored)
+        contents: dict[str, ImageResult] = {}  # by content; by path where a result has no hash
+        for r in results:
+            if r.score is not None:
+                contents.setdefault(r.sha256 or str(r.path), r)  # a field saved twice is one field, not two
+        scored = list(contents.values())
+        copies = sum(r.score is not None for r in results) - len(scored)
+        errors = sum(r.score is None for r in results)
         out = sum(r.score.out_of_domain for r in scored)
         n_all = sum(r.score.verdict == VERDICT_ALL for r in scored)
         remarks = list(notes)
@@ -66,6 +72,8 @@ class SpecimenRule:
             remarks.append(f"{out} image(s) out of domain")
         if errors:
             remarks.append(f"{errors} image(s) could not be scored")
+        if copies:
+            remarks.append(f"{copies} copy(ies) of an image counted once")
         review = bool(low <= score < high or few or out or errors)
         return SpecimenSummary(
             specimen, verdict, review, len(results), len(scored), n_all, len(scored) - n_all,
