@@ -195,6 +195,22 @@ def test_a_csv_watch_keeps_its_specimens_and_cell_tables_current(ensemble, tmp_p
     assert [t["specimen"] for t in tables] == ["P1"]
 
 
+def test_with_move_to_a_second_image_of_the_same_name_keeps_the_first_ones_row(ensemble, tmp_path):
+    """Cameras reuse names (Image001.jpg): with --move-to, the second image's row replaced the first's, whose
+    moved file then had no row in the outputs or the report."""
+    incoming, out, done = tmp_path / "incoming", tmp_path / "results.csv", tmp_path / "done"
+    (incoming / "P1").mkdir(parents=True)
+    with Running(ensemble, incoming, out, move_to=done) as run:
+        write_image(incoming / "P1" / "Image001.png", seed=1)
+        run.wait_for(1)
+        write_image(incoming / "P1" / "Image001.png", seed=2)
+        run.wait_for(2)
+    rows = _rows(out)  # written again from the store at stop
+    assert len(rows) == 2 and len({r["sha256"] for r in rows}) == 2
+    assert all(Path(r["path"]).is_file() and Path(r["path"]).is_relative_to(done) for r in rows)
+    assert {r["specimen"] for r in rows} == {"P1"}  # the specimen of where each image was found
+
+
 def test_move_to_moves_only_stored_images(ensemble, tmp_path):
     incoming, out, done = tmp_path / "incoming", tmp_path / "results.csv", tmp_path / "sorted"
     incoming.mkdir()

@@ -214,6 +214,12 @@ class ResultStore:
                                  [(specimen, self.digest, path_text(path), specimen)
                                   for path, specimen in specimens.items()])
 
+    def move_path(self, old: Path, new: Path) -> None:
+        """Record that the image stored at ``old`` now lies at ``new`` (moved by a watch's ``--move-to``)."""
+        with self._io(), self._db:
+            self._db.execute("UPDATE files SET path=? WHERE digest=? AND path=?",
+                             (path_text(new), self.digest, path_text(old)))
+
     def recorded(self) -> dict[str, datetime]:
         """When each stored path's row was last recorded, ``{path: time}``, for these models."""
         with self._io():

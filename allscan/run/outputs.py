@@ -71,11 +71,14 @@ def _cells(pipeline: Pipeline) -> dict:
 def write_outputs(out: Path, store: ResultStore, images: list[Path], pipeline: Pipeline, started: datetime,
                   skipped: int = 0, command: str | None = None, report: Path | None = None,
                   specimens: Specimens | None = None, pdf: PdfReport | None = None,
-                  pictures: ReportPictures | None = None) -> RunCounts:
+                  pictures: ReportPictures | None = None, keep_specimens: bool = False) -> RunCounts:
     """Write the results file (and the HTML and PDF reports, if asked) for ``images`` from the store, after
-    recording each image's specimen (``specimens`` assigns them [default: by folder]) and judging each
-    specimen; ``pictures`` makes the HTML report's thumbnails and cell crops [default: from each image's file]."""
-    notes = _assign_specimens(store, images, specimens or Specimens())
+    recording each image's specimen (``specimens`` assigns them [default: by folder]; with ``keep_specimens``
+    only those of rows stored without one, as a watch's rows keep theirs when their images are moved) and
+    judging each specimen; ``pictures`` makes the HTML report's thumbnails and cell crops [default: from each
+    image's file]."""
+    unassigned = [r.path for r in store.results(images) if not r.specimen] if keep_specimens else images
+    notes = _assign_specimens(store, unassigned, specimens or Specimens())
     counts = RunCounts(total=len(images))
     for result in store.results(images):
         counts.add(result)

@@ -156,7 +156,7 @@ class Watcher:
         self._csv = None
         self._observer = None
         self._folder_gone = False
-        self._moved: dict[Path, Path] = {}
+        self._store: ResultStore | None = None
         self._pictures = ReportPictures(self._locate, keep=True)
         self._last_rewrite = 0.0
         self._dirty = False
@@ -217,6 +217,7 @@ class Watcher:
         self._observer = observer
         try:
             with ResultStore(store_path_for(self.config.out), self.pipeline.digest) as store:
+                self._store = store
                 self._write_all(store)  # repairs a CSV line cut by a crash; a CSV is then appended to
                 missing = self._catch_up(store)
                 if self.on_ready is not None:
@@ -356,11 +357,13 @@ class Watcher:
         return self.config.move_to / ("review" if result.score is not None and result.score.review else result.verdict)
 
     def _move(self, result: ImageResult) -> None:
+        """Move a stored image to its ``--move-to`` folder, under a name no file or row there has, and record its
+        row there: a later image of the same name in the watched folder then gets a row of its own."""
         target_dir = self._bucket(result)
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / result.path.name
         n = 1
-        while target.exists():
+        while target.exists() or self._store.has_path(target):
             target = target_dir / f"{result.path.stem}-{n}{result.path.suffix}"
             n += 1
         try:
@@ -369,14 +372,14 @@ class Watcher:
             return
         except OSError as err:
             raise OutputError(target, describe(err)) from err
-        self._moved[result.path] = target
+        self._store.move_path(result.path, target)
 
     def _locate(self, result: ImageResult) -> Path:
-        """Where a result's image is now: moved by this watch, or, moved by an earlier one, under its name in its
-        ``--move-to`` folder (the report checks its content against the result's)."""
+        """Where a result's image is now: its path, or, moved by a watch before rows followed their images,
+        under its name in its ``--move-to`` folder (the report checks its content against the result's)."""
         path = result.path
-        if path in self._moved or self.config.move_to is None or path.exists():
-            return self._moved.get(path, path)
+        if self.config.move_to is None or path.exists():
+            return path
         return self._bucket(result) / path.name
 
     def _write_all(self, store: ResultStore) -> None:
@@ -386,7 +389,7 @@ class Watcher:
             self._csv = None
         paths = [r.path for r in store.results()]
         write_outputs(self.config.out, store, paths, self.pipeline, self._started, report=self.config.report,
-                      specimens=self._specimens, pictures=self._pictures)
+                      specimens=self._specimens, pictures=self._pictures, keep_specimens=True)
         if self._csv is None and self.config.out.suffix.lower() == ".csv" and not self._stop.is_set():
             try:
                 self._csv = open(self.config.out, "a", encoding="utf-8", newline="")
