@@ -92,10 +92,10 @@ def is_image_file(path: Path) -> bool:
     name = path.name
     if name.startswith(".") or any(marker in name for marker in OUTPUT_MARKERS):
         return False
-    return path.suffix.lower() in IMAGE_SUFFIXES and not _is_own_figure(path)
+    return path.suffix.lower() in IMAGE_SUFFIXES and not is_own_figure(path)
 
 
-def _is_own_figure(path: Path) -> bool:
+def is_own_figure(path: Path) -> bool:
     """Whether ``path`` is a PNG that allscan wrote (its ``Software`` text chunk says so).
 
     Reads the file's first few KB, and only for a PNG; a file that cannot be read is not ours

@@ -93,7 +93,7 @@ def explain(ctx: typer.Context, image: o.Image, out: o.Figure = None, models: o.
             runtime: o.Runtime = "auto", site: o.Site = None, stain_norm: o.StainNorm = True,
             rbc_diameter: o.RbcDiameter = None) -> None:
     """Print each model's and the ensemble's probability for one image and write its Grad-CAM figure."""
-    from allscan.run.preflight import PreflightError, check_writable_file
+    from allscan.run.preflight import OWN_FIGURE, PreflightError, check_own_file, check_writable_file
 
     if image.is_dir():
         raise usage_error(f"{image} is a folder: explain takes one image (allscan predict scores a folder)")
@@ -102,6 +102,7 @@ def explain(ctx: typer.Context, image: o.Image, out: o.Figure = None, models: o.
     target = out or Path(f"{image.stem}-heatmap.png")  # the current folder: never the input's, which may be scored
     with loading.refusing(PreflightError):
         check_writable_file(target, "heatmap figure")
+        check_own_file(target, "heatmap figure", "--out", OWN_FIGURE)
     from allscan.run.explain import explain as explain_image
 
     pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, site_origin=loading.site_origin(ctx),

@@ -27,7 +27,7 @@ from allscan.fileio import atomic_write
 from allscan.images import ImageError, decode_file
 from allscan.paths import path_text
 from allscan.results.tables import RunInfo
-from allscan.results.types import VERDICT_ALL, CellFindings, ImageResult, RunCounts, SpecimenSummary
+from allscan.results.types import VERDICT_ALL, VERDICT_ERROR, CellFindings, ImageResult, RunCounts, SpecimenSummary
 
 PAPERS = {"a4": A4, "letter": LETTER}
 NOTICE = ("Research use only. allscan is not a diagnostic device: its models were trained on one public dataset "
@@ -36,7 +36,15 @@ THUMBNAIL_SIDE = 300
 """Pixels of a field's thumbnail: sharp at the 40 mm it is printed."""
 FIELDS_PER_SPECIMEN = 24
 """Flagged fields shown per specimen (most suspicious first); the page says how many more there are."""
-_RED, _GREEN = colors.HexColor("#c00000"), colors.HexColor("#3a7d44")
+FAILED_PER_SPECIMEN = 50
+"""Images that could not be scored listed per specimen; the page says how many more there are."""
+_RED, _GREEN, _GREY = colors.HexColor("#c00000"), colors.HexColor("#3a7d44"), colors.HexColor("#777777")
+_VERDICT_COLOURS = {VERDICT_ALL: _RED, VERDICT_ERROR: _GREY}
+"""As the HTML report's cards: ALL red, error (no image scored) grey, normal green."""
+_SPECIMEN_COLUMNS = (("specimen", None), ("verdict", 16), ("review", 14), ("images", 14), ("ALL", 12),
+                     ("out of domain", 18), ("errors", 14), ("top p(ALL)", 18))
+"""The cover's specimens table: each column's width in mm, the specimen's the rest of the page, so that a
+long name wraps instead of pushing the others off it."""
 
 
 @dataclass(frozen=True)
@@ -100,10 +108,12 @@ def _cover(info: RunInfo, counts: RunCounts, specimens: list[SpecimenSummary], w
              _table(run, [35 * mm, width - 35 * mm]), Spacer(1, 4 * mm),
              _table(models, [30 * mm, 45 * mm, 45 * mm, 20 * mm]), Spacer(1, 4 * mm), _table(tally)]
     if specimens:
-        rows = [["specimen", "verdict", "review", "images", "ALL", "out of domain", "errors", "top p(ALL)"]]
+        fixed = [w * mm for _, w in _SPECIMEN_COLUMNS[1:]]
+        rows = [[name for name, _ in _SPECIMEN_COLUMNS]]
         rows += [[s.specimen, s.verdict, "yes" if s.review else "", s.images, s.all_, s.out_of_domain, s.errors,
                   "–" if s.top_p_all is None else f"{s.top_p_all:.3f}"] for s in specimens]
-        story += [Spacer(1, 4 * mm), Paragraph("Specimens", styles["heading"]), _table(rows)]
+        story += [Spacer(1, 4 * mm), Paragraph("Specimens", styles["heading"]),
+                  _table(rows, [width - sum(fixed), *fixed])]
     return story
 
 
@@ -157,7 +167,7 @@ def _field_cell(result: ImageResult, styles: dict) -> list:
 
 def _specimen_pages(summary: SpecimenSummary, results: list[ImageResult], width: float) -> list:
     styles = _styles()
-    colour = _RED if summary.verdict == VERDICT_ALL else _GREEN
+    colour = _VERDICT_COLOURS.get(summary.verdict, _GREEN)
     title = (f'Specimen {_escape(summary.specimen)}: <font color="{colour.hexval()}">{summary.verdict}</font>'
              + (" · flagged for review" if summary.review else ""))
     figures = [["images", "ALL", "normal", "review", "out of domain", "errors", "top p(ALL)", "rule score"],
@@ -172,34 +182,59 @@ def _specimen_pages(summary: SpecimenSummary, results: list[ImageResult], width:
     story = [Paragraph(title, styles["heading"]), _table(figures)]
     if summary.notes:
         story.append(Paragraph(f"Notes: {_escape(summary.notes)}", styles["body"]))
+    story.append(Spacer(1, 3 * mm))
+    if summary.verdict == VERDICT_ERROR:
+        story.append(Paragraph("No image of this specimen could be scored: it has no verdict.", styles["body"]))
+    else:
+        story += _flagged_fields(results, width)
+    story += _failed_images(results, width)
+    return story + [Spacer(1, 5 * mm), KeepTogether([_signature(width)]), PageBreak()]
+
+
+def _flagged_fields(results: list[ImageResult], width: float) -> list:
+    """The fields called ALL or flagged for review, most suspicious first, with the top two's heatmaps."""
+    styles = _styles()
     flagged = sorted((r for r in results if r.score and (r.score.verdict == VERDICT_ALL or r.score.review)),
                      key=lambda r: -r.score.p_all)
-    story.append(Spacer(1, 3 * mm))
-    if flagged:
-        shown = flagged[:FIELDS_PER_SPECIMEN]
-        more = f" (the {len(shown)} most suspicious; {len(flagged) - len(shown)} more in the results file)" \
-            if len(flagged) > len(shown) else ""
-        story.append(Paragraph(f"Flagged fields: {len(flagged)}{more}", styles["body"]))
-        cells = [_field_cell(r, styles) for r in shown]
-        rows = [cells[i:i + 4] + [""] * (4 - len(cells[i:i + 4])) for i in range(0, len(cells), 4)]
-        grid = Table(rows, colWidths=[width / 4] * 4, hAlign="LEFT")
-        grid.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
-                                  ("FONTNAME", (0, 0), (-1, -1), "Vera")]))
-        story.append(grid)
-        heatmaps = [(r, _heatmap(r.heatmap, width)) for r in shown[:2]]
-        for result, figure in heatmaps:
-            if figure is not None:
-                caption = f"Grad-CAM heatmap of {_escape(path_text(result.path.name))}"
-                story += [Paragraph(caption, styles["small"]), figure]
-    else:
-        story.append(Paragraph("No field is called ALL or flagged for review.", styles["body"]))
+    if not flagged:
+        return [Paragraph("No field is called ALL or flagged for review.", styles["body"])]
+    shown = flagged[:FIELDS_PER_SPECIMEN]
+    more = f" (the {len(shown)} most suspicious; {len(flagged) - len(shown)} more in the results file)" \
+        if len(flagged) > len(shown) else ""
+    cells = [_field_cell(r, styles) for r in shown]
+    rows = [cells[i:i + 4] + [""] * (4 - len(cells[i:i + 4])) for i in range(0, len(cells), 4)]
+    grid = Table(rows, colWidths=[width / 4] * 4, hAlign="LEFT")
+    grid.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
+                              ("FONTNAME", (0, 0), (-1, -1), "Vera")]))
+    story = [Paragraph(f"Flagged fields: {len(flagged)}{more}", styles["body"]), grid]
+    for result in shown[:2]:
+        figure = _heatmap(result.heatmap, width)
+        if figure is not None:
+            story += [Paragraph(f"Grad-CAM heatmap of {_escape(path_text(result.path.name))}", styles["small"]),
+                      figure]
+    return story
+
+
+def _failed_images(results: list[ImageResult], width: float) -> list:
+    """The images that could not be scored and why; nothing when every image was scored."""
+    failed = [r for r in results if r.score is None]
+    if not failed:
+        return []
+    shown = failed[:FAILED_PER_SPECIMEN]
+    more = f" (the first {len(shown)}; {len(failed) - len(shown)} more in the results file)" \
+        if len(failed) > len(shown) else ""
+    rows = [["file", "why it could not be scored"]] + [[path_text(r.path.name), r.error] for r in shown]
+    return [Spacer(1, 3 * mm), Paragraph(f"Images that could not be scored: {len(failed)}{more}", _styles()["body"]),
+            _table(rows, [width * 0.4, width * 0.6])]
+
+
+def _signature(width: float) -> Table:
     signature = Table([["Reviewed by:", ""], ["Date:", ""], ["Comment:", ""], ["", ""]],
                       colWidths=[30 * mm, width - 30 * mm], rowHeights=[10 * mm] * 4, hAlign="LEFT")
     signature.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, -1), "Vera"), ("FONTSIZE", (0, 0), (-1, -1), 9),
                                    ("LINEBELOW", (1, 0), (1, -1), 0.6, colors.black),
                                    ("VALIGN", (0, 0), (-1, -1), "BOTTOM")]))
-    story += [Spacer(1, 5 * mm), KeepTogether([signature]), PageBreak()]
-    return story
+    return signature
 
 
 def write_pdf(path: Path, results: Iterable[ImageResult], info: RunInfo, counts: RunCounts,

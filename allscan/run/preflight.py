@@ -1,10 +1,10 @@
 """Checks that run before the models load, so a run that cannot finish stops in well under a second.
 
 Every output must be a file (not a folder) in a folder that can be written, and an existing
-output must be writable, since allscan replaces it; folders allscan writes into must be
-folders it can write. The results store is then claimed (its writer lock taken) and opened:
-migrated in place, or, if corrupt, moved aside for a fresh one. Only light modules are
-imported here: no TensorFlow.
+output must be writable and one allscan wrote (or empty), since allscan replaces it; folders
+allscan writes into must be folders it can write. The results store is then claimed (its writer
+lock taken) and opened: migrated in place, or, if corrupt, moved aside for a fresh one. Only light
+modules are imported here: no TensorFlow.
 """
 
 import os
@@ -12,11 +12,12 @@ import re
 import sqlite3
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from allscan.fileio import describe
-from allscan.images import IMAGE_SUFFIXES, has_images, other_suffixes
+from allscan.images import IMAGE_SUFFIXES, has_images, is_own_figure, other_suffixes
 from allscan.paths import cells_path, check_output_suffix, sidecar_path, specimens_path, store_path_for
 from allscan.results.lock import StoreBusy, StoreLock, lock_path_for
 from allscan.results.schema import StoreError, prepare_store
@@ -81,6 +82,10 @@ def check_outputs(out: Path, report: Path | None = None, folders: Iterable[tuple
     check_results_file(out)
     for what, path in files[1:]:
         check_writable_file(path, what)
+    if report is not None:
+        check_own_file(report, "report", "--report", OWN_REPORT)
+    if pdf is not None:
+        check_own_file(pdf, "PDF report", "--pdf", OWN_PDF)
     for what, folder in folders:
         check_writable_folder(folder, what)
 
@@ -125,6 +130,91 @@ def check_results_file(out: Path) -> None:
     if not ours:
         raise PreflightError(f"the output {out} exists and is not an allscan results file ({what}); a run"
                              " replaces its output: give another --out, or move that file away first")
+
+
+REPORT_TITLE = b"<title>allscan report</title>"
+"""In the head of every HTML report allscan has written, within its first few hundred bytes."""
+_REPORT_HEAD_BYTES = 1024
+PDF_INFO_MARKS = (b"/Author (allscan)", b"/Title (allscan batch report)")
+"""In the Info dictionary of every PDF report allscan has written."""
+_PDF_TAIL_BYTES = 1024
+"""ReportLab ends a PDF with its trailer (``/Info n 0 R``) and ``startxref``: the last KB holds both."""
+_PDF_OBJECT_BYTES = 1024
+"""Enough for the Info dictionary (its title, author, subject and dates)."""
+_PDF_INFO = re.compile(rb"/Info (\d+) 0 R")
+_PDF_STARTXREF = re.compile(rb"startxref\s+(\d+)\s+%%EOF\s*$")
+_PDF_XREF_HEAD = re.compile(rb"xref\r?\n0 \d+\r?\n")
+_PDF_XREF_ENTRY_BYTES = 20
+"""Each entry of a cross-reference table: a 10-digit offset, generation, type and a two-byte line end."""
+
+
+def _own_report(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return REPORT_TITLE in handle.read(_REPORT_HEAD_BYTES)
+
+
+def _own_pdf(path: Path) -> bool:
+    """Whether ``path`` is a PDF whose Info dictionary says allscan wrote it. A PDF saved again by another
+    program (signed, annotated: its update appended) is not allscan's any more."""
+    with open(path, "rb") as handle:
+        info = _pdf_info(handle) if handle.read(5) == b"%PDF-" else b""
+    return all(mark in info for mark in PDF_INFO_MARKS)
+
+
+def _pdf_info(handle) -> bytes:
+    """The Info object of the PDF open as ``handle``, found through its trailer and its cross-reference
+    table as ReportLab writes them (a few KB read however long the PDF), or empty if not found that way."""
+    handle.seek(max(0, handle.seek(0, os.SEEK_END) - _PDF_TAIL_BYTES))
+    tail = handle.read()
+    info, start = _PDF_INFO.search(tail), _PDF_STARTXREF.search(tail)
+    if info is None or start is None:
+        return b""
+    number, xref = int(info[1]), int(start[1])
+    handle.seek(xref)
+    head = _PDF_XREF_HEAD.match(handle.read(64))
+    if head is None:
+        return b""
+    handle.seek(xref + head.end() + _PDF_XREF_ENTRY_BYTES * number)
+    offset = handle.read(10)
+    if not offset.isdigit():
+        return b""
+    handle.seek(int(offset))
+    body = handle.read(_PDF_OBJECT_BYTES)
+    return body[:body.find(b"endobj")] if body.startswith(b"%d 0 obj" % number) else b""
+
+
+@dataclass(frozen=True)
+class OwnOutput:
+    """How to recognise one kind of output allscan wrote.
+
+    Attributes:
+        ours: Whether a file is one (reading only its first or last few KB).
+        kind: What such a file is, and ``lacks`` what a file that is not one lacks, for the message.
+    """
+
+    ours: Callable[[Path], bool]
+    kind: str
+    lacks: str
+
+
+OWN_REPORT = OwnOutput(_own_report, "an allscan HTML report", "it is not an HTML page titled allscan report")
+OWN_PDF = OwnOutput(_own_pdf, "an allscan PDF report", "it is not a PDF with allscan as its author")
+OWN_FIGURE = OwnOutput(is_own_figure, "an allscan figure", "it is not a PNG with allscan's Software text")
+
+
+def check_own_file(path: Path, what: str, option: str, own: OwnOutput) -> None:
+    """An existing ``path`` (the ``what``, given as ``option``) is one allscan wrote (or empty), since it is
+    replaced: not, say, an input image or a lab's document given by mistake."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        ours = own.ours(path)
+    except OSError as err:
+        raise PreflightError(f"cannot read the {what} {path}: {describe(err)}") from None
+    if not ours:
+        raise PreflightError(f"the {what} {path} exists and is not {own.kind} ({own.lacks}); allscan replaces"
+                             f" its {what}: give another {option}, or move that file away first")
 
 
 def check_writable_file(path: Path, what: str) -> None:
