@@ -18,6 +18,10 @@ from allscan import _libtiff
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 """What allscan reads: JPEG under each of its names (browsers on Windows save ``.jfif``), PNG, BMP, TIFF, WebP."""
+OTHER_IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".gif", ".jp2", ".j2k", ".jxl", ".dng", ".cr2", ".nef",
+                                  ".arw", ".raw", ".psd", ".svs", ".ndpi", ".scn", ".mrxs", ".czi", ".vsi", ".dcm"})
+"""Image and slide formats allscan does not read: a run says how many it left out (phone photos, camera raw
+files, whole-slide scans, DICOM)."""
 MAX_PIXELS = 50_000_000
 """Images above this many pixels are refused (a smear field is far smaller)."""
 MAX_FILE_BYTES = 1 << 30
@@ -161,6 +165,12 @@ def other_suffixes(paths: Iterable[Path], recursive: bool = True) -> Counter:
             suffix = path.suffix.lower()
             counts[f"{suffix} written by allscan" if suffix in IMAGE_SUFFIXES else suffix] += 1
     return counts
+
+
+def unread_images(paths: Iterable[Path], recursive: bool = True) -> Counter:
+    """How many files under ``paths`` of each of :data:`OTHER_IMAGE_SUFFIXES` a run leaves out."""
+    return Counter({suffix: n for suffix, n in other_suffixes(paths, recursive).items()
+                    if suffix in OTHER_IMAGE_SUFFIXES})
 
 
 def _images(paths: Iterable[Path], recursive: bool, exclude: Iterable[Path] = (),

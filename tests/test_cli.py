@@ -137,3 +137,18 @@ def test_explain_given_a_folder_says_so_and_points_to_predict(tmp_path):
     assert result.exit_code == 2
     assert f"{tmp_path} is a folder: explain takes one image (allscan predict scores a folder)" in " ".join(
         result.output.split())
+
+
+def test_a_run_says_which_images_it_left_out_for_their_format(tmp_path, models_dir):
+    """Phone photos (.heic) and whole-slide scans (.svs) beside the fields were left out without a word."""
+    slides = tmp_path / "slides"
+    write_image(slides / "a.png")
+    (slides / "b.heic").write_bytes(b"ftypheic")
+    (slides / "P1").mkdir()
+    (slides / "P1" / "c.svs").write_bytes(b"II*\x00")
+    (slides / "P1" / "d.svs").write_bytes(b"II*\x00")
+    (slides / "notes.txt").write_text("stains")
+    result = runner.invoke(app, ["predict", str(slides), "-o", str(tmp_path / "r.csv"), "--models", str(models_dir)])
+    assert result.exit_code == 0, result.output
+    assert ("note: files in formats allscan does not read were left out (2 .svs, 1 .heic)"
+            in " ".join(result.output.split()))

@@ -199,6 +199,10 @@ def print_run_summary(summary: "RunSummary", report: Path | None, pdf: Path | No
     if summary.counts.skipped:
         console.print(f"{summary.counts.skipped} images were already scored with these models and were skipped"
                       " (--rescore to score them again)")
+    if summary.unread:
+        formats = ", ".join(f"{count} {suffix}" for suffix, count in summary.unread)
+        err.print(escape(f"note: files in formats allscan does not read were left out ({formats}); convert them"
+                         " to JPEG, PNG or TIFF to score them"), soft_wrap=True, highlight=False)
     if summary.interrupted:
         err.print("[yellow]interrupted: results so far were written; rerun the same command to finish[/]")
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from allscan.images import find_images
+from allscan.images import find_images, unread_images
 from allscan.paths import check_output_suffix, sidecar_path, store_path_for
 from allscan.results.pdf import PdfReport
 from allscan.results.store import ResultStore
@@ -41,6 +41,8 @@ class RunSummary:
     counts: RunCounts
     interrupted: bool = False
     images: tuple[Path, ...] = ()
+    unread: tuple[tuple[str, int], ...] = ()
+    """Files in image formats allscan does not read, left out of the run: ``(suffix, count)``, most first."""
 
     @property
     def exit_code(self) -> int:
@@ -98,4 +100,5 @@ def run_batch(
             interrupted = True
         counts = write_outputs(out, store, images, pipeline, started, committer.counts.skipped, command, report,
                                specimens, pdf)
-    return RunSummary(out, store_file, counts, interrupted, tuple(images))
+    return RunSummary(out, store_file, counts, interrupted, tuple(images),
+                      tuple(unread_images(inputs, recursive).most_common()))
