@@ -5,6 +5,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image, ImageCms
 from scipy import ndimage
@@ -117,6 +118,25 @@ def test_training_style_field_is_one_unscaled_field_in_domain_and_a_foreign_phot
     assert float(theirs["scale"]) == pytest.approx(16 / 64, rel=0.1)
     assert int(theirs["tiles"]) > 1 and "red cells" in theirs["notes"]
     assert float(theirs["domain_score"]) > 1 >= float(mine["domain_score"])
+
+
+def test_scale_tiles_and_domain_score_read_back_as_numbers_alike_from_csv_and_workbook(domain_ensemble, tmp_path):
+    """They came back as text ('1' from a workbook, '1.0' from a CSV): df.tiles.sum() concatenated strings and
+    df.domain_score > 1 raised TypeError."""
+    import allscan
+
+    _write(tmp_path / "in" / "aria-like.png", disc_smear(16, seed=4242, nuclei=2))
+    _write(tmp_path / "in" / "camera.png", disc_smear(64, (900, 1400), seed=7))
+    frames = []
+    for suffix in (".csv", ".xlsx"):
+        run_batch([tmp_path / "in"], tmp_path / f"r{suffix}", domain_ensemble)
+        frames.append(allscan.read_results(tmp_path / f"r{suffix}"))
+    for frame in frames:
+        assert frame["tiles"].dtype == "Int64" and frame["tiles"].sum() > 2
+        assert frame["scale"].dtype == frame["domain_score"].dtype == "float64"
+        assert (frame["domain_score"] > 1).tolist() == (frame["domain"] == "out").tolist()
+    pd.testing.assert_frame_equal(frames[0][["scale", "tiles", "domain_score"]],
+                                  frames[1][["scale", "tiles", "domain_score"]], atol=1e-4)
 
 
 def test_rbc_diameter_override_sets_the_scale(domain_ensemble):

@@ -22,9 +22,11 @@ from allscan.results.types import (CELL_COLUMNS, COLUMNS, DOMAIN_IN, DOMAIN_OUT,
                                    VERDICT_ERROR, VERDICT_NORMAL, ImageResult, SpecimenSummary)
 
 STORE_SUFFIX = ".allscan.sqlite"
-_INTEGER = ("width", "height", "agreement", "cells", "blasts")
+_INTEGER = ("width", "height", "agreement", "tiles", "cells", "blasts")
 _FLOAT = tuple(c for c in COLUMNS if c.startswith("p_all"))
 _PERCENT = ("blast_pct",)
+_POSITIVE = ("scale", "domain_score")
+"""Real numbers of no fixed range: the rescale factor (above 0) and the guard's score (0 or more)."""
 _EARLIER_COLUMNS = (COLUMNS[:COLUMNS.index("specimen")], COLUMNS[:COLUMNS.index("cells")])
 """The columns of results files written before specimens and before cells: the schema has only grown at its end,
 so such a file reads with the later columns empty."""
@@ -259,7 +261,7 @@ def _typed(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
         values = _converted(frame, column, _converter(column), source)
         if column in _INTEGER:
             typed[column] = pd.array(values, dtype="Int64")
-        elif column in _FLOAT or column in _PERCENT:
+        elif column in _FLOAT or column in _PERCENT or column in _POSITIVE:
             typed[column] = pd.array(values, dtype="float64")
         elif column == "review":
             typed[column] = pd.array(values, dtype="boolean")
@@ -277,6 +279,8 @@ def _converter(column: str) -> Callable[[object], object]:
         return lambda value: None if value is None else _probability(value)
     if column in _PERCENT:
         return lambda value: None if value is None else _bounded(value, 0.0, 100.0)
+    if column in _POSITIVE:
+        return lambda value: None if value is None else _bounded(value, 0.0)
     if column == "review":
         return _boolean
     choices = _CHOICES.get(column)
