@@ -29,6 +29,7 @@ from allscan.run.batch import RunSummary, run_batch
 from allscan.run.committer import Committer, MemoryResults, Observer
 from allscan.run.engines import Engine, LocalEngine, make_engine
 from allscan.run.job import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Job, Source
+from allscan.run.preflight import check_images_found, check_outputs
 from allscan.run.specimens import Specimens
 from allscan.scoring.heatmaps import HeatmapOptions
 from allscan.scoring.pipeline import Pipeline, as_pipeline
@@ -85,11 +86,13 @@ class Screener:
         Raises:
             FileNotFoundError: With ``out``: a path does not exist.
             ValueError: ``out`` has an unknown suffix, arrays or an engine where they do not apply,
-                or ``names`` does not fit the arrays.
+                or ``names`` does not fit the arrays; with ``out``, as ``allscan predict`` refuses before it
+                loads the models (a :class:`~allscan.run.preflight.PreflightError`): no image among the inputs,
+                an existing ``out`` that allscan did not write, an output that cannot be written.
             KeyboardInterrupt: The run with ``out`` was interrupted (what was scored is written).
         """
         items = _items(images)
-        _refuse_misfits(items, out, engine)
+        _refuse_misfits(items, out, engine, recursive)
         if out is None:
             sources = _sources(items, names, recursive)
             return _frames(self._score_in_memory(sources, batch_size, workers) if sources else [], cells)
@@ -151,7 +154,7 @@ def predict(images: ImageInput | Iterable[ImageInput], models: Path | str | None
     :meth:`Screener.predict` (same options; ``cells=True`` returns ``(results, cells)``). A call with
     nothing to score returns the empty frame(s) without loading the models."""
     items = _items(images)
-    _refuse_misfits(items, out, options.get("engine", "local"))
+    _refuse_misfits(items, out, options.get("engine", "local"), options.get("recursive", True))
     if out is None and not _sources(items, options.get("names"), options.get("recursive", True)):
         return _frames([], options.get("cells", False))
     return load(models, site, runtime=runtime).predict(items, out, **options)
@@ -165,17 +168,28 @@ def _items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     return [images] if isinstance(images, str | Path | np.ndarray) else list(images)
 
 
-def _refuse_misfits(items: list[ImageInput], out: Path | str | None, engine: str | Engine) -> None:
-    """Refuse, before any work, options that do not apply to the call."""
+def _refuse_misfits(items: list[ImageInput], out: Path | str | None, engine: str | Engine, recursive: bool) -> None:
+    """Refuse, before any work, options that do not apply to the call, and with ``out`` what ``allscan
+    predict`` refuses before it loads the models (a results file it did not write, inputs without an image)."""
     if out is None and engine != "local":
         raise ValueError("engine= applies to runs with out= only")
-    if out is not None and any(isinstance(item, np.ndarray) for item in items):
+    if out is None:
+        return
+    if any(isinstance(item, np.ndarray) for item in items):
         raise ValueError("out= takes files and folders; score in-memory arrays without out=")
+    paths = [Path(item) for item in items]
+    if not paths:
+        raise ValueError("out= given and nothing to score: name files or folders")
+    missing = next((path for path in paths if not path.exists()), None)
+    if missing is not None:
+        raise FileNotFoundError(f"no such file or folder: {missing}")
+    check_outputs(Path(out))
+    check_images_found(paths, recursive)
 
 
 def _sources(items: list[ImageInput], names: Sequence[str] | None, recursive: bool) -> list[Source]:
-    """Each image with the path its row shows: folders expanded in place, arrays named; a path that does not
-    exist stays as it is, to become its error row."""
+    """Each image with the path its row shows: folders expanded in place, arrays named; a named file stays as
+    it is, read whatever its suffix (a file that is no image, or does not exist, becomes its error row)."""
     arrays = [i for i, item in enumerate(items) if isinstance(item, np.ndarray)]
     if names is not None and len(names) != len(arrays):
         raise ValueError(f"{len(names)} names for {len(arrays)} arrays")
@@ -184,7 +198,7 @@ def _sources(items: list[ImageInput], names: Sequence[str] | None, recursive: bo
     for i, item in enumerate(items):
         if isinstance(item, np.ndarray):
             sources.append(Source(item, array_names[i]))
-        elif not Path(item).exists():
+        elif not Path(item).is_dir():  # a named file is read whatever its name; a missing one is its error row
             sources.append(Source.file(item))
         else:
             sources += [Source.file(path) for path in find_images([Path(item)], recursive)]

@@ -99,3 +99,37 @@ def test_read_results_refuses_other_files(tmp_path):
         allscan.read_results(tmp_path / "r.txt")
     with pytest.raises(FileNotFoundError):
         allscan.read_results(tmp_path / "missing.csv")
+
+
+def test_out_refuses_what_the_cli_refuses_before_the_models_load(slides, models_dir, tmp_path, monkeypatch):
+    """out= replaced a lab's own patients.csv with results, and out= with nothing to score emptied an earlier
+    results file, where allscan predict refuses both (exit 2)."""
+    from allscan.api import Screener
+
+    patients = tmp_path / "patients.csv"
+    patients.write_text("name,dob\nJohn Doe,1970-01-01\n")
+    monkeypatch.setattr(Screener, "__init__", lambda *a: pytest.fail("the models must not load"))
+    with pytest.raises(ValueError, match="is not an allscan results file"):
+        allscan.predict([slides], models=models_dir, out=patients)
+    assert patients.read_text() == "name,dob\nJohn Doe,1970-01-01\n"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images to score"):
+        allscan.predict([tmp_path / "empty"], models=models_dir, out=tmp_path / "r.csv")
+    with pytest.raises(ValueError, match="nothing to score"):
+        allscan.predict([], models=models_dir, out=tmp_path / "r.csv")
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_named_file_gets_its_row_whatever_its_name(slides, screener, tmp_path):
+    """A JPEG without a suffix, a .heic photo and a hidden file, each named, got no row: the rows no longer
+    lined up with the inputs."""
+    jpeg = tmp_path / "noext"
+    Image.open(slides / "field1.png").convert("RGB").save(jpeg, "JPEG")
+    heic = tmp_path / "photo.heic"
+    heic.write_bytes(b"\x00\x00\x00\x18ftypheic")
+    hidden = tmp_path / ".hidden.png"
+    hidden.write_bytes((slides / "field2.png").read_bytes())
+    frame = screener.predict([jpeg, heic, hidden])
+    assert frame["file"].tolist() == ["noext", "photo.heic", ".hidden.png"]
+    assert frame["verdict"].tolist()[0] != "error" and frame["verdict"].tolist()[2] != "error"
+    assert frame.loc[1, "verdict"] == "error" and "not a recognised image file" in frame.loc[1, "error"]

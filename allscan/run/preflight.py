@@ -23,7 +23,7 @@ from allscan.results.lock import StoreBusy, StoreLock, lock_path_for
 from allscan.results.schema import StoreError, prepare_store
 
 
-class PreflightError(Exception):
+class PreflightError(ValueError):
     """A run that cannot succeed, found before any work was done; the message says why."""
 
 
