@@ -85,12 +85,16 @@ class Screener:
 
         Raises:
             FileNotFoundError: With ``out``: a path does not exist.
-            ValueError: ``out`` has an unknown suffix, arrays or an engine where they do not apply,
+            ValueError: ``batch_size`` or ``workers`` under 1, ``out`` has an unknown suffix, arrays or an engine
+                where they do not apply (or an engine that cannot run here, an
+                :class:`~allscan.run.engines.base.EngineError`),
                 or ``names`` does not fit the arrays; with ``out``, as ``allscan predict`` refuses before it
                 loads the models (a :class:`~allscan.run.preflight.PreflightError`): no image among the inputs,
                 an existing ``out`` that allscan did not write, an output that cannot be written.
             KeyboardInterrupt: The run with ``out`` was interrupted (what was scored is written).
         """
+        if batch_size < 1 or workers < 1:
+            raise ValueError(f"batch_size and workers must be at least 1, not {batch_size} and {workers}")
         items = _items(images)
         _refuse_misfits(items, out, engine, recursive)
         if out is None:
@@ -139,7 +143,7 @@ def load(models: Path | str | None = None, site: Path | str | None = None, stain
     Raises:
         ManifestError: No models there, a model file that fails its checksum, or a site profile
             that is corrupt or was fitted on other models (a DomainError).
-        ValueError: An unknown ``runtime``.
+        ValueError: An unknown ``runtime``, or an ``rbc_diameter`` that is not a number above 0.
     """
     origin = "" if site is not None else "$ALLSCAN_SITE"
     site = site if site is not None else os.environ.get("ALLSCAN_SITE") or None

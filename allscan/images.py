@@ -155,15 +155,18 @@ def has_images(paths: Iterable[Path], recursive: bool = True) -> bool:
 
 def other_suffixes(paths: Iterable[Path], recursive: bool = True) -> Counter:
     """How many files under ``paths`` of each suffix (lower case, ``""`` for none) are not images allscan reads;
-    allscan's own figures count apart, as ``".png written by allscan"``, and so do links whose target is
-    missing, as ``"with a missing link target"``."""
+    images allscan does not read for their name count apart, as ``".png written by allscan"`` (its figures and
+    outputs) or ``"hidden .jpg"``, and so do links whose target is missing, as ``"with a missing link
+    target"``."""
     counts: Counter = Counter()
     for path in _files(paths, recursive):
         if _is_dangling_link(path) and not is_image_file(path):
             counts["with a missing link target"] += 1
         elif path.is_file() and not is_image_file(path):
             suffix = path.suffix.lower()
-            counts[f"{suffix} written by allscan" if suffix in IMAGE_SUFFIXES else suffix] += 1
+            if suffix in IMAGE_SUFFIXES:
+                suffix = f"hidden {suffix}" if path.name.startswith(".") else f"{suffix} written by allscan"
+            counts[suffix] += 1
     return counts
 
 

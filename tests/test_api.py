@@ -133,3 +133,24 @@ def test_a_named_file_gets_its_row_whatever_its_name(slides, screener, tmp_path)
     assert frame["file"].tolist() == ["noext", "photo.heic", ".hidden.png"]
     assert frame["verdict"].tolist()[0] != "error" and frame["verdict"].tolist()[2] != "error"
     assert frame.loc[1, "verdict"] == "error" and "not a recognised image file" in frame.loc[1, "error"]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s, d: allscan.load(models=d, rbc_diameter=0), "rbc_diameter must be"),
+    (lambda s, d: allscan.load(models=d, rbc_diameter=float("nan")), "rbc_diameter must be"),
+    (lambda s, d: s.predict([np.zeros((80, 80, 3), np.uint8)], batch_size=0), "batch_size and workers"),
+    (lambda s, d: s.predict([np.zeros((80, 80, 3), np.uint8)], batch_size=-1), "batch_size and workers"),
+])
+def test_bad_numbers_are_refused_by_name(call, message, screener, models_dir):
+    """rbc_diameter=0 ended predict in a ZeroDivisionError, batch_size=0 in 'range() arg 3 must not be zero' and
+    -1 in numpy warnings and a KeyError."""
+    with pytest.raises(ValueError, match=message):
+        call(screener, models_dir)
+
+
+def test_an_engine_that_cannot_run_is_a_value_error(tmp_path):
+    from allscan.run.engines import EngineError, make_engine
+
+    with pytest.raises(ValueError):
+        make_engine("nope", 1)
+    assert issubclass(EngineError, ValueError)

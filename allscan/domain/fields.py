@@ -2,6 +2,7 @@
 into fields and drop the background ones. Runs on the decode threads, before the models.
 """
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -35,6 +36,11 @@ class DomainOptions:
     stain_norm: bool = True
     rbc_diameter: float | None = None
     cells: bool = True
+
+    def __post_init__(self):
+        if self.rbc_diameter is not None and not (math.isfinite(self.rbc_diameter) and self.rbc_diameter > 0):
+            raise ValueError(f"rbc_diameter must be a red cell's diameter in pixels, above 0,"
+                             f" not {self.rbc_diameter!r}")
 
     def key(self) -> dict:
         """What changes results, for the results-store key."""

@@ -8,7 +8,7 @@ from allscan.run.committer import Committer
 from allscan.run.job import Job
 
 
-class EngineError(Exception):
+class EngineError(ValueError):
     """An engine that cannot run here: its extra is not installed or its cluster cannot be reached."""
 
 
