@@ -131,3 +131,20 @@ def test_an_image_without_a_size_estimate_is_searched_at_the_training_scale(doma
     fields = pipeline.fields(field)
     assert fields.diameter is None and TRAINING_SCALE_NOTE in fields.notes
     assert len(fields.cells) == 1 and fields.cells.rbc_diameter == pipeline.reference.checks.rbc_diameter
+
+
+def test_a_nucleus_at_the_edge_of_a_reduced_image_keeps_its_box_inside_the_image():
+    """Boxes reached past the image (y1 4106 in a 4101-px-high JPEG): one scale for both axes mapped the reduced
+    image back, whose sides were rounded apart, and a file decoded reduced was scaled up without a bound."""
+    from allscan.domain.cells import CellCrops
+
+    diameter = 61.0  # analysed at 24/61 of its size: 854 x 853 px become 336 x 336 (sides rounded apart)
+    image = np.ascontiguousarray(smear(diameter)[:853])
+    height, width = image.shape[:2]
+    cv2.circle(image, (width - 20, height - 20), 34, NUCLEUS, -1, lineType=cv2.LINE_AA)  # cut by the corner
+    cells = find_cells(image, diameter)
+    assert cells and all(0 <= c.x0 < c.x1 <= width and 0 <= c.y0 < c.y1 <= height for c in cells)
+    edge = Cell(2240.0, 2045.0, 2230, 2035, 2245, 2051, 100.0)  # reaching the last row of a 2245 x 2051 decode
+    scaled = CellCrops((edge,), np.zeros((1, CROP_SIZE, CROP_SIZE, 3), np.uint8), 15.0).scaled(4489 / 2245,
+                                                                                               (4489, 4101))
+    assert (scaled.cells[0].x1, scaled.cells[0].y1) == (4489, 4101)

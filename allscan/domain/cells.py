@@ -100,7 +100,7 @@ def find_cells(rgb: np.ndarray, rbc_diameter: float, cells_mask: np.ndarray | No
                               disc(max(1.0, THIN_RADIUS * diameter)))
     mask = fill_holes(nucleus_mask(signal))
     labels = _cells(mask, diameter)
-    return _describe(labels, mask, diameter, 1 / factor)
+    return _describe(labels, mask, diameter, (rgb.shape[1] / small.shape[1], rgb.shape[0] / small.shape[0]))
 
 
 def _reduce(rgb: np.ndarray, factor: float) -> np.ndarray:
@@ -233,9 +233,10 @@ def _domes(values: np.ndarray, depth: float) -> np.ndarray:
     return values - floor >= depth - 1e-3
 
 
-def _describe(labels: np.ndarray, mask: np.ndarray, diameter: float, scale: float) -> list[Cell]:
-    """The cells of a label image whose nuclei fit a white cell, in the original image's pixels
-    (``scale`` of them to one of the label image's)."""
+def _describe(labels: np.ndarray, mask: np.ndarray, diameter: float, scale: tuple[float, float]) -> list[Cell]:
+    """The cells of a label image whose nuclei fit a white cell, in the original image's pixels (``scale``:
+    how many of them across and down to one of the label image's; the reduction rounds each side apart)."""
+    sx, sy = scale
     min_area = np.pi / 4 * (MIN_NUCLEUS * diameter) ** 2
     max_area = np.pi / 4 * (MAX_NUCLEUS * diameter) ** 2
     nuclei = np.where(mask, labels, 0).astype(np.int32)
@@ -254,9 +255,9 @@ def _describe(labels: np.ndarray, mask: np.ndarray, diameter: float, scale: floa
             continue
         x, y = sum_x[label] / count[label], sum_y[label] / count[label]
         # Pixel centres: pixel i of the reduced image covers original pixels i*scale to (i+1)*scale.
-        cells.append(Cell(float((x + 0.5) * scale - 0.5), float((y + 0.5) * scale - 0.5),
-                          int(x0 * scale), int(y0 * scale), int(np.ceil(x1 * scale)), int(np.ceil(y1 * scale)),
-                          int(count[label]) * scale * scale))
+        cells.append(Cell(float((x + 0.5) * sx - 0.5), float((y + 0.5) * sy - 0.5),
+                          int(x0 * sx), int(y0 * sy), int(np.ceil(x1 * sx)), int(np.ceil(y1 * sy)),
+                          int(count[label]) * sx * sy))
     return cells
 
 
@@ -307,12 +308,15 @@ class CellCrops:
     def __len__(self) -> int:
         return len(self.cells)
 
-    def scaled(self, factor: float) -> "CellCrops":
-        """The same cells in pixels ``factor`` times larger (an image decoded reduced, in its file's pixels)."""
+    def scaled(self, factor: float, size: tuple[int, int]) -> "CellCrops":
+        """The same cells in pixels ``factor`` times larger (an image decoded reduced, in its file's pixels), their
+        boxes within the file's ``size`` (width, height)."""
         if factor == 1.0:
             return self
+        width, height = size
         cells = tuple(Cell(c.x * factor, c.y * factor, int(c.x0 * factor), int(c.y0 * factor),
-                           int(np.ceil(c.x1 * factor)), int(np.ceil(c.y1 * factor)), c.nucleus_px * factor * factor)
+                           min(width, int(np.ceil(c.x1 * factor))), min(height, int(np.ceil(c.y1 * factor))),
+                           c.nucleus_px * factor * factor)
                       for c in self.cells)
         return replace(self, cells=cells, rbc_diameter=self.rbc_diameter * factor)
 

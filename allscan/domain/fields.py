@@ -259,11 +259,11 @@ def crowded_field_diameter(estimate: ScaleEstimate, checks: DomainChecks, shape:
     return diameter if per_field >= CROWDED_MIN_CELLS else None
 
 
-def in_original_pixels(fields: FieldSet, reduction: float) -> FieldSet:
-    """Express scale and red-cell size in the file's own pixels when it was decoded reduced by
-    ``reduction`` (a large JPEG decoded at 1/2, 1/4 or 1/8 of its size)."""
+def in_original_pixels(fields: FieldSet, reduction: float, size: tuple[int, int]) -> FieldSet:
+    """Express scale, red-cell size and cells in the file's own pixels (its ``size``, width and height) when it
+    was decoded reduced by ``reduction`` (a large JPEG decoded at 1/2, 1/4 or 1/8 of its size)."""
     if reduction == 1.0:
         return fields
     return replace(fields, scale=None if fields.scale is None else fields.scale * reduction,
                    diameter=None if fields.diameter is None else fields.diameter / reduction,
-                   cells=None if fields.cells is None else fields.cells.scaled(1 / reduction))
+                   cells=None if fields.cells is None else fields.cells.scaled(1 / reduction, size))

@@ -84,7 +84,7 @@ def prepare(source: Path | np.ndarray, maker: FieldMaker, known: set[str] | froz
     if decoded.sha256 in known:
         return Prepared(path, decoded.sha256, decoded.width, decoded.height, known=True)
     try:
-        fields = in_original_pixels(maker(decoded.rgb), decoded.reduction)
+        fields = in_original_pixels(maker(decoded.rgb), decoded.reduction, (decoded.width, decoded.height))
     except ImageError as err:
         return Prepared(path, sha256=decoded.sha256, error=str(err))
     if decoded.pages > 1:
