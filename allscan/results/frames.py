@@ -77,11 +77,11 @@ def read_results(path: Path | str, digest: str | None = None, specimens: bool = 
     ``<out>.specimens.csv`` beside a CSV.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist, or the table asked for is not beside it (a run with
+        FileNotFoundError: ``path`` does not exist, or the CSV table asked for is not beside it (a run with
             ``--no-cells`` writes no cell table).
         ResultsFileError: (a ValueError) Not a results file: unknown suffix, empty, columns other than the
             schema's (missing, extra or out of order; named), or a value that cannot be read or is out of
-            range (its row and column named).
+            range (its row and column named); a workbook without the sheet asked for.
         ValueError: Both ``specimens`` and ``cells``.
     """
     path = Path(path)
