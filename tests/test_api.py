@@ -154,3 +154,15 @@ def test_an_engine_that_cannot_run_is_a_value_error(tmp_path):
     with pytest.raises(ValueError):
         make_engine("nope", 1)
     assert issubclass(EngineError, ValueError)
+
+
+def test_two_runs_of_one_program_on_one_out_are_refused_as_two_processes_are(slides, screener, tmp_path):
+    """Two threads with one out= raced through the store's schema steps: 'duplicate column name: scale'."""
+    from allscan.results.lock import StoreBusy
+    from allscan.results.store import ResultStore, store_path_for
+
+    out = tmp_path / "r.csv"
+    with ResultStore(store_path_for(out), "another-run"):  # a run of this program is writing it
+        with pytest.raises(StoreBusy, match="being written by another run in this program"):
+            screener.predict([slides], out=out)
+    assert len(screener.predict([slides], out=out)) == 6  # and once it is done, the store is free

@@ -33,7 +33,7 @@ from allscan.run.batch import run_batch
 from allscan.run.job import prepare
 from allscan.results.types import COLUMNS, ImageResult
 from allscan.results.store import ResultStore, store_path_for
-from allscan.results.lock import StoreLock
+from allscan.results.lock import StoreBusy, StoreLock
 from allscan.results.schema import StoreError
 from tests.utils import cli_process, read_only, smear, write_image
 
@@ -423,11 +423,12 @@ def test_second_writer_is_refused_naming_the_first(tmp_path, models_dir):
     assert _invoke("predict", slides, "-o", out, "--models", models_dir).exit_code == 0  # no stale lock
 
 
-def test_lock_is_shared_within_one_process(tmp_path):
+def test_lock_is_shared_within_one_process_by_one_writer(tmp_path):
     store = tmp_path / "r.csv.allscan.sqlite"
-    with StoreLock(store), ResultStore(store, "d"), ResultStore(store, "d"):
-        pass
-    with StoreLock(store):  # all released: it can be taken again
+    with StoreLock(store), ResultStore(store, "d"), ResultStore(store, "d", writer=False):
+        with pytest.raises(StoreBusy, match="another run in this program"):
+            ResultStore(store, "d")
+    with StoreLock(store), ResultStore(store, "d"):  # all released: it can be taken again
         pass
 
 

@@ -4,7 +4,8 @@ The lock is ``flock`` on ``<store>.lock`` beside the store. The operating system
 however the holder ends (even ``kill -9``), so a stale lock never blocks a rerun. The file
 names the holder (pid, host, start time) so a second run can say who has the store. Within
 one process the lock is shared: the command line takes it before the models load and the
-store opened later in the same run takes it again.
+store opened later in the same run takes it again; but only one writer may have a store open
+at a time, so two threads of one program writing the same store are refused as two processes are.
 """
 
 import fcntl
@@ -21,6 +22,7 @@ class StoreBusy(Exception):
 
 
 _held: dict[str, list] = {}  # lock file → [open file descriptor, holders in this process]
+_writing: set[str] = set()  # lock files whose store a writer has open in this process
 _guard = threading.Lock()
 
 
@@ -31,23 +33,28 @@ def lock_path_for(store: Path) -> Path:
 class StoreLock:
     """Exclusive use of one results store by this process; use as a context manager."""
 
-    def __init__(self, store: Path):
+    def __init__(self, store: Path, writer: bool = False):
         self.store = Path(store)
         self.path = lock_path_for(self.store)
         self._key = os.path.abspath(self.path)
+        self._writer = writer
         self._acquired = False
 
     def acquire(self) -> None:
-        """Take the lock without waiting.
+        """Take the lock without waiting (as the store's one open ``writer``, if so made).
 
         Raises:
-            StoreBusy: Another process holds it; the message names that process.
+            StoreBusy: Another process holds it, or another writer in this process has the store open; the
+                message names which.
             OSError: The lock file cannot be created or locked.
         """
         with _guard:
+            if self._writer and self._key in _writing:
+                raise StoreBusy(f"the results store {self.store} is being written by another run in this program;"
+                                " wait for it to finish, or use another out")
             if self._key in _held:
                 _held[self._key][1] += 1
-                self._acquired = True
+                self._take()
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -63,13 +70,20 @@ class StoreLock:
                 raise
             _record_holder(fd)
             _held[self._key] = [fd, 1]
-            self._acquired = True
+            self._take()
+
+    def _take(self) -> None:
+        self._acquired = True
+        if self._writer:
+            _writing.add(self._key)
 
     def release(self) -> None:
         if not self._acquired:
             return
         self._acquired = False
         with _guard:
+            if self._writer:
+                _writing.discard(self._key)
             entry = _held[self._key]
             entry[1] -= 1
             if entry[1] == 0:

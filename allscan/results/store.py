@@ -70,7 +70,7 @@ class ResultStore:
     def __init__(self, path: Path, digest: str, writer: bool = True):
         self.path = Path(path)
         self.digest = digest
-        self._lock = StoreLock(self.path) if writer else None
+        self._lock = StoreLock(self.path, writer=True) if writer else None
         if self._lock is not None:
             self._lock.acquire()
         try:
