@@ -259,6 +259,24 @@ def test_adapt_refuses_too_few_images_and_lists_unreadable_ones(domain_models_di
     assert none.exit_code == 2
 
 
+def test_adapt_leaves_out_a_blank_frame_and_says_so(domain_models_dir, tmp_path):
+    """A white frame among the labelled images was fitted on: the site's limits, set by its farthest image,
+    widened until colour-shifted ALL fields passed as in domain and normal, without a word."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from allscan.cli import app
+
+    lab = _lab(tmp_path / "lab", n=5)
+    _write(lab / "normal" / "white.png", np.full((448, 448, 3), 255, np.uint8))
+    result = CliRunner().invoke(app, ["adapt", str(lab), "-o", str(tmp_path / "p"), "--models", str(domain_models_dir)])
+    assert result.exit_code == 0, result.output
+    assert "white.png" in result.output.replace("\n", "") and "mostly background" in result.output
+    images = json.loads((tmp_path / "p" / "profile.json").read_text())["fields"]["images"]
+    assert images == {"ALL": 5, "normal": 5, "skipped": 1}
+
+
 def test_a_profile_for_other_models_or_tampered_is_refused(domain_models_dir, models_copy, domain_data, tmp_path):
     from typer.testing import CliRunner
 

@@ -207,14 +207,24 @@ class AdaptResult:
 def collect(pipeline: Pipeline, labelled: LabelledSet | Path, batch_size: int = 16
             ) -> tuple[list[LabelledImage], list[tuple[Path, str]]]:
     """Fields and pooled features of every readable image of ``labelled`` (or of :func:`list_labelled` of
-    a folder), and ``(path, reason)`` for each image left out."""
+    a folder) that holds cells, and ``(path, reason)`` for each image left out.
+
+    An image none of whose fields holds cells (a blank frame, a slide's edge) is left out: it is no example of
+    either class, and the site's domain limits, set by the farthest image fitted, would widen to take it in
+    (one white frame among 13 images let colour-shifted ALL fields through as in domain and normal).
+    """
     labelled = labelled if isinstance(labelled, LabelledSet) else list_labelled(labelled)
     images, skipped, prepared = [], list(labelled.skipped), []
     for path, label in zip(labelled.paths, labelled.labels):
         try:
-            prepared.append((path, int(label), pipeline.fields(decode_file(path).rgb)))
+            fields = pipeline.fields(decode_file(path).rgb)
         except ImageError as err:
             skipped.append((path, str(err)))
+            continue
+        if fields.background_only:
+            skipped.append((path, "no field holds cells (mostly background): not an example of either class"))
+        else:
+            prepared.append((path, int(label), fields))
     for start in range(0, len(prepared), batch_size):
         chunk = prepared[start:start + batch_size]
         outputs = pipeline.field_outputs([fs for _, _, fs in chunk], batch_size)
