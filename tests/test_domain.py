@@ -478,3 +478,40 @@ def test_rows_stored_by_an_earlier_method_revision_are_scored_again(domain_ensem
     assert run_batch([tmp_path / "in"], out, domain_ensemble).counts.skipped == 1
     monkeypatch.setattr(pipeline_module, "METHOD_REVISION", pipeline_module.METHOD_REVISION + 1)
     assert run_batch([tmp_path / "in"], out, domain_ensemble).counts.skipped == 0
+
+
+def test_a_domain_reference_fitted_on_too_few_images_is_refused_and_never_loaded(models_copy, tmp_path):
+    """fit-domain on one training image wrote limits of 0, and every predict after it ended in a
+    ZeroDivisionError (exit 4)."""
+    import json
+    from dataclasses import replace as swap
+
+    from allscan.domain.reference import DomainError, DomainReference
+    from allscan.models.manifest import load_manifest, save_manifest
+    from allscan.training.fit_domain import refit_domain
+    from tests.utils import write_dataset
+
+    data = tmp_path / "one"
+    write_dataset(data / "train", counts={"normal": 0, "ALL": 1}, seed=0)
+    write_dataset(data / "val", counts={"normal": 1, "ALL": 1}, seed=5)
+    before = (models_copy / "manifest.json").read_bytes()
+    with pytest.raises(DomainError, match="degenerate"):
+        refit_domain(models_copy, data)
+    assert (models_copy / "manifest.json").read_bytes() == before
+    reference = DomainReference.for_models(models_copy, load_manifest(models_copy))
+    if reference is None:  # the tiny models ship without one: fit one on enough images to tamper with
+        reference = refit_domain(models_copy, _domain_data(tmp_path / "ok"))
+    broken = swap(reference, checks=swap(reference.checks, colour=swap(reference.checks.colour, threshold=0.0)))
+    sha = broken.save(models_copy)
+    save_manifest(swap(load_manifest(models_copy), domain={"file": "domain.json", "sha256": sha}), models_copy)
+    assert json.loads((models_copy / "domain.json").read_text())["colour_threshold"] == 0.0
+    with pytest.raises(DomainError, match="colour limit is 0.0"):
+        DomainReference.for_models(models_copy, load_manifest(models_copy))
+
+
+def _domain_data(root):
+    from tests.utils import write_dataset
+
+    write_dataset(root / "train", counts={"normal": 6, "ALL": 6}, seed=0)
+    write_dataset(root / "val", counts={"normal": 4, "ALL": 4}, seed=1000)
+    return root

@@ -9,6 +9,7 @@ tampered file is refused.
 
 import io
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,7 @@ class DomainReference:
         meta, arrays = load_checked_pair(Path(path), sha256)
         try:
             checks = DomainChecks.from_arrays(arrays, float(meta["rbc_diameter"]), float(meta["scale_tolerance"]))
+            check_limits(checks)
             return cls(checks, np.asarray(arrays["stain_reference"], dtype=np.float64),
                        tuple(meta["feature_models"]), meta.get("fitted_on", ""), dict(meta["model_files"]))
         except (KeyError, TypeError, ValueError) as err:
@@ -159,6 +161,18 @@ class DomainReference:
         reference = cls.load(path, manifest.domain["sha256"])
         reference.check_models({name: entry.sha256 for name, entry in sorted(manifest.models.items())}, path)
         return reference
+
+
+def check_limits(checks: DomainChecks) -> None:
+    """The guard's colour and feature limits are finite and above 0 (a reference fitted on one image has limits
+    of 0, and every image the guard then judged ended the run dividing by them).
+
+    Raises:
+        ValueError: A limit that is not.
+    """
+    for name, limit in (("colour", checks.colour.threshold), ("feature", checks.features.threshold)):
+        if not (math.isfinite(limit) and limit > 0):
+            raise ValueError(f"its {name} limit is {limit}, not a number above 0")
 
 
 def load_checked_pair(meta_path: Path, sha256: str | None, check: Callable[[dict], None] | None = None

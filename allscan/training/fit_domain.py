@@ -18,7 +18,8 @@ import numpy as np
 from allscan.training.dataset import blank_box, list_split
 from allscan.domain.fields import whole_image
 from allscan.domain.gaussian import fit_gaussian
-from allscan.domain.reference import DOMAIN_JSON, DomainChecks, DomainReference, scale_tolerance
+from allscan.domain.reference import (DOMAIN_JSON, DomainChecks, DomainError, DomainReference, check_limits,
+                                     scale_tolerance)
 from allscan.domain.scale import analysis_copy, estimate_diameter
 from allscan.domain.stain import colour_stats
 from allscan.models.ensemble import Ensemble
@@ -70,6 +71,11 @@ def fit_reference(ensemble: Ensemble, data_dir: Path, box=None) -> DomainReferen
     measured = diameters[np.isfinite(diameters)]
     median = float(np.median(measured)) if len(measured) else 0.0  # 0: no scale reference, no rescaling
     checks = DomainChecks(median, round(scale_tolerance(measured), 4), colour, feature)
+    try:
+        check_limits(checks)
+    except ValueError as err:
+        raise DomainError(f"the domain reference fitted on {len(train_paths)} train and {len(val_paths)} val images"
+                          f" is degenerate ({err}): fit it on more images") from None
     return DomainReference(checks, colours.mean(axis=0), tuple(m.name for m in ensemble.members),
                            f"{data_dir}: train ({len(train_paths)} images) fitted, val ({len(val_paths)}) thresholds",
                            {name: entry.sha256 for name, entry in sorted(ensemble.manifest.models.items())})
