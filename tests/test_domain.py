@@ -293,7 +293,7 @@ def test_a_profile_for_other_models_or_tampered_is_refused(domain_models_dir, mo
     refit_domain(models_copy, domain_data)
     other = runner.invoke(app, ["predict", str(image), "-o", str(tmp_path / "a.csv"), "--models", str(models_copy),
                                 "--site", str(profile)])
-    assert other.exit_code == 2 and "fitted on models" in other.output
+    assert other.exit_code == 2 and f"site profile {profile}: fitted on models" in " ".join(other.output.split())
     with open(profile / "profile.npz", "ab") as handle:
         handle.write(b"x")
     tampered = runner.invoke(app, ["predict", str(image), "-o", str(tmp_path / "b.csv"),

@@ -98,7 +98,7 @@ class FieldPart:
             DomainError: The digests differ.
         """
         if digest != self.models_digest:
-            raise DomainError(f"site profile was fitted on models {self.models_digest}, not on these ({digest}); "
+            raise DomainError(f"fitted on models {self.models_digest}, not on these ({digest}); "
                               "run allscan adapt again with these models")
 
     def settings(self) -> dict:

@@ -45,7 +45,11 @@ class Pipeline:
         self.site_fields = site.fields if site is not None else None
         self.site_dir = site_dir
         if site is not None:
-            site.check_models(ensemble.manifest.digest)
+            try:
+                site.check_models(ensemble.manifest.digest)
+            except DomainError as err:
+                name = f"site profile {site_dir}" if site_dir is not None else "site profile"
+                raise DomainError(f"{name}: {err}") from None
         self.cells = _site_cells(cells, site) if options.cells else None
         self.maker = FieldMaker(self.reference, ensemble.input_sizes, options, cells=self.cells is not None)
         self.specimen_rule = SpecimenRule.load(ensemble.models_dir)
