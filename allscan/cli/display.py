@@ -1,6 +1,7 @@
 """What the command line shows: the live views of predict and watch, and the tables and lines that
 report results, models, training and figures."""
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -336,8 +337,11 @@ def print_cells_shipped(folder: Path, manifest) -> None:
 
 
 def _figure(d: dict, key: str) -> str:
+    """A figure and its interval below it; "–" for one without a denominator (None)."""
+    if d[key] is None:
+        return "–"
     interval = d["intervals"].get(key)
-    return f"{d[key]:.4f}" + (f"\n{interval[0]:.3f}-{interval[1]:.3f}" if interval else "")
+    return f"{d[key]:.4f}" + (f"\n{interval[0]:.3f}-{interval[1]:.3f}" if interval and None not in interval else "")
 
 
 def metrics_table(title: str, rows: dict, review_rows: tuple[str, ...] = ("ensemble",)) -> Table:
@@ -365,13 +369,19 @@ def print_evaluation(split: str, box: str, result) -> None:
         console.print(f"cells (threshold {cells.threshold:.3f}): ALL fields with a cell called blast"
                       f" {_rate(cells.all_fields_with_blast)}; benign fields' cells called blast"
                       f" {_rate(cells.benign_cells_called_blast)}; benign fields with one"
-                      f" {_rate(cells.benign_fields_with_blast)}; field AUC of the top p(blast) {cells.top_p_auc:.4f}")
+                      f" {_rate(cells.benign_fields_with_blast)}; field AUC of the top p(blast)"
+                      f" {_number(cells.top_p_auc)}")
+
+
+def _number(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "–"
 
 
 def _rate(figure: dict) -> str:
+    if figure["rate"] is None:
+        return f"{figure['count']}/{figure['n']} = –"
     low, high = figure["ci95"]
-    rate = figure["rate"] if figure["rate"] is not None else float("nan")
-    return f"{figure['count']}/{figure['n']} = {100 * rate:.1f}% ({100 * low:.1f}-{100 * high:.1f}%)"
+    return f"{figure['count']}/{figure['n']} = {100 * figure['rate']:.1f}% ({100 * low:.1f}-{100 * high:.1f}%)"
 
 
 def print_shortcut_check(check) -> None:

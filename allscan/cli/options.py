@@ -109,12 +109,13 @@ ShipInto = Annotated[Path, typer.Option("--out", "-o", help="Models folder to sh
                                         rich_help_panel=OUTPUT)]
 RunsDir = Annotated[Path | None, typer.Option("--runs-dir", help="Checkpoints and logs \\[default: ~/allscan-runs].",
                                               rich_help_panel=OUTPUT, show_default=False)]
-Epochs = Annotated[int | None, typer.Option(help="Epochs \\[default: the model's registry entry].",
+Epochs = Annotated[int | None, typer.Option(min=1, help="Epochs \\[default: the model's registry entry].",
                                             rich_help_panel=TRAIN, show_default=False)]
 StepBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Images per step.", rich_help_panel=TRAIN)]
-InputSize = Annotated[int | None, typer.Option("--input-size", help="Square input side \\[default: registry].",
+InputSize = Annotated[int | None, typer.Option("--input-size", min=32, help="Square input side, at least 32 (five "
+                                               "halvings in the networks) \\[default: registry].",
                                                rich_help_panel=TRAIN, show_default=False)]
-LearningRate = Annotated[float | None, typer.Option("--lr", help="Peak learning rate \\[default: registry].",
+LearningRate = Annotated[float | None, typer.Option("--lr", help="Peak learning rate, above 0 \\[default: registry].",
                                                     rich_help_panel=TRAIN, show_default=False)]
 Seed = Annotated[int, typer.Option(help="Random seed.", rich_help_panel=TRAIN)]
 RefineEpochs = Annotated[int, typer.Option("--refine-epochs", min=1, help="Epochs of the second (refining) round "
@@ -123,8 +124,10 @@ CellBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Cell crops 
 Weights = Annotated[Path | None, typer.Option("--weights", help="Start the backbone from this weights file (e.g. "
                                               "ImageNet weights on disk; nothing is downloaded).",
                                               rich_help_panel=TRAIN, show_default=False)]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the run folder.",
-                                      rich_help_panel=TRAIN)]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the run folder, with "
+                                      "the run's settings (a larger --epochs extends it).", rich_help_panel=TRAIN)]
+Restart = Annotated[bool, typer.Option("--restart", help="Start again in a run folder that holds a run, deleting its "
+                                       "checkpoints.", rich_help_panel=TRAIN)]
 TrainBlankBox = Annotated[str | None, typer.Option(
     "--blank-box", help="x0,y0,x1,y1 (224×224 coordinates) to blank in every image, or 'none'. "
     "\\[default: the Aria scale-bar label box]", rich_help_panel=INPUT, show_default=False)]

@@ -2,10 +2,13 @@
 and ``fit-domain`` (the ``train`` extra)."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import typer
+
 from allscan.cli import loading, options as o
-from allscan.cli.app import app, console, usage_error
+from allscan.cli.app import app, console, usage_error, warning_line
 from allscan.cli.display import (
     TrainingProgress,
     cell_models_table,
@@ -33,33 +36,118 @@ def list_models(models: o.Models = None) -> None:
 
 
 @app.command()
-def train(data_dir: o.TrainData, model: o.ModelName = "all", out: o.ShipInto = Path("models"),
+def train(ctx: typer.Context, data_dir: o.TrainData, model: o.ModelName = "all", out: o.ShipInto = Path("models"),
           runs_dir: o.RunsDir = None, epochs: o.Epochs = None, batch_size: o.StepBatch = 16,
           input_size: o.InputSize = None, lr: o.LearningRate = None, seed: o.Seed = 1, weights: o.Weights = None,
-          resume: o.Resume = False, blank_box: o.TrainBlankBox = None) -> None:
-    """Train one or all four models, checkpointing every epoch, and ship the best epoch into --out."""
+          resume: o.Resume = False, restart: o.Restart = False, blank_box: o.TrainBlankBox = None) -> None:
+    """Train one or all four models, checkpointing every epoch, and ship the best epoch into --out.
+
+    A run folder that holds a run is continued (--resume, with the run's own settings) or started again
+    (--restart), never replaced unasked: its checkpoints may be hours of training not yet shipped.
+    """
     loading.require_train_extra(shipping=True)
     from allscan.models.registry import MODEL_NAMES, get_spec
     from allscan.paths import default_runs_dir
-    from allscan.training.dataset import ARIA_LABEL_BOX
-    from allscan.training.ship import ship
-    from allscan.training.train import TrainConfig, train as train_model
+    from allscan.training.dataset import ARIA_LABEL_BOX, DatasetError
 
     with loading.refusing(KeyError, message=lambda exc: exc.args[0]):
         specs = [get_spec(n) for n in (MODEL_NAMES if model == "all" else (model,))]
     loading.require_splits(data_dir)
+    found = _check_classes(data_dir, ("train", "val"))
+    if lr is not None and lr <= 0:
+        raise usage_error(f"--lr must be above 0, got {lr:g}")
+    if resume and restart:
+        raise usage_error("give --resume or --restart, not both")
     box = loading.label_box(blank_box, ARIA_LABEL_BOX)
     runs = runs_dir or default_runs_dir()
+    if not resume and not restart:
+        _refuse_replacing(runs, specs)
+    from allscan.training.ship import ship
+    from allscan.training.train import RunSettingsError, train as train_model
+
+    settings = {"batch_size": batch_size, "seed": seed, "blank_box": box, "weights": weights}
+    given = _given_settings(ctx, box)
+    configs = {spec.name: _run_config(spec, runs / spec.name, resume, settings, given) for spec in specs}
+    for config in configs.values():  # every run checked before the first trains
+        if config.batch_size > found:
+            raise usage_error(f"--batch-size {config.batch_size} is larger than the training set ({found} images in"
+                              f" {data_dir / 'train'})")
     for spec in specs:
-        config = TrainConfig(
-            epochs=epochs or spec.epochs, batch_size=batch_size, input_size=input_size or spec.input_size,
-            learning_rate=lr or spec.learning_rate, seed=seed, blank_box=box, weights=weights,
-        )
+        config = configs[spec.name]
         console.print(f"[bold]{spec.name}[/]: {config.input_size}px, {config.epochs} epochs, batch"
                       f" {config.batch_size}, lr {config.learning_rate:g}; checkpoints in {runs / spec.name}")
-        with TrainingProgress(spec.name, config.epochs) as progress:
+        with TrainingProgress(spec.name, config.epochs) as progress, loading.refusing(DatasetError, RunSettingsError):
             result = train_model(spec, data_dir, runs / spec.name, config, resume, progress.epoch, progress.started)
         print_shipped(ship(spec, result, config, data_dir, out), result, out)
+
+
+def _check_classes(data_dir: Path, splits: tuple[str, ...]) -> int:
+    """Images in both normal/ and ALL/ of each split, checked before anything loads; the training images found."""
+    from allscan.training.dataset import DatasetError, check_classes, list_split
+
+    with loading.refusing(DatasetError):
+        for split in splits:
+            check_classes(data_dir / split)
+        return len(list_split(data_dir / "train")[0]) if "train" in splits else 0
+
+
+def _refuse_replacing(runs: Path, specs) -> None:
+    from allscan.training.train import holds_run
+
+    for spec in specs:
+        if holds_run(runs / spec.name):
+            raise usage_error(f"{runs / spec.name} holds a run: give --resume to continue it, --restart to start it"
+                              " again (deleting its checkpoints), or another --runs-dir")
+
+
+_SETTINGS = {"epochs": ("epochs", "--epochs"), "batch_size": ("batch_size", "--batch-size"),
+             "input_size": ("input_size", "--input-size"), "learning_rate": ("lr", "--lr"), "seed": ("seed", "--seed"),
+             "blank_box": ("blank_box", "--blank-box"), "weights": ("weights", "--weights")}
+"""Each training setting (a field of TrainConfig): its parameter and its option."""
+
+
+def _given_settings(ctx: typer.Context, box) -> dict:
+    """The settings given on the command line, by TrainConfig field (the label box parsed)."""
+    return {name: box if param == "blank_box" else ctx.params[param] for name, (param, _) in _SETTINGS.items()
+            if ctx.get_parameter_source(param).name != "DEFAULT"}
+
+
+def _run_config(spec, run_dir: Path, resume: bool, settings: dict, given: dict):
+    """The settings to train ``spec`` with: for a fresh run, ``settings`` and the registry's defaults, the
+    options ``given`` overriding them; to resume ``run_dir``, the run's own (its config.json), with the
+    options ``given`` where they agree, or a larger --epochs.
+
+    Raises:
+        typer.Exit: An option given differs from the run's, or asks for fewer epochs than it has run.
+    """
+    from allscan.training.train import TrainConfig, differing_settings, resume_point
+
+    point = resume_point(run_dir) if resume else None
+    if point is None:
+        if resume:
+            warning_line(f"{run_dir} holds no checkpoint to resume: {spec.name} starts afresh")
+        return replace(TrainConfig(spec.epochs, input_size=spec.input_size, learning_rate=spec.learning_rate,
+                                   **settings), **given)
+    saved, done = point
+    config = replace(saved, **given)
+    differing = [f"{_SETTINGS[k][1]} {_setting(getattr(config, k))} (the run's: {_setting(getattr(saved, k))})"
+                 for k in differing_settings(saved, config)]
+    if differing:
+        raise usage_error(f"--resume: {run_dir} was started with other settings: {'; '.join(differing)}; give the"
+                          " run's (or leave them out), or --restart it")
+    if config.epochs < done:
+        raise usage_error(f"--resume: {run_dir} has run {done} epochs already; give --epochs {done} or more")
+    console.print(f"{spec.name}: resuming {run_dir} after epoch {done}, with the run's settings")
+    return config
+
+
+def _setting(value) -> str:
+    """A setting as its option takes it."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @app.command("train-cells")
@@ -72,10 +160,11 @@ def train_cells(data_dir: o.TrainData, out: o.ShipInto = Path("models"), runs_di
     from allscan.models.registry import CELL_MODEL_NAMES
     from allscan.paths import default_runs_dir
     from allscan.training.cell_ship import train_cell_classifier
-    from allscan.training.dataset import ARIA_LABEL_BOX
-    from allscan.training.train import TrainConfig
+    from allscan.training.dataset import ARIA_LABEL_BOX, DatasetError
+    from allscan.training.train import RunSettingsError, TrainConfig
 
     loading.require_splits(data_dir)
+    _check_classes(data_dir, ("train", "val"))
     box = loading.label_box(blank_box, ARIA_LABEL_BOX)
     runs = runs_dir or default_runs_dir()
 
@@ -87,7 +176,8 @@ def train_cells(data_dir: o.TrainData, out: o.ShipInto = Path("models"), runs_di
         console.print(f"{name} {stage} epoch {e.epoch:>2}  loss {e.loss:.4f}  val_loss {e.val_loss:.4f}"
                       f"  val_auc {e.val_auc:.4f}  ({e.seconds:.0f}s)")
 
-    manifest = train_cell_classifier(data_dir, out, runs, CELL_MODEL_NAMES, config, refine_epochs, resume, report)
+    with loading.refusing(DatasetError, RunSettingsError):
+        manifest = train_cell_classifier(data_dir, out, runs, CELL_MODEL_NAMES, config, refine_epochs, resume, report)
     print_cells_shipped(out / "cells", manifest)
 
 
@@ -96,6 +186,7 @@ def ship_run(run_dir: o.RunDir, data_dir: o.RunData, out: o.ShipInto = Path("mod
     """Ship the best epoch so far of a training run, finished or cut, with the same refits as `train`."""
     loading.require_train_extra(shipping=True)
     from allscan.models.registry import get_spec
+    from allscan.training.dataset import DatasetError
     from allscan.training.ship import ship
     from allscan.training.train import load_run
 
@@ -104,7 +195,10 @@ def ship_run(run_dir: o.RunDir, data_dir: o.RunData, out: o.ShipInto = Path("mod
     with loading.refusing(KeyError, message=lambda exc: exc.args[0]):
         spec = get_spec(result.name)
     loading.require_splits(data_dir)
-    print_shipped(ship(spec, result, config, data_dir, out), result, out)
+    _check_classes(data_dir, ("train", "val"))
+    with loading.refusing(DatasetError):
+        entry = ship(spec, result, config, data_dir, out)
+    print_shipped(entry, result, out)
 
 
 @app.command()
@@ -112,14 +206,18 @@ def tune(data_dir: o.ValData, models: o.Models = None, pool_train: o.PoolTrain =
          reconvert: o.Reconvert = False) -> None:
     """Refit the calibration, weights, screening threshold and review band on the validation split."""
     loading.require_train_extra(shipping=True)
-    from allscan.scoring.cells import CELLS_DIR
-    from allscan.training.ship import refit
-
-    for sub in ("val", "train") if pool_train or reconvert else ("val",):
+    splits = ("val", "train") if pool_train or reconvert else ("val",)
+    for sub in splits:
         if not (data_dir / sub).is_dir():
             raise usage_error(f"{data_dir / sub} not found")
+    _check_classes(data_dir, splits)
+    from allscan.scoring.cells import CELLS_DIR
+    from allscan.training.dataset import DatasetError
+    from allscan.training.ship import refit
+
     ensemble = loading.ensemble(models)
-    tuning = refit(ensemble, data_dir, pool_train, reconvert)
+    with loading.refusing(DatasetError):
+        tuning = refit(ensemble, data_dir, pool_train, reconvert)
     cells = ensemble.models_dir / CELLS_DIR
     if reconvert and cells.is_dir():
         from allscan.training.cell_ship import reconvert_cells
@@ -139,35 +237,67 @@ def evaluate(data_dir: o.SplitData, split: o.Split = "test", out: o.FiguresOut =
     """Accuracy, precision, recall, specificity, F1, balanced accuracy, ROC AUC, Brier score and expected
     calibration error per model and for the ensemble, each with its 95% interval."""
     loading.require_train_extra()
+    split_dir = data_dir / split
+    if not split_dir.is_dir():
+        raise usage_error(f"{split_dir} not found")
+    from allscan.training.dataset import DatasetError, check_classes
+
+    with loading.refusing(DatasetError):
+        present = check_classes(split_dir, both=False)
+    _check_figure_outputs(out, plots, loading.manifest(models).models)
+    if len(present) == 1:
+        warning_line(_one_class(split_dir, present[0]))
     from allscan.fileio import atomic_write_text
     from allscan.training.evaluate import BOX_MODES, evaluate as evaluate_split, shortcut_check as check_shortcut
 
     if box not in BOX_MODES:
         raise usage_error(f"--box must be one of {', '.join(BOX_MODES)}")
-    split_dir = data_dir / split
-    if not split_dir.is_dir():
-        raise usage_error(f"{split_dir} not found")
     pipeline = loading.pipeline(models, runtime=runtime)
     label_box = loading.label_box(blank_box, pipeline.ensemble.manifest.blank_box)
     if shortcut_check and label_box is None:
         raise usage_error("--shortcut-check needs a label box (--blank-box or the manifest's)")
-    result = evaluate_split(pipeline, split_dir, label_box, box)
+    with loading.refusing(DatasetError):
+        result = evaluate_split(pipeline, split_dir, label_box, box)
     print_evaluation(split, box, result)
     payload = result.to_dict() | {"split": split, "box": box, "models_digest": pipeline.ensemble.manifest.digest}
     if plots is not None:
-        from allscan.training.plots import write_plots
+        from allscan.training.plots import CURVE_FILES, write_plots
 
         pred = result.predictions
-        write_plots(plots, pred.labels, {**pred.per_model, "ensemble": pred.ensemble},
-                    {**result.models, "ensemble": result.ensemble})
-        console.print(f"plots written to {plots}")
+        written = write_plots(plots, pred.labels, {**pred.per_model, "ensemble": pred.ensemble},
+                              {**result.models, "ensemble": result.ensemble})
+        left = "" if plots / CURVE_FILES[0] in written else " (no ROC or precision-recall figure: one class)"
+        console.print(f"plots written to {plots}{left}")
     if shortcut_check:
         check = check_shortcut(pipeline, split_dir, label_box, result)
         payload["shortcut_check"] = check.to_dict()
         print_shortcut_check(check)
     if out is not None:
-        atomic_write_text(out, json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(out, json.dumps(payload, indent=2, allow_nan=False) + "\n")
         console.print(f"figures written to {out}")
+
+
+def _check_figure_outputs(out: Path | None, plots: Path | None, models) -> None:
+    """--out can be written and --plots is a folder that can, where each figure to be replaced is one allscan
+    drew, before the models load."""
+    from allscan.run.preflight import (OWN_FIGURE, PreflightError, check_own_file, check_writable_file,
+                                       check_writable_folder)
+    from allscan.training.plots import plot_files
+
+    with loading.refusing(PreflightError):
+        if out is not None:
+            check_writable_file(out, "figures file")
+        if plots is not None:
+            check_writable_folder(plots, "plots folder")
+            for path in plot_files(plots, [*models, "ensemble"]):
+                check_own_file(path, "plot", "--plots", OWN_FIGURE)
+
+
+def _one_class(split_dir: Path, present: str) -> str:
+    from allscan.training.dataset import found_folders
+
+    return (f"{split_dir} holds only {present} images ({found_folders(split_dir)}): the figures that need both"
+            " classes are shown as – and written as null")
 
 
 @app.command("fit-domain")
@@ -175,8 +305,9 @@ def fit_domain(data_dir: o.DomainData, models: o.Models = None) -> None:
     """Refit the domain reference (red-cell size, stain reference, out-of-domain guard) for the models
     on the training split, thresholds on val; the training command's shipping step runs it too."""
     from allscan.models.manifest import ManifestError
+    from allscan.training.dataset import DatasetError
     from allscan.training.fit_domain import refit_domain
 
-    with loading.refusing(ManifestError, FileNotFoundError):
+    with loading.refusing(ManifestError, FileNotFoundError, DatasetError):
         reference = refit_domain(models or default_models_dir(), data_dir)
     console.print(f"domain reference: red cells {reference.checks.rbc_diameter:.1f} px; {reference.fitted_on}")

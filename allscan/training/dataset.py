@@ -4,14 +4,14 @@ The Aria dataset burns a scale-bar label into each field's bottom-right corner
 whose colour differs by class; :func:`blank_box` removes it when loading.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from allscan.images import decode_file, find_images, resize
+from allscan.images import ImageError, decode_file, find_images, has_images, resize
 
 CLASSES = ("normal", "ALL")
 """Class folder names; the index is the label (ALL = 1 is the positive class)."""
@@ -20,6 +20,13 @@ ARIA_LABEL_BOX = (185, 203, 223, 222)
 """``x0, y0, x1, y1`` (x1, y1 exclusive) of the Aria scale-bar label in a 224×224 field."""
 
 _RING = 4
+_NAMED_UNREADABLE = 3
+"""How many unreadable files a refusal names before it counts the rest."""
+
+
+class DatasetError(ValueError):
+    """A labelled split that cannot be used as it is: a class folder missing or empty, or images that cannot
+    be read; the message names the folders found or the files."""
 
 
 def parse_box(text: str) -> tuple[int, int, int, int] | None:
@@ -64,11 +71,43 @@ class LabelledSet:
     labels: np.ndarray
 
 
+def found_folders(root: Path) -> str:
+    """The sub-folders of ``root`` in words (``found ALL/, Normal/``), for messages about class folders."""
+    if not Path(root).is_dir():
+        return "no such folder"
+    names = sorted(f"{p.name}/" for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    return f"found {', '.join(names)}" if names else "found no folders"
+
+
+def classes_present(root: Path) -> tuple[str, ...]:
+    """The class folders of ``root`` (``normal/``, ``ALL/``; names are case-sensitive) that hold an image."""
+    return tuple(name for name in CLASSES if (Path(root) / name).is_dir() and has_images([Path(root) / name]))
+
+
+def check_classes(root: Path, both: bool = True) -> tuple[str, ...]:
+    """The class folders of ``root`` that hold images, checked before anything loads: both, or with
+    ``both=False`` (a split to evaluate) at least one.
+
+    A model trained, or a calibration fitted, on one class is meaningless, and a misspelt class folder
+    (``Normal/``) would otherwise be skipped without a word.
+
+    Raises:
+        DatasetError: A needed class folder is missing or holds no images; the message names the folders found.
+    """
+    present = classes_present(root)
+    if not present:
+        raise _no_images(root)
+    if both and len(present) < len(CLASSES):
+        missing = next(name for name in CLASSES if name not in present)
+        raise DatasetError(f"{root} needs images in both normal/ and ALL/; none in {missing}/ ({found_folders(root)})")
+    return present
+
+
 def list_split(root: Path) -> tuple[list[Path], np.ndarray]:
     """Image paths under ``root/normal`` and ``root/ALL`` with their labels.
 
     Raises:
-        FileNotFoundError: Neither class folder holds images.
+        DatasetError: Neither class folder holds images.
     """
     paths: list[Path] = []
     labels: list[int] = []
@@ -79,23 +118,63 @@ def list_split(root: Path) -> tuple[list[Path], np.ndarray]:
             paths += found
             labels += [label] * len(found)
     if not paths:
-        raise FileNotFoundError(f"no images under {root}/normal or {root}/ALL")
+        raise _no_images(root)
     return paths, np.asarray(labels, dtype=np.int32)
+
+
+def _no_images(root: Path) -> DatasetError:
+    return DatasetError(f"no images in {root}/normal/ or {root}/ALL/ ({found_folders(root)})")
+
+
+def read_all(paths: Sequence[Path], prepare: Callable[[np.ndarray], np.ndarray], workers: int = 4
+             ) -> list[np.ndarray]:
+    """Decode every image and ``prepare`` each; every image must decode.
+
+    A training or evaluation set is curated, and its size goes into the manifest and the figures: leaving a
+    file out (as ``adapt`` and ``predict`` do with a lab's own images) would quietly train or measure on
+    another set than the one listed. So the set is refused, naming the unreadable files, for the lab to
+    fix or remove them.
+
+    Raises:
+        DatasetError: Some images cannot be read or decoded.
+    """
+
+    def one(path: Path) -> np.ndarray | str:
+        try:
+            return prepare(decode_file(path).rgb)
+        except ImageError as err:
+            return str(err)
+
+    with ThreadPoolExecutor(workers) as pool:
+        read = list(pool.map(one, paths))
+    unreadable = [(path, item) for path, item in zip(paths, read) if isinstance(item, str)]
+    if unreadable:
+        raise DatasetError(_unreadable_message(unreadable))
+    return read
+
+
+def _unreadable_message(unreadable: list[tuple[Path, str]]) -> str:
+    (first, reason), rest = unreadable[0], [p for p, _ in unreadable[1:]]
+    named = ", ".join(str(p) for p in rest[: _NAMED_UNREADABLE - 1])
+    more = len(rest) - (_NAMED_UNREADABLE - 1)
+    others = f"; also {named}" + (f" and {more} more" if more > 0 else "") if rest else ""
+    return (f"cannot read {first} ({reason}){others}: every image of a training or evaluation set must be"
+            " readable; fix or remove the file" + ("s" if rest else ""))
 
 
 def load_images(
     paths: Sequence[Path], size: int, box: tuple[int, int, int, int] | None, workers: int = 4
 ) -> np.ndarray:
-    """Decode, optionally blank the label box, and resize to ``size``; ``(n, size, size, 3)`` uint8."""
+    """Decode, optionally blank the label box, and resize to ``size``; ``(n, size, size, 3)`` uint8.
 
-    def one(path: Path) -> np.ndarray:
-        rgb = decode_file(path).rgb
-        if box is not None:
-            rgb = blank_box(rgb, box)
-        return resize(rgb, size)
+    Raises:
+        DatasetError: Some images cannot be read (see :func:`read_all`).
+    """
 
-    with ThreadPoolExecutor(workers) as pool:
-        return np.stack(list(pool.map(one, paths)))
+    def prepare(rgb: np.ndarray) -> np.ndarray:
+        return resize(blank_box(rgb, box) if box is not None else rgb, size)
+
+    return np.stack(read_all(paths, prepare, workers))
 
 
 def load_split(root: Path, size: int, box: tuple[int, int, int, int] | None) -> LabelledSet:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from allscan.images import decode_file, resize
+from allscan.images import resize
 from allscan.results.types import CellFindings
 from allscan.scoring.pipeline import Pipeline
 from allscan.training.cell_evaluate import FieldCellFigures, field_figures
-from allscan.training.dataset import blank_box, list_split, scale_box
-from allscan.training.metrics import Metrics, compute_metrics
+from allscan.training.dataset import blank_box, list_split, read_all, scale_box
+from allscan.training.metrics import Metrics, compute_metrics, undefined_as_none
 
 BOX_MODES = ("blank", "raw", "swap")
 
@@ -44,7 +44,7 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         figures = {"models": {n: m.to_dict() for n, m in self.models.items()}, "ensemble": self.ensemble.to_dict()}
-        return figures | ({"cells": self.cells.to_dict()} if self.cells is not None else {})
+        return figures | ({"cells": undefined_as_none(self.cells.to_dict())} if self.cells is not None else {})
 
 
 def swap_boxes(images: Sequence[np.ndarray], labels: np.ndarray, box: tuple[int, int, int, int]) -> list[np.ndarray]:
@@ -73,11 +73,15 @@ def _paste_box(image: np.ndarray, donor: np.ndarray, box: tuple[int, int, int, i
 
 
 def load_labelled(split_dir: Path, box: tuple[int, int, int, int] | None, mode: str = "blank"):
-    """Decode a split's images with the label box blanked, left raw, or swapped between classes."""
+    """Decode a split's images with the label box blanked, left raw, or swapped between classes.
+
+    Raises:
+        DatasetError: The split holds no images, or some cannot be read (each is named).
+    """
     if mode not in BOX_MODES:
         raise ValueError(f"unknown box mode {mode!r}; known: {', '.join(BOX_MODES)}")
     paths, labels = list_split(split_dir)
-    images = [decode_file(p).rgb for p in paths]
+    images = read_all(paths, lambda rgb: rgb)
     if box is not None and mode == "blank":
         images = [blank_box(im, box) for im in images]
     elif box is not None and mode == "swap":

@@ -4,8 +4,13 @@ Metrics and curves come from scikit-learn (the ``train`` extra). Proportions (ac
 precision, recall, specificity) get Wilson score intervals; F1, balanced accuracy, ROC
 AUC, the Brier score and the expected calibration error get percentile bootstrap
 intervals over images.
+
+A figure without a denominator (specificity on a split without normal images; recall and F1
+on one without ALL images; balanced accuracy and ROC AUC on either) is undefined: NaN here,
+``null`` in :meth:`Metrics.to_dict`, never a number that would read as a real result.
 """
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,7 +30,8 @@ class Metrics:
     ``review`` counts images flagged for review (ensemble only, else 0); ``brier`` and
     ``ece`` (expected calibration error, 10 equal-width bins of p(ALL)) measure how far
     the probabilities are from the observed frequencies; ``intervals`` maps a figure's
-    name to its 95% interval ``[low, high]`` (empty when not computed).
+    name to its 95% interval ``[low, high]`` (empty when not computed). Undefined figures and
+    intervals are NaN.
     """
 
     n: int
@@ -43,11 +49,30 @@ class Metrics:
     intervals: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The figures as strict JSON takes them: undefined ones as None."""
+        return undefined_as_none(asdict(self))
+
+
+def undefined_as_none(data):
+    """``data`` (dicts, lists, numbers) with every NaN or infinite float replaced by None (JSON ``null``)."""
+    if isinstance(data, dict):
+        return {key: undefined_as_none(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [undefined_as_none(value) for value in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
 
 
 def _ratio(num: float, den: float) -> float:
-    return float(num / den) if den else 0.0
+    """``num / den``; NaN (undefined) when ``den`` is 0."""
+    return float(num / den) if den else float("nan")
+
+
+def _precision(tp: int, fp: int, fn: int) -> float:
+    """With no ALL verdicts, 0 when the set holds ALL images (each one missed, as scikit-learn's
+    ``zero_division=0`` counts it) and undefined when it holds none."""
+    return _ratio(tp, tp + fp) if tp + fp else (0.0 if fn else float("nan"))
 
 
 def roc_auc(labels, scores) -> float:
@@ -89,7 +114,8 @@ def _counts(labels: np.ndarray, predicted: np.ndarray) -> tuple[int, int, int, i
 
 
 def _f1(tp: int, fp: int, fn: int) -> float:
-    return _ratio(2 * tp, 2 * tp + fp + fn)
+    """Undefined, as recall is, when the set holds no ALL images."""
+    return _ratio(2 * tp, 2 * tp + fp + fn) if tp + fn else float("nan")
 
 
 def _balanced(tp: int, fp: int, fn: int, tn: int) -> float:
@@ -113,7 +139,15 @@ def _bootstrap(labels: np.ndarray, p: np.ndarray, predicted: np.ndarray, resampl
         samples["roc_auc"].append(roc_auc(y, q))
         samples["brier"].append(float(np.mean((q - y) ** 2)))
         samples["ece"].append(expected_calibration_error(y, q))
-    return {name: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for name, v in samples.items()}
+    return {name: _percentile_interval(v) for name, v in samples.items()}
+
+
+def _percentile_interval(values: list[float]) -> list[float]:
+    """The 2.5th and 97.5th percentiles of the resamples where the figure is defined (NaN if none)."""
+    defined = np.asarray(values)[np.isfinite(values)]
+    if not len(defined):
+        return [float("nan"), float("nan")]
+    return [float(np.percentile(defined, 2.5)), float(np.percentile(defined, 97.5))]
 
 
 def compute_metrics(labels, probabilities, threshold: float = 0.5, review=None,
@@ -128,12 +162,12 @@ def compute_metrics(labels, probabilities, threshold: float = 0.5, review=None,
     if intervals and n:
         for name, (k, m) in {"accuracy": (tp + tn, n), "precision": (tp, tp + fp), "recall": (tp, tp + fn),
                              "specificity": (tn, tn + fp)}.items():
-            bounds[name] = list(wilson_interval(k, m))
+            bounds[name] = list(wilson_interval(k, m)) if m else [float("nan"), float("nan")]
         bounds |= _bootstrap(labels, probabilities, predicted, resamples)
     return Metrics(
         n=n,
         accuracy=_ratio(tp + tn, n),
-        precision=_ratio(tp, tp + fp),
+        precision=_precision(tp, fp, fn),
         recall=_ratio(tp, tp + fn),
         specificity=_ratio(tn, tn + fp),
         f1=_f1(tp, fp, fn),

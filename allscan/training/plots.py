@@ -1,11 +1,12 @@
 """Evaluation figures as PNG, drawn with matplotlib from scikit-learn's curves (the ``train`` extra).
 
-``roc.png`` and ``precision_recall.png`` hold every model's curve and the ensemble's,
-``reliability.png`` the reliability diagram (10 equal-width bins) with a histogram of
-the probabilities, and ``confusion_NAME.png`` each confusion matrix.
+``roc.png`` and ``precision_recall.png`` hold every model's curve and the ensemble's (drawn only
+when the labels hold both classes: with one, neither curve is defined), ``reliability.png`` the
+reliability diagram (10 equal-width bins) with a histogram of the probabilities, and
+``confusion_NAME.png`` each confusion matrix.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -92,25 +93,35 @@ def confusion_figure(name: str, metrics: Metrics):
 
 
 def _interval(metrics: Metrics, name: str) -> str:
-    if name not in metrics.intervals:
+    if not np.isfinite(metrics.intervals.get(name, [np.nan])).all():
         return ""
     low, high = metrics.intervals[name]
     return f" ({low:.3f}-{high:.3f})"
 
 
+CURVE_FILES = ("roc.png", "precision_recall.png")
+"""The figures that need both classes."""
+
+
+def plot_files(folder: Path, names: Iterable[str]) -> list[Path]:
+    """Every file :func:`write_plots` may write into ``folder`` for the curves ``names`` (models and ensemble)."""
+    folder = Path(folder)
+    return [folder / file for file in (*CURVE_FILES, "reliability.png")] + [folder / f"confusion_{n}.png"
+                                                                             for n in names]
+
+
 def write_plots(folder: Path, labels: np.ndarray, curves: Mapping[str, np.ndarray],
                 metrics: Mapping[str, Metrics]) -> list[Path]:
-    """ROC, precision-recall and reliability figures over every curve, and one confusion matrix per model."""
+    """ROC and precision-recall figures over every curve (when ``labels`` hold both classes), the reliability
+    figure, and one confusion matrix per model; the files written."""
     folder = Path(folder)
     labels = np.asarray(labels).astype(int)
-    written = []
-    for file, figure in (("roc.png", roc_figure(labels, curves, metrics)),
-                         ("precision_recall.png", precision_recall_figure(labels, curves)),
-                         ("reliability.png", reliability_figure(labels, curves, metrics))):
-        _save(figure, folder / file)
-        written.append(folder / file)
+    draw = {"reliability.png": lambda: reliability_figure(labels, curves, metrics)}
+    if len(np.unique(labels)) == 2:
+        draw = {"roc.png": lambda: roc_figure(labels, curves, metrics),
+                "precision_recall.png": lambda: precision_recall_figure(labels, curves), **draw}
     for name, m in metrics.items():
-        path = folder / f"confusion_{name}.png"
-        _save(confusion_figure(name, m), path)
-        written.append(path)
-    return written
+        draw[f"confusion_{name}.png"] = lambda name=name, m=m: confusion_figure(name, m)
+    for file, figure in draw.items():
+        _save(figure(), folder / file)
+    return [folder / file for file in draw]

@@ -4,7 +4,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +181,42 @@ class _EpochState(keras.callbacks.Callback):
         self.report(entry)
 
 
+class RunSettingsError(ValueError):
+    """A run resumed with other settings than it was started with; the message names them."""
+
+
+def differing_settings(saved: TrainConfig, config: TrainConfig) -> list[str]:
+    """The settings of ``config`` that differ from a run's ``saved`` ones, but for ``epochs``: a resumed run
+    keeps its data, model and schedule (its optimiser is restored), and may only run longer."""
+    return [f.name for f in fields(TrainConfig)
+            if f.name != "epochs" and getattr(config, f.name) != getattr(saved, f.name)]
+
+
+def resume_point(run_dir: Path) -> tuple[TrainConfig, int] | None:
+    """A run folder's settings and the epochs it has completed, or None when it holds no checkpoint to resume."""
+    run_dir = Path(run_dir)
+    if not all((run_dir / name).is_file() for name in ("config.json", "state.json", "last.keras")):
+        return None
+    return read_config(run_dir), int(json.loads((run_dir / "state.json").read_text())["epochs_done"])
+
+
+_RUN_FILES = ("history.jsonl", "best.json", "state.json", "best.keras", "last.keras")
+"""What a run leaves in its folder besides config.json and log.csv; a fresh start deletes them."""
+
+
+def _check_resumable(run_dir: Path, saved: TrainConfig, epochs_done: int, config: TrainConfig) -> None:
+    differing = differing_settings(saved, config)
+    if differing:
+        raise RunSettingsError(f"{run_dir} was started with other {', '.join(differing)}; resume it with its own")
+    if config.epochs < epochs_done:
+        raise RunSettingsError(f"{run_dir} has run {epochs_done} epochs already, more than the {config.epochs} asked")
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run's checkpoints (that a fresh start would delete)."""
+    return any((Path(run_dir) / name).is_file() for name in _RUN_FILES)
+
+
 def _write_json(path: Path, data) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -217,7 +253,14 @@ def fit(
     report: Callable[[EpochLog], None] = lambda entry: None,
     on_start: Callable[[int, int], None] = lambda epochs_done, epochs: None,
 ) -> TrainResult:
-    """Train ``spec`` on images already loaded at its input size (see :func:`train`)."""
+    """Train ``spec`` on images already loaded at its input size (see :func:`train`).
+
+    ``config.json`` is written once the model is built, or restored for ``resume``.
+
+    Raises:
+        RunSettingsError: ``resume`` with settings other than the run's, or fewer epochs than it has run.
+        ValueError: ``config.batch_size`` is larger than the training set.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
@@ -225,14 +268,15 @@ def fit(
     if steps == 0:
         raise ValueError(f"batch size {config.batch_size} is larger than the training set ({len(train_set.labels)})")
 
-    state_path = run_dir / "state.json"
     epochs_done, best_val_loss = 0, float("inf")
-    if resume and state_path.is_file() and (run_dir / "last.keras").is_file():
-        state = json.loads(state_path.read_text())
+    point = resume_point(run_dir) if resume else None
+    if point is not None:
+        _check_resumable(run_dir, *point, config)
+        state = json.loads((run_dir / "state.json").read_text())
         epochs_done, best_val_loss = int(state["epochs_done"]), float(state["best_val_loss"])
         model = keras.models.load_model(run_dir / "last.keras")
     else:
-        for stale in ("history.jsonl", "best.json", "state.json", "best.keras", "last.keras"):
+        for stale in _RUN_FILES:
             (run_dir / stale).unlink(missing_ok=True)
         model = spec.build(config.input_size, weights=config.weights)
         _compile(model, config, steps)
@@ -265,12 +309,7 @@ def load_run(run_dir: Path) -> tuple[TrainResult, TrainConfig]:
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{run_dir} holds no completed epoch (missing {', '.join(missing)})")
-    saved = json.loads((run_dir / "config.json").read_text())
-    name = saved.pop("model")
-    weights = saved.pop("weights")
-    box = saved.pop("blank_box")
-    config = TrainConfig(**saved, blank_box=tuple(box) if box else None,
-                         weights=None if weights in (None, "None") else Path(weights))
+    name = json.loads((run_dir / "config.json").read_text())["model"]
     history = [EpochLog(**json.loads(line)) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     best = json.loads((run_dir / "best.json").read_text())
     result = TrainResult(
@@ -282,4 +321,14 @@ def load_run(run_dir: Path) -> tuple[TrainResult, TrainConfig]:
         sum(e.seconds for e in history),
         history,
     )
-    return result, config
+    return result, read_config(run_dir)
+
+
+def read_config(run_dir: Path) -> TrainConfig:
+    """The settings a run was started with (its ``config.json``)."""
+    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    del saved["model"]
+    weights = saved.pop("weights")
+    box = saved.pop("blank_box")
+    return TrainConfig(**saved, blank_box=tuple(box) if box else None,
+                       weights=None if weights in (None, "None") else Path(weights))
