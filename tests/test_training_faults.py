@@ -101,7 +101,7 @@ def test_a_corrupt_training_image_is_named_before_any_epoch(tmp_path):
 def test_evaluate_and_tune_name_a_corrupt_image(tmp_path, models_copy):
     data = _data(tmp_path / "data")
     _fields(data / "test", {"normal": 2, "ALL": 2})
-    for command, split in (("evaluate", "test"), ("tune", "val")):
+    for command, split in (("evaluate", "test"), ("tune", "val"), ("fit-domain", "train")):
         broken = _truncate(data / split / "normal" / "normal-1.png")
         result = runner.invoke(app, [command, str(data), "--models", str(models_copy)])
         assert result.exit_code == 2, command

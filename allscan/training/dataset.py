@@ -8,10 +8,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from allscan.images import ImageError, decode_file, find_images, has_images, resize
+
+T = TypeVar("T")
 
 CLASSES = ("normal", "ALL")
 """Class folder names; the index is the label (ALL = 1 is the positive class)."""
@@ -126,8 +129,7 @@ def _no_images(root: Path) -> DatasetError:
     return DatasetError(f"no images in {root}/normal/ or {root}/ALL/ ({found_folders(root)})")
 
 
-def read_all(paths: Sequence[Path], prepare: Callable[[np.ndarray], np.ndarray], workers: int = 4
-             ) -> list[np.ndarray]:
+def read_all(paths: Sequence[Path], prepare: Callable[[np.ndarray], T], workers: int = 4) -> list[T]:
     """Decode every image and ``prepare`` each; every image must decode.
 
     A training or evaluation set is curated, and its size goes into the manifest and the figures: leaving a
@@ -139,7 +141,7 @@ def read_all(paths: Sequence[Path], prepare: Callable[[np.ndarray], np.ndarray],
         DatasetError: Some images cannot be read or decoded.
     """
 
-    def one(path: Path) -> np.ndarray | str:
+    def one(path: Path) -> T | str:
         try:
             return prepare(decode_file(path).rgb)
         except ImageError as err:

@@ -9,13 +9,12 @@ of models, so models never ship with stale statistics.
 """
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from allscan.training.dataset import blank_box, list_split
+from allscan.training.dataset import blank_box, list_split, read_all
 from allscan.domain.fields import whole_image
 from allscan.domain.gaussian import fit_gaussian
 from allscan.domain.reference import (DOMAIN_JSON, DomainChecks, DomainError, DomainReference, check_limits,
@@ -23,7 +22,6 @@ from allscan.domain.reference import (DOMAIN_JSON, DomainChecks, DomainError, Do
 from allscan.domain.scale import analysis_copy, estimate_diameter
 from allscan.domain.stain import colour_stats
 from allscan.models.ensemble import Ensemble
-from allscan.images import decode_file
 from allscan.models.manifest import load_manifest, save_manifest
 
 FEATURE_COMPONENTS = 32
@@ -36,8 +34,7 @@ def describe(ensemble: Ensemble, paths: list[Path], box, batch_size: int = 32
     of whole training-style fields."""
     names = tuple(m.name for m in ensemble.members)
 
-    def one(path: Path):
-        rgb = decode_file(path).rgb
+    def one(rgb: np.ndarray):
         if box is not None:
             rgb = blank_box(rgb, box)
         reduced = analysis_copy(rgb)
@@ -47,8 +44,7 @@ def describe(ensemble: Ensemble, paths: list[Path], box, batch_size: int = 32
         return diameter, whole_image(rgb, ensemble.input_sizes, colour)
 
     diameters, colours, features = [], [], []
-    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
-        described = list(pool.map(one, paths))
+    described = read_all(paths, one, max(1, min(4, os.cpu_count() or 1)))
     for start in range(0, len(described), batch_size):
         chunk = described[start:start + batch_size]
         batches = {s: np.concatenate([fs.inputs[s] for _, fs in chunk]) for s in ensemble.input_sizes}
