@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from allscan._tf import keras
-from allscan.fileio import atomic_write_text
+from allscan.fileio import atomic_write_text, replace_folder
 from allscan.models.calibration import Calibration, fit_platt, weighted_mean
 from allscan.models.files import save_half_precision
 from allscan.domain.reference import DomainReference
@@ -72,7 +72,15 @@ def fit_rule(p: np.ndarray, field: np.ndarray, labels: np.ndarray, described: st
 def ship_cells(members: dict[str, tuple[TrainResult, TrainConfig]], train: CellBags, val: CellBags,
                models_dir: Path, data: str, convert: bool = True) -> Manifest:
     """Save each member's best checkpoint (float16) in ``models_dir/cells`` and record it in the manifest,
-    then :func:`fit_cells`. Returns the manifest written."""
+    then :func:`fit_cells`, all on a copy of ``models_dir`` that replaces it only when every step succeeded
+    (:func:`allscan.fileio.replace_folder`): a failure or an interrupt leaves ``models_dir`` as it was.
+    Returns the manifest written."""
+    return replace_folder(models_dir, lambda copy: _ship_cells_into(members, train, val, copy, data, convert))
+
+
+def _ship_cells_into(members: dict[str, tuple[TrainResult, TrainConfig]], train: CellBags, val: CellBags,
+                     models_dir: Path, data: str, convert: bool) -> Manifest:
+    """:func:`ship_cells`'s steps, each writing in place in ``models_dir``."""
     folder = Path(models_dir) / CELLS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     entries = {}

@@ -15,6 +15,8 @@ from. Runs when models ship, never on a user's machine.
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -93,12 +95,38 @@ def to_openvino(model, preprocessing: str, input_size: int):
     pooled features out."""
     import openvino as ov
 
-    converted = ov.convert_model(keras_forward(model, preprocessing, input_size))
+    with _interrupts_unwrapped():
+        converted = ov.convert_model(keras_forward(model, preprocessing, input_size))
     # Some graphs (EfficientNet-B3) come out with internal activations as extra outputs: keep the two.
     results = converted.get_results()[:2]
     if [len(r.get_output_partial_shape(0)) for r in results] != [1, 2]:
         raise ConversionError(f"{model.name}: the converted model's first outputs are not p(ALL) and features")
     return ov.Model(results, converted.get_parameters(), model.name)
+
+
+@contextmanager
+def _interrupts_unwrapped() -> Iterator[None]:
+    """Raise a Ctrl-C as the ``KeyboardInterrupt`` it was when OpenVINO's converter hands it back wrapped.
+
+    The converter calls TensorFlow's Python tracing from C++; an interrupt there returns through C++ as
+    another exception (``OpConversionFailure``, ``RuntimeError``) whose message or chain names it.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if _wraps_interrupt(exc):
+            raise KeyboardInterrupt from exc
+        raise
+
+
+def _wraps_interrupt(exc: BaseException | None) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in str(exc):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def quantise(ov_model, fields: np.ndarray):

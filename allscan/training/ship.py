@@ -4,13 +4,16 @@ Shipping is four steps: save the model (float16) and its manifest entry; convert
 int8 where that keeps its answers (:mod:`allscan.training.convert`); refit the domain reference
 (red-cell size, stain reference, out-of-domain guard); then :func:`refit` every statistic the
 shipped ensemble derives from data, so that a new model never ships beside statistics fitted to
-the models it replaced, nor to another runtime's outputs.
+the models it replaced, nor to another runtime's outputs. The steps run on a copy of the models
+folder that takes its place only when all four succeeded (:func:`allscan.fileio.replace_folder`):
+a failure or an interrupt leaves the folder as it was.
 """
 
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from allscan._tf import keras
+from allscan.fileio import replace_folder
 from allscan.training.augment import RECIPE as AUGMENTATION_RECIPE
 from allscan.training.convert import convert_models
 from allscan.training.dataset import list_split, load_images
@@ -42,11 +45,18 @@ def validation_figures(model, spec: ModelSpec, data_dir: Path, config: TrainConf
 
 
 def ship(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_dir: Path, models_dir: Path) -> ModelEntry:
+    """Ship ``result``'s best checkpoint into ``models_dir`` all or nothing: :func:`_ship_into` a copy of the
+    folder, which then replaces it (:func:`allscan.fileio.replace_folder`). Returns the model's entry."""
+    return replace_folder(models_dir, lambda folder: _ship_into(spec, result, config, data_dir, folder))
+
+
+def _ship_into(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_dir: Path,
+               models_dir: Path) -> ModelEntry:
     """Save the best checkpoint in ``models_dir`` (float16 weights), record it in the manifest, convert it to
     OpenVINO (:func:`allscan.training.convert.convert_models`), refit the domain reference for the new set
-    of models (:func:`allscan.training.fit_domain.refit_domain`), then :func:`refit`."""
+    of models (:func:`allscan.training.fit_domain.refit_domain`), then :func:`refit`. Each step writes in
+    place: :func:`ship` runs them on a copy."""
     models_dir = Path(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
     model = keras.models.load_model(result.best_path, compile=False)
     target = models_dir / f"{spec.name}.keras"
     save_half_precision(model, target)
