@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from allscan._tf import keras
-from allscan.models.registry import CELL_REGISTRY, ModelSpec
+from allscan.models.registry import CELL_REGISTRY
 from allscan.results.types import VERDICT_ALL, VERDICT_NORMAL, CellFindings, CellResult, Score
 from allscan.scoring.cells import CellClassifier, CellRule
 from allscan.training.cell_data import CellBags, load_cell_bags
@@ -16,7 +15,7 @@ from allscan.training.cell_evaluate import class_rates, field_figures
 from allscan.training.cell_ship import BENIGN_RATE, cell_threshold, fit_rule, ship_cells
 from allscan.training.cell_train import refined_labels, train_member
 from allscan.training.train import TrainConfig
-from tests.utils import write_dataset
+from tests.utils import tiny_cell_spec, write_dataset
 
 
 def _bags(labels, cells_per_field):
@@ -75,20 +74,6 @@ def test_a_normal_image_with_confident_blasts_is_flagged_and_an_all_image_is_not
     assert rule.disagreement(Score(0.9, VERDICT_ALL, False, 4, {}, cells=_cells(0.95, 0.97))) == ""
 
 
-def _tiny_spec(name: str) -> ModelSpec:
-    def build(input_size, weights=None):
-        inputs = keras.Input((input_size, input_size, 3))
-        x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(inputs)
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-        model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="all_logit")(x), name=name)
-        if weights is not None:
-            model.load_weights(weights)
-        return model
-
-    real = CELL_REGISTRY[name]
-    return ModelSpec(name, real.architecture, build, 64, real.preprocessing, 1, 1e-2)
-
-
 def test_weak_label_training_then_shipping_gives_a_loadable_calibrated_cell_classifier(tmp_path, monkeypatch):
     data = write_dataset(tmp_path / "fields" / "train", counts={"normal": 4, "ALL": 4}, seed=0).parent
     write_dataset(data / "val", counts={"normal": 4, "ALL": 4}, seed=50)
@@ -98,7 +83,7 @@ def test_weak_label_training_then_shipping_gives_a_loadable_calibrated_cell_clas
     assert np.bincount(train.field)[train.labels == 1].mean() > np.bincount(train.field)[train.labels == 0].mean()
     members = {}
     for name in CELL_REGISTRY:
-        spec = _tiny_spec(name)
+        spec = tiny_cell_spec(name)
         monkeypatch.setitem(CELL_REGISTRY, name, spec)
         config = TrainConfig(epochs=1, batch_size=4, input_size=64, learning_rate=1e-2)
         result = train_member(spec, train, val, tmp_path / "runs" / name, config, refine_epochs=1)

@@ -12,16 +12,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from allscan._tf import keras
 from allscan.cli import app
 from allscan.fileio import NEW_FOLDER, OLD_FOLDER, replace_folder
 from allscan.models.manifest import load_manifest, sha256_file
-from allscan.models.registry import CELL_REGISTRY, ModelSpec, get_spec
+from allscan.models.registry import CELL_REGISTRY, get_spec
 from allscan.training.cell_data import load_cell_bags
 from allscan.training.cell_train import train_member
 from allscan.training.ship import ship
 from allscan.training.train import EpochLog, TrainConfig, load_run
-from tests.utils import smear, tiny_model, write_dataset
+from tests.utils import smear, tiny_cell_spec, tiny_model, write_dataset
 
 runner = CliRunner()
 INTERRUPT_IN_CONVERTER = ("Check 'false' failed at src/frontends/common/src/frontend.cpp:53:\nConverting input model\n"
@@ -67,21 +66,6 @@ def shipped(tmp_path_factory):
 @pytest.fixture()
 def models(shipped, tmp_path):
     return Path(shutil.copytree(shipped[2], tmp_path / "lab" / "models", symlinks=True))
-
-
-def _tiny_cell_spec(name: str) -> ModelSpec:
-    """The cell member ``name`` as a one-convolution network on 64-px crops, quick to train."""
-    def build(input_size, weights=None):
-        inputs = keras.Input((input_size, input_size, 3))
-        x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(inputs)
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-        model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="all_logit")(x), name=name)
-        if weights is not None:
-            model.load_weights(weights)
-        return model
-
-    real = CELL_REGISTRY[name]
-    return ModelSpec(name, real.architecture, build, 64, real.preprocessing, 1, 1e-2)
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -169,7 +153,7 @@ def test_a_cell_classifier_ship_that_fails_at_calibration_leaves_the_models_fold
     train, val = load_cell_bags(data / "train", None, 16.0), load_cell_bags(data / "val", None, 16.0)
     members = {}
     for name in CELL_REGISTRY:
-        spec = _tiny_cell_spec(name)
+        spec = tiny_cell_spec(name)
         monkeypatch.setitem(CELL_REGISTRY, name, spec)
         config = TrainConfig(epochs=1, batch_size=4, input_size=64, learning_rate=1e-2)
         members[name] = (train_member(spec, train, val, tmp_path / "runs" / name, config, refine_epochs=1), config)

@@ -16,7 +16,7 @@ from PIL import Image
 from allscan._tf import keras
 from allscan.models.manifest import EnsembleConfig, Manifest, ModelEntry, save_manifest, sha256_file
 from allscan.models.files import save_half_precision
-from allscan.models.registry import CELL_REGISTRY, REGISTRY
+from allscan.models.registry import CELL_REGISTRY, REGISTRY, ModelSpec
 
 TINY_SIZES = {"resnet50": 16, "efficientnet_b3": 20, "alexnet": 24, "vgg16": 16}
 TINY_CELL_SIZES = {"vgg16": 12}
@@ -166,3 +166,18 @@ def store_at_schema(path: Path, version: int) -> sqlite3.Connection:
     for number, step in enumerate(MIGRATIONS[:version], start=1):
         db.executescript(f"BEGIN; {step}; PRAGMA user_version = {number}; COMMIT;")
     return db
+
+
+def tiny_cell_spec(name: str) -> ModelSpec:
+    """The cell member ``name`` as a one-convolution network on 64-px crops, quick to train."""
+    def build(input_size, weights=None):
+        inputs = keras.Input((input_size, input_size, 3))
+        x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(inputs)
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+        model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="all_logit")(x), name=name)
+        if weights is not None:
+            model.load_weights(weights)
+        return model
+
+    real = CELL_REGISTRY[name]
+    return ModelSpec(name, real.architecture, build, 64, real.preprocessing, 1, 1e-2)
