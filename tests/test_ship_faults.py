@@ -124,6 +124,29 @@ def test_an_interrupt_at_any_shipping_step_exits_130_and_leaves_the_models_folde
     assert _snapshot(models) == before and _leftovers(models) == []
 
 
+@pytest.mark.parametrize("command, step", [("tune", "allscan.training.ship.refit"),
+                                           ("fit-domain", "allscan.training.fit_domain.refit_domain")])
+def test_tune_or_fit_domain_cut_short_after_writing_leaves_the_models_folder_as_it_was(
+        shipped, models, monkeypatch, command, step):
+    """tune and fit-domain wrote the models folder in place: cut short after a write, they left it half refitted."""
+    other = Path(shutil.copytree(shipped[0], models.parent / "other"))
+    for split in ("train", "val"):  # other images than the folder was fitted on, so that a refit writes anew
+        for i in range(3):
+            shutil.copy(other / "test" / "ALL" / f"{i}.png", other / split / "normal" / f"{i}.png")
+    before = _snapshot(models)
+    module, name = step.rsplit(".", 1)
+    real = getattr(__import__(module, fromlist=[name]), name)
+
+    def written_then_interrupted(*args, **kwargs):
+        real(*args, **kwargs)  # every file of the step written...
+        raise KeyboardInterrupt  # ...and then Ctrl-C
+
+    monkeypatch.setattr(step, written_then_interrupted)
+    result = runner.invoke(app, [command, str(other), "--models", str(models)])
+    assert result.exit_code == 130, result.output
+    assert _snapshot(models) == before and _leftovers(models) == []
+
+
 @pytest.mark.parametrize("wrapper", ["RuntimeError", "OpConversionFailure"])
 def test_a_ctrl_c_that_the_openvino_converter_wraps_still_exits_130(shipped, models, monkeypatch, wrapper):
     import openvino

@@ -211,18 +211,29 @@ def tune(data_dir: o.ValData, models: o.Models = None, pool_train: o.PoolTrain =
         if not (data_dir / sub).is_dir():
             raise usage_error(f"{data_dir / sub} not found")
     _check_classes(data_dir, splits)
+    loading.manifest(models)
+    from allscan.fileio import replace_folder
+    from allscan.models.ensemble import Ensemble
+    from allscan.models.manifest import ManifestError
     from allscan.scoring.cells import CELLS_DIR
     from allscan.training.dataset import DatasetError
     from allscan.training.ship import refit
 
-    ensemble = loading.ensemble(models)
-    with loading.refusing(DatasetError):
+    def retune(folder: Path):
+        """Refit the copy of the models folder that replaces it once every step has succeeded."""
+        ensemble = Ensemble.load(folder)
         tuning = refit(ensemble, data_dir, pool_train, reconvert)
-    cells = ensemble.models_dir / CELLS_DIR
-    if reconvert and cells.is_dir():
+        if not (reconvert and (folder / CELLS_DIR).is_dir()):
+            return tuning, None
         from allscan.training.cell_ship import reconvert_cells
 
-        print_cells_shipped(cells, reconvert_cells(data_dir, ensemble.models_dir, ensemble.manifest.blank_box))
+        return tuning, reconvert_cells(data_dir, folder, ensemble.manifest.blank_box)
+
+    models_dir = models or default_models_dir()
+    with loading.refusing(DatasetError, ManifestError):
+        tuning, cells = replace_folder(models_dir, retune)
+    if cells is not None:
+        print_cells_shipped(models_dir / CELLS_DIR, cells)
     config, point = tuning.config, tuning.operating_point
     console.print(f"weights {config.weights}; threshold {config.threshold:.4f} (recall {point.recall:.4f},"
                   f" lower 95% bound {point.recall_lower:.4f}{'' if point.target_met else ', below the target'});"
@@ -304,10 +315,12 @@ def _one_class(split_dir: Path, present: str) -> str:
 def fit_domain(data_dir: o.DomainData, models: o.Models = None) -> None:
     """Refit the domain reference (red-cell size, stain reference, out-of-domain guard) for the models
     on the training split, thresholds on val; the training command's shipping step runs it too."""
+    loading.manifest(models)
+    from allscan.fileio import replace_folder
     from allscan.models.manifest import ManifestError
     from allscan.training.dataset import DatasetError
     from allscan.training.fit_domain import refit_domain
 
     with loading.refusing(ManifestError, FileNotFoundError, DatasetError):
-        reference = refit_domain(models or default_models_dir(), data_dir)
+        reference = replace_folder(models or default_models_dir(), lambda folder: refit_domain(folder, data_dir))
     console.print(f"domain reference: red cells {reference.checks.rbc_diameter:.1f} px; {reference.fitted_on}")
