@@ -77,6 +77,8 @@ def test_csv_run_writes_one_cell_row_per_cell_in_the_results_order(tmp_path, ens
         assert all(0 <= int(c["x0"]) <= float(c["x"]) < int(c["x1"]) <= int(result["width"]) for c in cells)
         assert all(0 <= int(c["y0"]) <= float(c["y"]) < int(c["y1"]) <= int(result["height"]) for c in cells)
         assert int(result["blasts"]) == sum(float(c["p_blast"]) >= 0.5 for c in cells)
+        if cells:  # a percentage to 2 decimals, as a lab reports it (it was 66.66666666666667)
+            assert result["blast_pct"] == f"{100 * int(result['blasts']) / len(cells):.2f}"
     assert json.loads(Path(f"{out}.run.json").read_text())["cells"]["looked_for"] is True
 
 

@@ -118,6 +118,8 @@ def _csv_value(column: str, value: object) -> object:
         return ""
     if column in _PROB_COLUMNS:
         return f"{value:.4f}"
+    if column == "blast_pct":
+        return f"{value:.2f}"  # a percentage of a few cells: 66.67, not 66.66666666666667
     if isinstance(value, bool):
         return "true" if value else "false"
     return neutralise(value)
