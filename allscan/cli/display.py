@@ -218,7 +218,8 @@ def watch_ready_line(folder: Path, out: Path, members: list[str], site: Path | N
 
 def print_explanation(image: Path, score: "Score", with_site: bool) -> None:
     """Each model's and the ensemble's probability, the verdict, scale, fields and domain of one image."""
-    table = Table(title=str(image))
+    console.print(escape(path_text(image)), soft_wrap=True, highlight=False)  # whole, for logs and pipes too
+    table = Table()
     table.add_column("model")
     table.add_column("p(ALL)", justify="right")
     for name, p in score.per_model.items():
@@ -234,7 +235,7 @@ def print_explanation(image: Path, score: "Score", with_site: bool) -> None:
     if score.cells is not None:
         console.print(_cell_line(score.cells))
     if info.notes:
-        console.print(f"notes: {info.notes}")
+        console.print(escape(f"notes: {info.notes}"), soft_wrap=True, highlight=False)
 
 
 def _cell_line(cells: CellFindings) -> str:
@@ -243,7 +244,7 @@ def _cell_line(cells: CellFindings) -> str:
         return "white cells: none found"
     top = ", ".join(f"{c.p_blast:.3f}" for c in cells.most_blast_like(5))
     return (f"white cells: {cells.count}; blasts [bold]{cells.blasts}[/] ({cells.blast_pct:.1f}%) at p(blast) ≥ "
-            f"{cells.threshold:.2f}; most blast-like: {top}")
+            f"{cells.threshold:.3f}; most blast-like: {top}")
 
 
 def models_table(folder: Path, manifest, registry: dict) -> None:
