@@ -110,26 +110,21 @@ RESULTS_SHEET = re.compile(rb'<sheet\b[^>]*\bname="Results"')
 def check_results_file(out: Path) -> None:
     """An existing ``out`` is one allscan wrote (or empty), since a run replaces it: not, say, a lab's own
     ``results.xlsx`` (the default name) or patient list given as ``--out`` by mistake."""
-    out = Path(out)
-    if not out.is_file() or out.stat().st_size == 0:
-        return
-    if out.suffix.lower() == ".csv":
-        try:
-            with open(out, "rb") as handle:
-                first = handle.read(len(RESULTS_HEADER) + 3).decode("utf-8", "replace").lstrip("\ufeff")
-        except OSError as err:
-            raise PreflightError(f"cannot read the output {out}: {describe(err)}") from None
-        ours, what = first.startswith(RESULTS_HEADER), "its first line is not allscan's header"
-    else:
-        try:
-            with zipfile.ZipFile(out) as book:
-                ours = bool(RESULTS_SHEET.search(book.read("xl/workbook.xml")))
-        except (OSError, KeyError, zipfile.BadZipFile):
-            ours = False
-        what = "it has no Results sheet"
-    if not ours:
-        raise PreflightError(f"the output {out} exists and is not an allscan results file ({what}); a run"
-                             " replaces its output: give another --out, or move that file away first")
+    check_own_file(out, "output", "--out", OWN_CSV if Path(out).suffix.lower() == ".csv" else OWN_WORKBOOK)
+
+
+def _own_csv(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(RESULTS_HEADER) + 3).decode("utf-8", "replace").lstrip("\ufeff").startswith(
+            RESULTS_HEADER)
+
+
+def _own_workbook(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as book:
+            return bool(RESULTS_SHEET.search(book.read("xl/workbook.xml")))
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False
 
 
 REPORT_TITLE = b"<title>allscan report</title>"
@@ -197,6 +192,8 @@ class OwnOutput:
     lacks: str
 
 
+OWN_CSV = OwnOutput(_own_csv, "an allscan results file", "its first line is not allscan's header")
+OWN_WORKBOOK = OwnOutput(_own_workbook, "an allscan results file", "it has no Results sheet")
 OWN_REPORT = OwnOutput(_own_report, "an allscan HTML report", "it is not an HTML page titled allscan report")
 OWN_PDF = OwnOutput(_own_pdf, "an allscan PDF report", "it is not a PDF with allscan as its author")
 OWN_FIGURE = OwnOutput(is_own_figure, "an allscan figure", "it is not a PNG with allscan's Software text")
