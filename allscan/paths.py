@@ -23,6 +23,12 @@ def path_text(path: Path | str) -> str:
     return text
 
 
+def real_path_text(path: Path | str) -> str:
+    """The file ``path`` names, as :func:`path_text` of its absolute path with every link resolved: one spelling
+    for a file however a run reached it (relative to another folder, through a link)."""
+    return path_text(os.path.realpath(path))
+
+
 def default_models_dir() -> Path:
     """``$ALLSCAN_MODELS``, else ``./models`` when it has a manifest, else the models shipped with the source."""
     env = os.environ.get("ALLSCAN_MODELS")

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from allscan.cli.app import console, err
+from allscan.images import IMAGE_SUFFIXES
 from allscan.paths import path_text
 from allscan.results.types import CellFindings, ImageResult, RunCounts
 
@@ -96,9 +97,9 @@ def summary_table(summary: "RunSummary") -> Table:
     table.add_row("[cyan]out of domain[/] (also flagged)", str(c.out_of_domain))
     table.add_row("total", f"{c.done} of {c.total}")
     table.add_row("skipped (already scored)", str(c.skipped))
-    if c.cells:
+    if summary.cells:
         table.add_row("white cells found", str(c.cells))
-        table.add_row("[red]blasts[/] among them", f"{c.blasts} ({100 * c.blasts / c.cells:.1f}%)")
+        table.add_row("[red]blasts[/] among them", f"{c.blasts} ({100 * c.blasts / c.cells:.1f}%)" if c.cells else "0")
     return table
 
 
@@ -204,6 +205,10 @@ def print_run_summary(summary: "RunSummary", report: Path | None, pdf: Path | No
         formats = ", ".join(f"{count} {suffix}" for suffix, count in summary.unread)
         err.print(escape(f"note: files in formats allscan does not read were left out ({formats}); convert them"
                          " to JPEG, PNG or TIFF to score them"), soft_wrap=True, highlight=False)
+    if summary.left_out:
+        err.print(escape(f"note: left out {', '.join(summary.left_out)}: named as inputs, but allscan scores only files"
+                         f" named {' '.join(sorted(IMAGE_SUFFIXES))} (not hidden, not its own outputs)"),
+                  soft_wrap=True, highlight=False)
     if summary.interrupted:
         err.print("[yellow]interrupted: results so far were written; rerun the same command to finish[/]")
 

@@ -99,6 +99,9 @@ Image = Annotated[Path, typer.Argument(help="One image file.", show_default=Fals
 Figure = Annotated[Path | None, typer.Option("--out", "-o", help="Heatmap figure \\[default: ./IMAGE-heatmap.png, "
                                              "in the current folder].",
                                              rich_help_panel=OUTPUT, show_default=False)]
+ExplainCells = Annotated[bool, typer.Option("--cells/--no-cells", help="Find the white cells and judge each one: "
+                                            "their count and blasts, boxed in the figure with the most blast-like.",
+                                            rich_help_panel=OUTPUT)]
 
 # training
 TrainData = Annotated[Path, typer.Argument(help="Folder with train/ and val/, each holding normal/ and ALL/.",

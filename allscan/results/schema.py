@@ -77,6 +77,11 @@ MIGRATIONS: list[Migration] = [
         PRIMARY KEY (digest, sha256, cell)
     );
     """,
+    # 5: each file's real path (absolute, links resolved), so that a rerun from another folder, whose relative
+    # paths are spelt otherwise, knows its files (empty for rows stored before).
+    """
+    ALTER TABLE files ADD COLUMN real_path TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, UTC
 from pathlib import Path
 
 from allscan.fileio import OutputError
-from allscan.paths import path_text, store_path_for
+from allscan.paths import path_text, real_path_text, store_path_for
 from allscan.results.types import CellFindings, CellResult, DomainInfo, ImageResult, Score
 from allscan.results.lock import StoreLock
 from allscan.results.schema import open_database
@@ -137,14 +137,15 @@ class ResultStore:
                                     (self.digest,)).fetchall()
         return dict(rows)
 
-    def first_path_for(self, sha256: str) -> str | None:
-        """The first path stored with this content (to mark later copies as duplicates)."""
+    def first_file_for(self, sha256: str) -> tuple[str, str] | None:
+        """The first path stored with this content (to mark later copies as duplicates) and the real path of
+        its file when it was stored (empty for rows stored before real paths were)."""
         with self._io():
             row = self._db.execute(
-                "SELECT path FROM files WHERE digest=? AND sha256=? AND error='' ORDER BY seq LIMIT 1",
+                "SELECT path, real_path FROM files WHERE digest=? AND sha256=? AND error='' ORDER BY seq LIMIT 1",
                 (self.digest, sha256),
             ).fetchone()
-        return row[0] if row else None
+        return (row[0], row[1]) if row else None
 
     def add(self, results: Iterable[ImageResult]) -> None:
         """Store a batch of results, with their cells, in one transaction (durable on return)."""
@@ -167,13 +168,14 @@ class ResultStore:
                     self._replace_cells(result.sha256, s.cells)
                 self._db.execute(
                     "INSERT INTO files (digest, path, sha256, width, height, error, first_path, heatmap, seq,"
-                    " recorded_at, specimen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest, path)"
-                    " DO UPDATE SET sha256=excluded.sha256, width=excluded.width, height=excluded.height,"
-                    " error=excluded.error, first_path=excluded.first_path, heatmap=excluded.heatmap,"
-                    " recorded_at=excluded.recorded_at, specimen=excluded.specimen",
+                    " recorded_at, specimen, real_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (digest, path) DO UPDATE SET sha256=excluded.sha256, width=excluded.width,"
+                    " height=excluded.height, error=excluded.error, first_path=excluded.first_path,"
+                    " heatmap=excluded.heatmap, recorded_at=excluded.recorded_at, specimen=excluded.specimen,"
+                    " real_path=excluded.real_path",
                     (self.digest, path_text(result.path), result.sha256, result.width, result.height,
                      path_text(result.error), path_text(result.duplicate_of), path_text(result.heatmap), seq, now,
-                     path_text(result.specimen)),
+                     path_text(result.specimen), real_path_text(result.path)),
                 )
 
     def _replace_cells(self, sha256: str, cells: CellFindings | None) -> None:
@@ -217,8 +219,8 @@ class ResultStore:
     def move_path(self, old: Path, new: Path) -> None:
         """Record that the image stored at ``old`` now lies at ``new`` (moved by a watch's ``--move-to``)."""
         with self._io(), self._db:
-            self._db.execute("UPDATE files SET path=? WHERE digest=? AND path=?",
-                             (path_text(new), self.digest, path_text(old)))
+            self._db.execute("UPDATE files SET path=?, real_path=? WHERE digest=? AND path=?",
+                             (path_text(new), real_path_text(new), self.digest, path_text(old)))
 
     def recorded(self) -> dict[str, datetime]:
         """When each stored path's row was last recorded, ``{path: time}``, for these models."""

@@ -14,8 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from allscan.images import find_images, unread_images
-from allscan.paths import check_output_suffix, sidecar_path, store_path_for
+from allscan.images import OTHER_IMAGE_SUFFIXES, find_images, unread_images
+from allscan.paths import check_output_suffix, path_text, sidecar_path, store_path_for
 from allscan.results.pdf import PdfReport
 from allscan.results.store import ResultStore
 from allscan.results.types import RunCounts
@@ -43,6 +43,11 @@ class RunSummary:
     images: tuple[Path, ...] = ()
     unread: tuple[tuple[str, int], ...] = ()
     """Files in image formats allscan does not read, left out of the run: ``(suffix, count)``, most first."""
+    cells: bool = False
+    """Whether the white cells were looked for (``counts.cells`` is then how many were found, maybe none)."""
+    left_out: tuple[str, ...] = ()
+    """Files named among the inputs that the run did not take (no image suffix, hidden, allscan's own), as text;
+    those in :data:`~allscan.images.OTHER_IMAGE_SUFFIXES` are counted in ``unread`` instead."""
 
     @property
     def exit_code(self) -> int:
@@ -84,8 +89,7 @@ def run_batch(
     check_output_suffix(out)
     observer = observer or Silent()
     store_file = store_path_for(out)
-    images = find_images(inputs, recursive, exclude=[out, store_file, sidecar_path(out)],
-                         exclude_dirs=[heatmaps.folder] if heatmaps else [])
+    images = find_images(inputs, recursive, exclude=[out, store_file, sidecar_path(out)])
     started = datetime.now().astimezone()
     pipeline = as_pipeline(scoring)
     specimens = (specimens or Specimens(inputs)).with_images(images)
@@ -101,4 +105,12 @@ def run_batch(
         counts = write_outputs(out, store, images, pipeline, started, committer.counts.skipped, command, report,
                                specimens, pdf)
     return RunSummary(out, store_file, counts, interrupted, tuple(images),
-                      tuple(unread_images(inputs, recursive).most_common()))
+                      tuple(unread_images(inputs, recursive).most_common()), pipeline.cells is not None,
+                      _left_out(inputs, images))
+
+
+def _left_out(inputs: Sequence[Path], images: list[Path]) -> tuple[str, ...]:
+    """The files named in ``inputs`` that are not among ``images`` nor in a format allscan does not read."""
+    taken = set(images)
+    return tuple(dict.fromkeys(path_text(path) for path in map(Path, inputs) if path.is_file() and path not in taken
+                               and path.suffix.lower() not in OTHER_IMAGE_SUFFIXES))

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from allscan.paths import path_text
+from allscan.paths import path_text, real_path_text
 from allscan.results.geojson import write_geojson
 from allscan.results.types import ImageResult, RunCounts, Score
 from allscan.run.job import Prepared, to_results
@@ -48,7 +48,7 @@ class ResultSink(Protocol):
 
     def scored_hashes(self) -> frozenset[str]: ...
 
-    def first_path_for(self, sha256: str) -> str | None: ...
+    def first_file_for(self, sha256: str) -> tuple[str, str] | None: ...
 
     def figures(self) -> dict[str, str]: ...
 
@@ -63,7 +63,7 @@ class MemoryResults:
     def __init__(self):
         self._rows: dict[str, deque[ImageResult]] = defaultdict(deque)
         self._scores: dict[str, Score] = {}
-        self._firsts: dict[str, str] = {}
+        self._firsts: dict[str, tuple[str, str]] = {}
 
     def score_for(self, sha256: str) -> Score | None:
         return self._scores.get(sha256)
@@ -71,7 +71,7 @@ class MemoryResults:
     def scored_hashes(self) -> frozenset[str]:
         return frozenset(self._scores)
 
-    def first_path_for(self, sha256: str) -> str | None:
+    def first_file_for(self, sha256: str) -> tuple[str, str] | None:
         return self._firsts.get(sha256)
 
     def figures(self) -> dict[str, str]:
@@ -82,7 +82,7 @@ class MemoryResults:
             self._rows[str(result.path)].append(result)
             if result.score is not None:
                 self._scores.setdefault(result.sha256, result.score)
-                self._firsts.setdefault(result.sha256, path_text(result.path))
+                self._firsts.setdefault(result.sha256, (path_text(result.path), real_path_text(result.path)))
 
     def results(self, paths: Iterable[Path | str] | None = None) -> Iterator[ImageResult]:
         """One row per path asked for, in that order (a path asked for twice gives its rows in turn)."""
@@ -104,8 +104,8 @@ class Committer:
     """Scores prepared images in batches and commits each batch to the sink before reporting it, each
     result with its specimen when ``specimens`` assigns them; with ``cells_geojson``, each committed image's
     cells are written there as GeoJSON (:func:`geojson_path`), stored ones included. A content already scored
-    keeps its heatmap figure where one is on disk; one that this run wants a figure for and has none is
-    scored again to draw it."""
+    keeps its heatmap figure where one is on disk (in this run's heatmaps folder, when it has one); one that this
+    run wants a figure for and has none there is scored again to draw it."""
 
     def __init__(self, pipeline: Pipeline, sink: ResultSink, batch_size: int, observer: Observer | None = None,
                  heatmaps: HeatmapOptions | None = None, specimens: Specimens | None = None,
@@ -131,10 +131,17 @@ class Committer:
                          if self._figure(sha) or not self.heatmaps.wanted(self.sink.score_for(sha)))
 
     def _figure(self, sha256: str) -> str:
-        """The heatmap figure of this content that is on disk, or ``""``."""
+        """The heatmap figure of this content that is on disk (in this run's heatmaps folder, if any), or ``""``."""
         if self._figures is None:
-            self._figures = {sha: path for sha, path in self.sink.figures().items() if Path(path).is_file()}
+            self._figures = {sha: path for sha, path in self.sink.figures().items() if self._usable_figure(Path(path))}
         return self._figures.get(sha256, "")
+
+    def _usable_figure(self, path: Path) -> bool:
+        """Whether a stored figure is on disk and, when this run writes figures, in its folder: the folder it was
+        given gets every figure, not a pointer to an earlier run's."""
+        if not path.is_file():
+            return False
+        return self.heatmaps is None or path.resolve().parent == Path(self.heatmaps.folder).resolve()
 
     def stored(self, paths: Sequence[Path]) -> list[ImageResult]:
         """The rows the sink already holds, with a score, for these paths."""
@@ -195,8 +202,8 @@ class Committer:
         if result.score is None:
             return result
         own = path_text(result.path)
-        first = self.sink.first_path_for(result.sha256) or batch_firsts.setdefault(result.sha256, own)
-        if first == own or _same_file(first, result.path):
+        first, real = self.sink.first_file_for(result.sha256) or (batch_firsts.setdefault(result.sha256, own), "")
+        if first == own or real == real_path_text(result.path) or _same_file(first, result.path):
             return result
         return replace(result, duplicate_of=first)
 

@@ -141,20 +141,33 @@ def _delimiter(text: str) -> str:
     return max(",;\t", key=header.count)
 
 
+def _text(path: Path, data: bytes) -> str:
+    """The map's text, UTF-8 with or without a byte-order mark.
+
+    Raises:
+        SpecimenError: It is not UTF-8 (a spreadsheet saved it in its locale's encoding): the line and the remedy.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise SpecimenError(f"specimen map {path}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save"
+                            " the map as CSV UTF-8") from None
+
+
 def read_map(path: Path) -> dict[str, str]:
     """A specimen map: a CSV with the columns ``path`` and ``specimen`` (a header row; comma, semicolon or tab
     separated; paths absolute or relative to the map's folder), as ``{resolved path: specimen}``.
 
     Raises:
-        SpecimenError: The file cannot be read, lacks the columns, or a row names a missing file, repeats a
-            path or has no specimen: the message gives the first such line.
+        SpecimenError: The file cannot be read or is not UTF-8, lacks the columns, or a row names a missing file
+            or a folder, repeats a path or has no specimen: the message gives the first such line.
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            text = handle.read()
+        text = _text(path, path.read_bytes())
         rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text)))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except (OSError, csv.Error) as err:
         raise SpecimenError(f"specimen map {path}: cannot be read ({err})") from None
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
     if "path" not in header or "specimen" not in header:
@@ -170,6 +183,8 @@ def read_map(path: Path) -> dict[str, str]:
         where = f"specimen map {path}, line {line}"
         if not file or not specimen:
             raise SpecimenError(f"{where}: a row needs both a path and a specimen")
+        if target.is_dir():
+            raise SpecimenError(f"{where}: {file} is a folder: the map lists image files, one row each")
         if not target.is_file():
             raise SpecimenError(f"{where}: {file} does not exist")
         if str(target) in mapping:
