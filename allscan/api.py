@@ -84,6 +84,7 @@ class Screener:
         other items are scored.
 
         Raises:
+            TypeError: An input that is not a file, folder or array (a path given as ``bytes`` included).
             FileNotFoundError: With ``out``: a path does not exist.
             ValueError: ``batch_size`` or ``workers`` under 1, ``out`` has an unknown suffix, arrays or an engine
                 where they do not apply (or an engine that cannot run here, an
@@ -169,7 +170,18 @@ def _frames(results: list, cells: bool) -> Frames:
 
 
 def _items(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
-    return [images] if isinstance(images, str | Path | np.ndarray) else list(images)
+    """The inputs as a list, each a file, a folder or an array.
+
+    Raises:
+        TypeError: An input of another type (a path as ``bytes`` included, which would read as numbers).
+    """
+    single = isinstance(images, str | bytes | os.PathLike | np.ndarray) or not isinstance(images, Iterable)
+    items = [images] if single else list(images)
+    wrong = [item for item in items if not isinstance(item, str | os.PathLike | np.ndarray)]
+    if wrong:
+        raise TypeError(f"images must be files, folders or RGB uint8 arrays (str, pathlib.Path or numpy.ndarray), "
+                        f"or a list of them; not {type(wrong[0]).__name__} {wrong[0]!r:.80}")
+    return items
 
 
 def _refuse_misfits(items: list[ImageInput], out: Path | str | None, engine: str | Engine, recursive: bool) -> None:

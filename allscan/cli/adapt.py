@@ -1,14 +1,18 @@
 """``allscan adapt``: fit a site profile on a lab's own labelled images, its labelled cell crops, or both."""
 
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from allscan.cli import loading, options as o
-from allscan.cli.app import app, usage_error
+from allscan.cli.app import app, console, err, terminate_as_interrupt, usage_error
 from allscan.cli.display import print_adapted, print_cell_heads
-from allscan.paths import default_models_dir
+from allscan.paths import default_models_dir, path_text
 
 Labelled = Annotated[Path | None, typer.Argument(
     help="Folder with ALL/ and normal/ sub-folders of your lab's labelled images (at least 5 each): fits the "
@@ -25,13 +29,37 @@ def adapt(labelled: Labelled = None, *, cells: CellCropsDir = None, out: o.Profi
     """Fit a site profile on your lab's labelled images (light heads on the models' features, the site's
     threshold, review band and domain), on its labelled cell crops (--cells: heads on the cell classifier's
     features and the site's cell threshold), or on both. Prints cross-validated figures with 95% intervals."""
-    from allscan.models.manifest import ManifestError
-    from allscan.training.adapt import LabelledSetError, adapt as fit_fields, list_labelled, site_profile
-    from allscan.training.adapt_cells import adapt_cells, list_crops, read_crops
-
     if labelled is None and cells is None:
         raise usage_error("give LABELLED (a folder of labelled images), --cells CELLS_DIR (labelled cell crops) "
                           "or both")
+    with terminate_as_interrupt(), _removed_unless_written(out):
+        _adapt(labelled, cells, out, models, stain_norm, rbc_diameter)
+
+
+@contextmanager
+def _removed_unless_written(out: Path) -> Iterator[None]:
+    """Remove the folders that checking ``out`` made (the profile folder, and its parents that were not there)
+    when the command ends without a profile in them: a refusal or a stop leaves nothing behind."""
+    made = None
+    for folder in (out.absolute(), *out.absolute().parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        made = folder
+    try:
+        yield
+    except BaseException:
+        if made is not None and made.is_dir() and all(p.is_dir() for p in made.rglob("*")):
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+
+
+def _adapt(labelled: Path | None, cells: Path | None, out: Path, models: Path | None, stain_norm: bool,
+           rbc_diameter: float | None) -> None:
+    from allscan.domain.site import CELLS, FIELDS, PART_WORDS
+    from allscan.models.manifest import ManifestError
+    from allscan.training.adapt import LabelledSetError, adapt as fit_fields, kept_parts, list_labelled, site_profile
+    from allscan.training.adapt_cells import adapt_cells, list_crops, read_crops
+
     with loading.refusing(LabelledSetError):
         images = list_labelled(_folder(labelled)) if labelled is not None else None
         listed_crops = list_crops(_folder(cells)) if cells is not None else None
@@ -39,9 +67,14 @@ def adapt(labelled: Labelled = None, *, cells: CellCropsDir = None, out: o.Profi
     models_dir = models or default_models_dir()
     if images is not None:
         loading.manifest(models)
-    crops = None
     if listed_crops is not None:
         check_cell_models(models_dir)
+    refitted = [name for name, given in ((FIELDS, labelled), (CELLS, cells)) if given is not None]
+    kept, dropped = kept_parts(out, refitted, part_digests(models_dir))
+    for line in dropped:
+        err.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+    crops = None
+    if listed_crops is not None:
         with loading.refusing(LabelledSetError):
             crops = read_crops(listed_crops)
     field_result = cell_result = classifier = None
@@ -52,11 +85,14 @@ def adapt(labelled: Labelled = None, *, cells: CellCropsDir = None, out: o.Profi
         classifier = pipeline.cells
     if crops is not None:
         cell_result = adapt_cells(classifier or cell_classifier(models_dir), crops)
-    site_profile(field_result, cell_result).save(out)
+    site_profile(field_result, cell_result, kept).save(out)
     if field_result is not None:
         print_adapted(out, field_result)
     if cell_result is not None:
         print_cell_heads(out, cell_result)
+    for name, part in kept.items():
+        console.print(escape(f"site profile {path_text(out)}: kept its {PART_WORDS[name]} part, fitted on "
+                             f"{path_text(part.meta.get('source', 'images not recorded'))}"), soft_wrap=True)
 
 
 def _folder(path: Path) -> Path:
@@ -75,6 +111,22 @@ def check_profile_out(out: Path) -> None:
             raise PreflightError(f"site profile folder {out} is a file; --out takes a folder")
         for name in (PROFILE_JSON, PROFILE_NPZ):
             check_writable_file(out / name, "site profile file")
+
+
+def part_digests(models_dir: Path) -> dict[str, str | None]:
+    """The digest of the models each part of a profile is fitted on (None where there are none, or they are
+    malformed), by part name: a part already in the profile folder is kept only for these."""
+    from allscan.domain.site import CELLS, FIELDS
+    from allscan.models.manifest import ManifestError, load_manifest
+    from allscan.scoring.cells import CELLS_DIR
+
+    digests: dict[str, str | None] = {}
+    for name, folder in ((FIELDS, models_dir), (CELLS, models_dir / CELLS_DIR)):
+        try:
+            digests[name] = load_manifest(folder).digest
+        except ManifestError:
+            digests[name] = None
+    return digests
 
 
 def check_cell_models(models_dir: Path) -> None:

@@ -3,6 +3,7 @@ into fields and drop the background ones. Runs on the decode threads, before the
 """
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -38,9 +39,13 @@ class DomainOptions:
     cells: bool = True
 
     def __post_init__(self):
-        if self.rbc_diameter is not None and not (math.isfinite(self.rbc_diameter) and self.rbc_diameter > 0):
-            raise ValueError(f"rbc_diameter must be a red cell's diameter in pixels, above 0,"
-                             f" not {self.rbc_diameter!r}")
+        size = self.rbc_diameter
+        if size is None:
+            return
+        if isinstance(size, bool) or not isinstance(size, numbers.Real) or not (math.isfinite(size) and size > 0):
+            raise ValueError(f"rbc_diameter must be a red cell's diameter in pixels, above 0, not {size!r}")
+        # a numpy number would not key the results store (JSON); a Python one keys it as before
+        object.__setattr__(self, "rbc_diameter", int(size) if isinstance(size, numbers.Integral) else float(size))
 
     def key(self) -> dict:
         """What changes results, for the results-store key."""

@@ -37,6 +37,8 @@ part's settings at the top level; it is still read, as a profile with a field pa
 DIGEST_KEY = "profile_sha256"
 FIELDS, CELLS = "fields", "cells"
 PARTS = (FIELDS, CELLS)
+PART_WORDS = {FIELDS: "field", CELLS: "cell"}
+"""Each part's name in the messages (``the field part``)."""
 HEAD_PREFIX = {FIELDS: "head", CELLS: "cell_head"}
 """How each part's head arrays are named in ``profile.npz``: ``<prefix>_<model>_<mean|std|coef|intercept>``."""
 HEAD_ARRAYS = ("mean", "std", "coef", "intercept")
@@ -156,7 +158,7 @@ class CellPart:
             DomainError: The digests differ.
         """
         if digest != self.models_digest:
-            raise DomainError(f"site profile's cell heads were fitted on cell models {self.models_digest}, not on "
+            raise DomainError(f"its cell heads were fitted on cell models {self.models_digest}, not on "
                               f"these ({digest}); run allscan adapt --cells again with these models")
 
     def settings(self) -> dict:
@@ -239,6 +241,11 @@ def meta_digest(meta: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def profile_name(folder: Path, origin: str = "") -> str:
+    """How messages name a profile: its folder and, where given, where that was named (``$ALLSCAN_SITE``)."""
+    return f"site profile {folder}" + (f" (from {origin})" if origin else "")
+
+
 def load_profile(folder: Path, origin: str = "") -> SiteProfile:
     """Read a site profile folder: ``profile.json`` checked against the digest it records, then its
     settings against their ranges, then ``profile.npz`` against its digest and its arrays' shapes.
@@ -252,7 +259,7 @@ def load_profile(folder: Path, origin: str = "") -> SiteProfile:
             the message names the profile and, where one is at fault, the field.
     """
     folder = Path(folder)
-    name = f"site profile {folder}" + (f" (from {origin})" if origin else "")
+    name = profile_name(folder, origin)
     if not folder.is_dir():
         raise DomainError(f"{name} is {'not a folder' if folder.exists() else 'missing'}")
     try:

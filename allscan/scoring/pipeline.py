@@ -16,7 +16,7 @@ import numpy as np
 from allscan.domain.fields import METHOD_REVISION, DomainOptions, FieldMaker, FieldSet
 from allscan.domain.guard import assess
 from allscan.domain.reference import DomainError, DomainReference
-from allscan.domain.site import SiteProfile, load_profile
+from allscan.domain.site import SiteProfile, load_profile, profile_name
 from allscan.results.types import DomainInfo, Score
 from allscan.scoring.cells import CellClassifier
 from allscan.scoring.specimens import SpecimenRule
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 class Pipeline:
     """An ensemble with the domain reference shipped beside it, the run's options and, optionally, a
-    site profile (loaded from ``site_dir``).
+    site profile (loaded from ``site_dir``; ``site_origin`` says where that was named, for the messages).
 
     Raises:
         ManifestError: The domain reference is tampered or was fitted for other models, or the site
@@ -37,20 +37,20 @@ class Pipeline:
     """
 
     def __init__(self, ensemble: "Ensemble", options: DomainOptions = DomainOptions(), site: SiteProfile | None = None,
-                 site_dir: Path | None = None, cells: CellClassifier | None = None):
+                 site_dir: Path | None = None, cells: CellClassifier | None = None, site_origin: str = ""):
         self.ensemble = ensemble
         self.reference: DomainReference | None = DomainReference.for_models(ensemble.models_dir, ensemble.manifest)
         self.options = options
         self.site = site
         self.site_fields = site.fields if site is not None else None
         self.site_dir = site_dir
-        if site is not None:
-            try:
+        try:
+            if site is not None:
                 site.check_models(ensemble.manifest.digest)
-            except DomainError as err:
-                name = f"site profile {site_dir}" if site_dir is not None else "site profile"
-                raise DomainError(f"{name}: {err}") from None
-        self.cells = _site_cells(cells, site) if options.cells else None
+            self.cells = _site_cells(cells, site) if options.cells else None
+        except DomainError as err:
+            name = profile_name(site_dir, site_origin) if site_dir is not None else "site profile"
+            raise DomainError(f"{name}: {err}") from None
         self.maker = FieldMaker(self.reference, ensemble.input_sizes, options, cells=self.cells is not None)
         self.specimen_rule = SpecimenRule.load(ensemble.models_dir)
 
@@ -85,7 +85,7 @@ class Pipeline:
 
         ensemble = Ensemble.load(Path(models_dir), load_models=load_models, runtime=runtime)
         cells = CellClassifier.load(Path(models_dir), cells_runtime or runtime, load_models) if options.cells else None
-        return cls(ensemble, options, site, Path(site_dir) if site_dir is not None else None, cells)
+        return cls(ensemble, options, site, Path(site_dir) if site_dir is not None else None, cells, site_origin)
 
     def describe(self) -> dict:
         """Run metadata: options, the reference red-cell size, and the site profile if any."""
@@ -191,7 +191,7 @@ def _site_cells(cells: CellClassifier | None, site: SiteProfile | None) -> CellC
     if site is None or site.cells is None:
         return cells
     if cells is None:
-        raise DomainError("site profile holds cell heads, but these models come without a cell classifier; "
+        raise DomainError("holds cell heads, but these models come without a cell classifier; "
                           "use --no-cells, or a profile fitted without --cells")
     return cells.adapted(site.cells)
 

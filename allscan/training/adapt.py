@@ -10,12 +10,13 @@ out-of-fold predictions (stratified k-fold over images), and the same out-of-fol
 predictions give the figures the lab sees: ROC AUC with a bootstrap 95% interval,
 sensitivity and specificity with Wilson 95% intervals (at a threshold chosen on those
 same predictions, so slightly optimistic). The site's domain statistics (colour,
-features, red-cell size) come from its images.
+features, red-cell size) come from its images. Fitting one part into a profile folder keeps
+the other part already there, where it was fitted on the models in use (:func:`kept_parts`).
 """
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,10 +30,12 @@ from allscan.domain.fields import FieldSet
 from allscan.domain.gaussian import fit_gaussian
 from allscan.scoring.pipeline import Pipeline
 from allscan.domain.reference import DomainChecks, DomainError, scale_tolerance
-from allscan.domain.site import CellPart, FieldPart, Head, SiteProfile
+from allscan.domain.site import (CELLS, FIELDS, PART_WORDS, PARTS, PROFILE_JSON, CellPart, FieldPart, Head,
+                                 SiteProfile, load_profile)
 from allscan.scoring.vote import aggregate
 from allscan.images import ImageError, decode_file, find_images
 from allscan.models.manifest import EnsembleConfig
+from allscan.paths import path_text
 from allscan.training.operating_point import wilson_interval
 from allscan.training.tune import tune_review_band, tune_threshold
 
@@ -157,15 +160,30 @@ def _content_key(path: Path) -> str:
 
 def _check_listed(listed: LabelledSet, clashes: list[tuple[Path, Path]]) -> None:
     negative, positive = listed.labelling.classes
-    if not listed.paths:
-        raise LabelledSetError(f"no {listed.labelling.noun} under {listed.folder / positive} or "
-                               f"{listed.folder / negative}")
     if clashes:
         first, second = clashes[0]
         more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
         raise LabelledSetError(f"the same image is labelled both ways: {first} and {second}{more}; "
                                "keep each image in one class folder")
-    check_counts(listed.counts(), listed.labelling)
+    try:
+        if not listed.paths:
+            raise LabelledSetError(f"no {listed.labelling.noun} under {listed.folder / positive} or "
+                                   f"{listed.folder / negative}")
+        check_readable(listed.counts(), list(listed.skipped), listed.labelling)
+    except LabelledSetError as err:
+        raise LabelledSetError(f"{err}{_absent_class_folders(listed.folder, listed.labelling)}") from None
+
+
+def _absent_class_folders(folder: Path, labelling: Labelling) -> str:
+    """For a refusal: the class folders that are not there and the sub-folders that are (a lab's ``all/`` or
+    ``Normal/`` is not ``ALL/`` or ``normal/``), or an empty string when every class folder is there."""
+    absent = [(folder / name, "not a folder" if (folder / name).exists() else "no such folder")
+              for name in labelling.classes if not (folder / name).is_dir()]
+    if not absent or not folder.is_dir():
+        return ""
+    present = sorted(f"{path_text(p.name)}/" for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return (f" ({'; '.join(f'{path_text(path)}: {why}' for path, why in absent)}; {path_text(folder)} holds "
+            f"{', '.join(present) or 'no sub-folder'}; the class folders' names are case-sensitive)")
 
 
 def check_counts(counts: np.ndarray, labelling: Labelling = FIELD_LABELLING) -> None:
@@ -175,6 +193,19 @@ def check_counts(counts: np.ndarray, labelling: Labelling = FIELD_LABELLING) -> 
         raise LabelledSetError(f"{labelling.command} needs at least {labelling.minimum} readable {labelling.noun} "
                                f"in each of {labelling.folders()}; found {counts[1]} {positive} and "
                                f"{counts[0]} {negative}")
+
+
+def check_readable(counts: np.ndarray, skipped: list[tuple[Path, str]], labelling: Labelling = FIELD_LABELLING
+                   ) -> None:
+    """Refuse fewer than ``labelling.minimum`` readable files in a class (``counts``: per label) once they are
+    read, naming the first of the ``skipped`` files (``(path, reason)``) and why: the one to fix or replace."""
+    try:
+        check_counts(counts, labelling)
+    except LabelledSetError as err:
+        if not skipped:
+            raise
+        path, reason = skipped[0]
+        raise LabelledSetError(f"{err} ({len(skipped)} left out; first {path_text(path)}: {reason})") from None
 
 
 @dataclass(frozen=True)
@@ -353,7 +384,7 @@ def adapt(pipeline: Pipeline, labelled: LabelledSet | Path, source: str = "") ->
     images, skipped = collect(pipeline, labelled)
     labels = np.array([im.label for im in images], dtype=int)
     counts = np.bincount(labels, minlength=2)
-    check_counts(counts)
+    check_readable(counts, skipped)
     warnings = few_warning(counts, RELIABLE_PER_CLASS, "images")
     oof = out_of_fold(images)
     threshold = tune_threshold(labels, oof)
@@ -373,7 +404,39 @@ def adapt(pipeline: Pipeline, labelled: LabelledSet | Path, source: str = "") ->
     return AdaptResult(part, meta["cross_validated"], skipped, warnings, time.monotonic() - started)
 
 
-def site_profile(fields: AdaptResult | None = None, cells: AdaptResult | None = None) -> SiteProfile:
-    """A profile of the parts fitted (a field part, a cell part or both), stamped with the time."""
-    return SiteProfile(fields.part if fields is not None else None, cells.part if cells is not None else None,
+def kept_parts(folder: Path, refitted: Collection[str], digests: dict[str, str | None]
+               ) -> tuple[dict[str, FieldPart | CellPart], list[str]]:
+    """The parts of the profile already in ``folder`` that a fit of the ``refitted`` parts (by name) leaves in
+    place: those it does not refit, where they were fitted on the models in use (``digests``: their digest by
+    part name, None where there are none).
+
+    Returns:
+        The parts kept, by name, and a plain-language line for each part (or profile) that cannot be kept.
+    """
+    folder = Path(folder)
+    if set(PARTS) <= set(refitted) or not (folder / PROFILE_JSON).exists():
+        return {}, []
+    try:
+        profile = load_profile(folder)
+    except DomainError as err:
+        return {}, [f"the profile already in {path_text(folder)} cannot be read, so none of it is kept ({err})"]
+    kept, dropped = {}, []
+    for name, part in profile.parts().items():
+        if name in refitted:
+            continue
+        if part.models_digest == digests.get(name):
+            kept[name] = part
+        else:
+            dropped.append(f"the {PART_WORDS[name]} part already in {path_text(folder)} was fitted on other models "
+                           f"({part.models_digest}), so it is not kept")
+    return kept, dropped
+
+
+def site_profile(fields: AdaptResult | None = None, cells: AdaptResult | None = None,
+                 kept: dict[str, FieldPart | CellPart] | None = None) -> SiteProfile:
+    """A profile of the parts fitted (a field part, a cell part or both) and of the ``kept`` parts (by name,
+    from :func:`kept_parts`) for those not fitted, stamped with the time."""
+    kept = kept or {}
+    return SiteProfile(fields.part if fields is not None else kept.get(FIELDS),
+                       cells.part if cells is not None else kept.get(CELLS),
                        datetime.now().astimezone().isoformat(timespec="seconds"))

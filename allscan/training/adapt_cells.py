@@ -35,9 +35,8 @@ from allscan.training.adapt import (
     HEAD_C,
     AdaptResult,
     LabelledSet,
-    LabelledSetError,
     Labelling,
-    check_counts,
+    check_readable,
     cross_validated,
     few_warning,
     figures,
@@ -137,13 +136,7 @@ def read_crops(listed: LabelledSet) -> CellCropSet:
             skipped.append((path, str(err)))
     cut = CellCropSet(listed.folder, np.stack(crops) if crops else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), np.uint8),
                       np.asarray(labels, dtype=int), tuple(skipped), time.monotonic() - started)
-    try:
-        check_counts(cut.counts(), CELL_LABELLING)
-    except LabelledSetError as err:
-        if not skipped:
-            raise
-        path, reason = skipped[0]
-        raise LabelledSetError(f"{err} ({len(skipped)} left out; first {path}: {reason})") from None
+    check_readable(cut.counts(), skipped, CELL_LABELLING)
     return cut
 
 
