@@ -102,6 +102,17 @@ def test_models_lists_every_model(models_dir):
     cells = json.loads((models_dir / "cells" / "manifest.json").read_text())
     assert "cell classifier in" in result.output
     assert all(f"cells/{e['file']}  sha256 {e['sha256']}" in result.output for e in cells["models"].values())
+    listed = len(manifest["models"]) + len(cells["models"]) + bool(manifest.get("domain"))
+    assert f"all {listed} files listed match their sha256" in result.output
+
+
+def test_models_refuses_a_file_that_does_not_match_its_checksum(models_copy):
+    with open(models_copy / "cells" / json.loads((models_copy / "cells" / "manifest.json").read_text())["models"]
+              .popitem()[1]["file"], "ab") as handle:
+        handle.write(b"tampered")
+    result = runner.invoke(app, ["models", "--models", str(models_copy)])
+    assert result.exit_code == 2
+    assert "does not match the manifest" in result.output and "match their sha256" not in result.output
 
 
 def test_training_commands_say_which_extra_they_need(monkeypatch, tmp_path):

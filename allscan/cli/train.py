@@ -23,16 +23,24 @@ from allscan.paths import default_models_dir
 
 @app.command("models")
 def list_models(models: o.Models = None) -> None:
-    """List the models in the models folder, and its cell classifier, with their checksums and validation figures."""
+    """List the models in the models folder, and its cell classifier, with their checksums and validation figures,
+    then verify every file against its checksum (exit 2 naming the first that is missing or does not match)."""
+    from allscan.models.files import check_listed_files
     from allscan.models.manifest import ManifestError, load_manifest
     from allscan.models.registry import REGISTRY
     from allscan.scoring.cells import CELLS_DIR
 
     folder = models or default_models_dir()
-    models_table(folder, loading.manifest(models), REGISTRY)
+    manifest = loading.manifest(models)
+    models_table(folder, manifest, REGISTRY)
+    folders = [(folder, manifest)]
     if (folder / CELLS_DIR).is_dir():
         with loading.refusing(ManifestError):
-            cell_models_table(folder / CELLS_DIR, load_manifest(folder / CELLS_DIR))
+            folders.append((folder / CELLS_DIR, load_manifest(folder / CELLS_DIR)))
+        cell_models_table(*folders[-1])
+    with loading.refusing(ManifestError):
+        checked = sum(check_listed_files(where, listed) for where, listed in folders)
+    console.print(f"all {checked} files listed match their sha256")
 
 
 @app.command()

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 
 from allscan.fileio import atomic_write
-from allscan.models.manifest import ManifestError, ModelEntry, sha256_file
+from allscan.models.manifest import Manifest, ManifestError, ModelEntry, sha256_file
 
 _WEIGHTS_MEMBER = "model.weights.h5"
 
@@ -80,6 +80,21 @@ def check_openvino(models_dir: Path, entry: ModelEntry) -> tuple[Path, Path]:
     xml = _checked(Path(models_dir) / converted.xml, converted.xml_sha256, f"{entry.name}'s OpenVINO file")
     weights = _checked(Path(models_dir) / converted.bin, converted.bin_sha256, f"{entry.name}'s OpenVINO file")
     return xml, weights
+
+
+def check_listed_files(models_dir: Path, manifest: Manifest) -> int:
+    """Verify every file the manifest lists (each member's ``.keras`` and OpenVINO files, the domain reference)
+    against its sha256, as loading would; returns how many were checked.
+
+    Raises:
+        ManifestError: The first file that is missing or does not match the manifest.
+    """
+    listed = {file: sha256 for entry in manifest.models.values() for file, sha256 in entry.files().items()}
+    if manifest.domain is not None:
+        listed[manifest.domain["file"]] = manifest.domain["sha256"]
+    for file, sha256 in listed.items():
+        _checked(Path(models_dir) / file, sha256, "listed file")
+    return len(listed)
 
 
 def _checked(path: Path, sha256: str, what: str) -> Path:
