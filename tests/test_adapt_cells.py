@@ -298,3 +298,21 @@ def test_cell_head_arrays_of_the_wrong_shape_are_refused(adapted, tmp_path):
     _resign(edited, lambda meta: meta.update(arrays_sha256=sha256_file(edited / PROFILE_NPZ)))
     with pytest.raises(DomainError, match="the head of vgg16 has mismatched shapes .cell heads."):
         load_profile(edited)
+
+
+def test_a_profile_cut_short_while_saving_leaves_the_old_one_whole(domain_models_dir, tmp_path, monkeypatch):
+    site, cells_only = tmp_path / "site", tmp_path / "cells-only"
+    assert _invoke("adapt", _lab(tmp_path / "lab"), "--out", site, "--models", domain_models_dir).exit_code == 0
+    assert _invoke("adapt", "--cells", _crops(tmp_path / "crops", 10, 10), "--out", cells_only,
+                   "--models", domain_models_dir).exit_code == 0
+    before = load_profile(site)
+    other = load_profile(cells_only)
+
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("allscan.domain.site.atomic_write_text", disk_full)
+    with pytest.raises(OSError):
+        other.save(site)
+    after = load_profile(site)
+    assert after.digest == before.digest and after.cells is None and after.fields is not None

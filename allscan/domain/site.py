@@ -22,7 +22,7 @@ import numpy as np
 
 from allscan.domain.gaussian import Gaussian
 from allscan.domain.reference import DomainChecks, DomainError, load_checked_pair
-from allscan.fileio import atomic_write_bytes, atomic_write_text
+from allscan.fileio import atomic_write_bytes, atomic_write_text, replace_folder
 from allscan.models.calibration import weighted_mean
 from allscan.models.manifest import EnsembleConfig, sha256_file
 from allscan.models.registry import CELL_MODEL_NAMES, MODEL_NAMES
@@ -216,9 +216,11 @@ class SiteProfile:
                 "cross_validated": {name: p.meta.get("cross_validated", {}) for name, p in parts.items()}}
 
     def save(self, folder: Path) -> str:
-        """Write the profile folder; returns its digest."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        """Write the profile folder all at once (:func:`~allscan.fileio.replace_folder`: cut short, it leaves the
+        profile that was there whole); returns its digest."""
+        return replace_folder(Path(folder), self._write)
+
+    def _write(self, folder: Path) -> str:
         arrays: dict[str, np.ndarray] = {}
         for part in self.parts().values():
             arrays |= part.arrays()
