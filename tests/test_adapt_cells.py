@@ -316,3 +316,16 @@ def test_a_profile_cut_short_while_saving_leaves_the_old_one_whole(domain_models
         other.save(site)
     after = load_profile(site)
     assert after.digest == before.digest and after.cells is None and after.fields is not None
+
+
+def test_what_adapt_leaves_out_and_warns_reads_whole_in_a_log(domain_models_dir, tmp_path):
+    lab = _lab(tmp_path / "a-lab-share-folder-with-a-long-name" / "labelled-fields-of-the-first-week-of-december")
+    odd = lab / "normal" / "notes-about-this-slide-written-by-the-technician.png"
+    odd.write_text("not an image")
+    result = _invoke("adapt", lab, "--out", tmp_path / "site", "--models", domain_models_dir)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("left out ") and line.endswith(f"{odd}: not a recognised image file")
+               for line in lines), result.output
+    assert any(line.startswith("warning: only 5 images") and line.endswith("worth trusting") for line in lines), \
+        result.output

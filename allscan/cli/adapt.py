@@ -72,7 +72,7 @@ def _adapt(labelled: Path | None, cells: Path | None, out: Path, models: Path | 
     refitted = [name for name, given in ((FIELDS, labelled), (CELLS, cells)) if given is not None]
     kept, dropped = kept_parts(out, refitted, part_digests(models_dir))
     for line in dropped:
-        err.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(line)}")
     crops = None
     if listed_crops is not None:
         with loading.refusing(LabelledSetError):

@@ -96,7 +96,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # notes, warnings and errors: a line each, whole in logs and pipes
 if not console.is_terminal:
     console.width = max(console.width, 120)  # logs and pipes get whole tables, not 80 columns
 
@@ -117,12 +117,12 @@ def main(
 
 def error_line(message: str) -> None:
     """Print ``message`` as one ``error:`` line on stderr."""
-    err.print(f"[bold red]error:[/] {escape(' '.join(_plain(message).split()))}", soft_wrap=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(' '.join(_plain(message).split()))}", highlight=False)
 
 
 def warning_line(message: str) -> None:
     """Print ``message`` as one ``warning:`` line on stderr."""
-    err.print(f"[yellow]warning:[/] {escape(_plain(message))}", soft_wrap=True, highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(_plain(message))}", highlight=False)
 
 
 def _plain(message: str) -> str:

@@ -204,11 +204,11 @@ def print_run_summary(summary: "RunSummary", report: Path | None, pdf: Path | No
     if summary.unread:
         formats = ", ".join(f"{count} {suffix}" for suffix, count in summary.unread)
         err.print(escape(f"note: files in formats allscan does not read were left out ({formats}); convert them"
-                         " to JPEG, PNG or TIFF to score them"), soft_wrap=True, highlight=False)
+                         " to JPEG, PNG or TIFF to score them"), highlight=False)
     if summary.left_out:
         err.print(escape(f"note: left out {', '.join(summary.left_out)}: named as inputs, but allscan scores only files"
                          f" named {' '.join(sorted(IMAGE_SUFFIXES))} (not hidden, not its own outputs)"),
-                  soft_wrap=True, highlight=False)
+                  highlight=False)
     if summary.interrupted:
         err.print("[yellow]interrupted: results so far were written; rerun the same command to finish[/]")
 

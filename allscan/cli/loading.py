@@ -39,7 +39,7 @@ def preflight(out: Path, report: Path | None = None, inputs: list[Path] = (),
         lock, moved = claim_store(out)
     if moved is not None:
         err.print(escape(f"warning: the results store {store_path_for(out)} was corrupt; moved it to {moved} and"
-                         " started a fresh one (its images are scored again)"), soft_wrap=True, highlight=False)
+                         " started a fresh one (its images are scored again)"), highlight=False)
     return lock
 
 
