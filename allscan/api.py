@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 from allscan.domain.fields import DomainOptions
+from allscan.domain.site import load_profile
 from allscan.images import find_images
+from allscan.models.runtime import check_runtime
 from allscan.paths import default_models_dir
 from allscan.results.frames import cells_frame, read_results, results_frame
 from allscan.results.pdf import PdfReport
@@ -146,8 +148,7 @@ def load(models: Path | str | None = None, site: Path | str | None = None, stain
             that is corrupt or was fitted on other models (a DomainError).
         ValueError: An unknown ``runtime``, or an ``rbc_diameter`` that is not a number above 0.
     """
-    origin = "" if site is not None else "$ALLSCAN_SITE"
-    site = site if site is not None else os.environ.get("ALLSCAN_SITE") or None
+    site, origin = _site(site)
     return Screener(Pipeline.load(models if models is not None else default_models_dir(), site,
                                   DomainOptions(stain_norm, rbc_diameter, find_cells), site_origin=origin,
                                   runtime=runtime))
@@ -157,12 +158,24 @@ def predict(images: ImageInput | Iterable[ImageInput], models: Path | str | None
             site: Path | str | None = None, runtime: str = "auto", **options) -> Frames:
     """Load the models (and a site profile) and score ``images``: :func:`load` then
     :meth:`Screener.predict` (same options; ``cells=True`` returns ``(results, cells)``). A call with
-    nothing to score returns the empty frame(s) without loading the models."""
+    nothing to score returns the empty frame(s) without loading the models, once ``runtime`` and the site
+    profile pass the checks :func:`load` makes."""
     items = _items(images)
     _refuse_misfits(items, out, options.get("engine", "local"), options.get("recursive", True))
     if out is None and not _sources(items, options.get("names"), options.get("recursive", True)):
+        check_runtime(runtime)
+        folder, origin = _site(site)
+        if folder is not None:
+            load_profile(Path(folder), origin)
         return _frames([], options.get("cells", False))
     return load(models, site, runtime=runtime).predict(items, out, **options)
+
+
+def _site(site: Path | str | None) -> tuple[Path | str | None, str]:
+    """The site profile folder to score with (``site``, else ``$ALLSCAN_SITE`` if set) and where it was named."""
+    if site is not None:
+        return site, ""
+    return os.environ.get("ALLSCAN_SITE") or None, "$ALLSCAN_SITE"
 
 
 def _frames(results: list, cells: bool) -> Frames:

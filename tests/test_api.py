@@ -166,3 +166,19 @@ def test_two_runs_of_one_program_on_one_out_are_refused_as_two_processes_are(sli
         with pytest.raises(StoreBusy, match="being written by another run in this program"):
             screener.predict([slides], out=out)
     assert len(screener.predict([slides], out=out)) == 6  # and once it is done, the store is free
+
+
+def test_a_call_with_nothing_to_score_still_refuses_what_load_refuses(tmp_path, monkeypatch):
+    """It returned the empty frame for a runtime or a site profile that every later call with images refuses."""
+    from allscan.models.manifest import ManifestError
+
+    with pytest.raises(ValueError, match="unknown runtime 'gpu'"):
+        allscan.predict([], runtime="gpu")
+    with pytest.raises(ManifestError, match="site profile .*nowhere is missing"):
+        allscan.predict([], site=tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("ALLSCAN_SITE", str(tmp_path / "gone"))
+    with pytest.raises(ManifestError, match=r"\(from \$ALLSCAN_SITE\)"):
+        allscan.predict([tmp_path / "empty"])
+    monkeypatch.delenv("ALLSCAN_SITE")
+    assert allscan.predict([]).empty

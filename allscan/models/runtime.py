@@ -39,8 +39,7 @@ def choose_runtime(requested: str, manifest: Manifest) -> str:
         ValueError: ``requested`` is not one of :data:`~allscan.models.manifest.RUNTIMES`.
         ManifestError: ``openvino`` requested but some member has no OpenVINO files in the manifest.
     """
-    if requested not in RUNTIMES:
-        raise ValueError(f"unknown runtime {requested!r}; choose one of {', '.join(RUNTIMES)}")
+    check_runtime(requested)
     missing = sorted(name for name, entry in manifest.models.items() if entry.openvino is None)
     if requested == "auto":
         return "keras" if missing else "openvino"
@@ -48,6 +47,12 @@ def choose_runtime(requested: str, manifest: Manifest) -> str:
         raise ManifestError(f"the manifest lists no OpenVINO files for {', '.join(missing)}: ship the models"
                             " again (allscan ship or allscan tune) to convert them, or use the keras runtime")
     return requested
+
+
+def check_runtime(requested: str) -> None:
+    """Raises ValueError: ``requested`` is not one of :data:`~allscan.models.manifest.RUNTIMES`."""
+    if requested not in RUNTIMES:
+        raise ValueError(f"unknown runtime {requested!r}; choose one of {', '.join(RUNTIMES)}")
 
 
 def keras_forward(model, preprocessing: str, input_size: int) -> Callable:
