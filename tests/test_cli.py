@@ -150,6 +150,16 @@ def test_explain_given_a_folder_says_so_and_points_to_predict(tmp_path):
         result.output.split())
 
 
+def test_explain_refuses_a_figure_name_that_is_not_png(tmp_path, models_dir):
+    """--out field.jpg wrote PNG bytes under a JPEG name, which viewers and a later predict misread."""
+    image = write_image(tmp_path / "field.png")
+    result = runner.invoke(app, ["explain", str(image), "--out", str(tmp_path / "figure.jpg"), "--models",
+                                 str(models_dir)])
+    assert result.exit_code == 2
+    assert "the heatmap figure is a PNG image: name it .png" in " ".join(result.output.split())
+    assert not (tmp_path / "figure.jpg").exists()
+
+
 def test_a_run_says_which_images_it_left_out_for_their_format(tmp_path, models_dir):
     """Phone photos (.heic) and whole-slide scans (.svs) beside the fields were left out without a word."""
     slides = tmp_path / "slides"
