@@ -124,6 +124,22 @@ def test_names_that_are_not_utf8_are_scored_and_written_as_escaped_text(models_d
     assert rerun.exit_code == 0 and "2 images were already scored" in rerun.output
 
 
+def test_a_command_line_naming_a_folder_that_is_not_utf8_leaves_a_workbook_excel_can_open(models_dir, tmp_path,
+                                                                                          monkeypatch):
+    """The Run sheet's command held the folder name's odd byte as an XML character reference that no XML reader
+    accepts: the workbook was written, exit 0, and openpyxl (as Excel) refused to open it."""
+    import openpyxl
+
+    latin = tmp_path / os.fsdecode(b"caf\xe9")
+    write_image(latin / "field.png")
+    out = tmp_path / "r.xlsx"
+    args = ["predict", str(latin), "--out", str(out), "--models", str(models_dir), "--quiet"]
+    monkeypatch.setattr("sys.argv", ["allscan", *args])
+    assert runner.invoke(app, args).exit_code == 0
+    run = dict(row[:2] for row in openpyxl.load_workbook(out)["Run"].iter_rows(values_only=True) if row[0])
+    assert "caf\\xe9" in run["command"]
+
+
 def test_allscan_never_scores_its_own_figures(models_dir, tmp_path, monkeypatch):
     """Row D: heatmaps inside the input and explain's figure are not smears; explain writes into the cwd."""
     slides = _images(tmp_path / "slides", 2)

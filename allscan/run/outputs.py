@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from allscan import __version__
+from allscan.paths import path_text
 from allscan.results.pdf import PdfReport, write_pdf
 from allscan.results.report import ReportPictures, write_report
 from allscan.results.store import ResultStore
@@ -31,7 +32,7 @@ def run_info(pipeline: Pipeline, started: datetime, counts: RunCounts, command: 
         started=started.isoformat(timespec="seconds"),
         finished=datetime.now().astimezone().isoformat(timespec="seconds"),
         host=platform.node(),
-        command=command or " ".join(shlex.quote(a) for a in sys.argv),
+        command=command or " ".join(shlex.quote(path_text(a)) for a in sys.argv),
         models_digest=pipeline.ensemble.manifest.digest,
         models=_models(pipeline.ensemble),
         threshold=config.threshold,
