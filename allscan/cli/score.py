@@ -117,11 +117,11 @@ def explain(ctx: typer.Context, image: o.Image, out: o.Figure = None, models: o.
     if not image.is_file():
         raise usage_error(f"no such file: {image}")
     target = out or Path(f"{image.stem}-heatmap.png")  # the current folder: never the input's, which may be scored
-    if target.suffix.lower() != ".png":
-        raise usage_error(f"--out {target}: the heatmap figure is a PNG image: name it .png")
     with loading.refusing(PreflightError):
         check_writable_file(target, "heatmap figure")
         check_own_file(target, "heatmap figure", "--out", OWN_FIGURE)
+    if target.suffix.lower() != ".png":
+        raise usage_error(f"--out {target}: the heatmap figure is a PNG image: name it .png")
     from allscan.run.explain import explain as explain_image
 
     pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, site_origin=loading.site_origin(ctx),
