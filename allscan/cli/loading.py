@@ -70,6 +70,22 @@ def check_cell_flags(cells: bool, geojson: Path | None) -> None:
         raise usage_error("--cells-geojson needs the cells: drop --no-cells")
 
 
+def check_companion_flags(ctx: typer.Context, pdf: Path | None, engine: str) -> None:
+    """Refuse an option given without the one it acts with, as ``--heatmaps-all`` is without ``--heatmaps``: it
+    would be ignored without a word (no PDF on letter paper, a run on this machine instead of the cluster)."""
+    if pdf is None and given(ctx, "paper"):
+        raise usage_error("--paper needs --pdf FILE")
+    if engine != "ray":
+        for name in ("address", "actors", "actor_cpus"):
+            if given(ctx, name):
+                raise usage_error(f"--{name.replace('_', '-')} needs --engine ray")
+
+
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether the command line gave the option ``name`` (rather than its default)."""
+    return ctx.get_parameter_source(name).name != "DEFAULT"
+
+
 def heatmap_options(folder: Path | None, every: bool):
     from allscan.scoring.heatmaps import HeatmapOptions
 

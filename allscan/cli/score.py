@@ -28,7 +28,7 @@ def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("result
     with terminate_as_interrupt():
         loading.check_heatmap_flags(heatmaps, heatmaps_all)
         loading.check_cell_flags(cells, cells_geojson)
-        _check_companions(ctx, pdf, engine)
+        loading.check_companion_flags(ctx, pdf, engine)
         assign = loading.specimens(paths, specimen_pattern, specimens)
         printable = loading.pdf_report(pdf, paper)
         folders = [("heatmaps folder", heatmaps), ("cells GeoJSON folder", cells_geojson)]
@@ -52,22 +52,6 @@ def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("result
     if not quiet:
         print_run_summary(summary, report, pdf)
     raise typer.Exit(summary.exit_code)
-
-
-def _check_companions(ctx: typer.Context, pdf: Path | None, engine: str) -> None:
-    """Refuse an option given without the one it acts with, as ``--heatmaps-all`` is without ``--heatmaps``: it
-    would be ignored without a word (no PDF on letter paper, a run on this machine instead of the cluster)."""
-    if pdf is None and _given(ctx, "paper"):
-        raise usage_error("--paper needs --pdf FILE")
-    if engine != "ray":
-        for name in ("address", "actors", "actor_cpus"):
-            if _given(ctx, name):
-                raise usage_error(f"--{name.replace('_', '-')} needs --engine ray")
-
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    """Whether the command line gave the option ``name`` (rather than its default)."""
-    return ctx.get_parameter_source(name).name != "DEFAULT"
 
 
 @app.command()

@@ -117,7 +117,7 @@ _SETTINGS = {"epochs": ("epochs", "--epochs"), "batch_size": ("batch_size", "--b
 def _given_settings(ctx: typer.Context, box) -> dict:
     """The settings given on the command line, by TrainConfig field (the label box parsed)."""
     return {name: box if param == "blank_box" else ctx.params[param] for name, (param, _) in _SETTINGS.items()
-            if ctx.get_parameter_source(param).name != "DEFAULT"}
+            if loading.given(ctx, param)}
 
 
 def _run_config(spec, run_dir: Path, resume: bool, settings: dict, given: dict):
