@@ -171,9 +171,10 @@ def other_suffixes(paths: Iterable[Path], recursive: bool = True) -> Counter:
 
 
 def unread_images(paths: Iterable[Path], recursive: bool = True) -> Counter:
-    """How many files under ``paths`` of each of :data:`OTHER_IMAGE_SUFFIXES` a run leaves out."""
-    return Counter({suffix: n for suffix, n in other_suffixes(paths, recursive).items()
-                    if suffix in OTHER_IMAGE_SUFFIXES})
+    """How many files under ``paths`` of each of :data:`OTHER_IMAGE_SUFFIXES` a run leaves out (by name alone:
+    unlike :func:`other_suffixes`, it opens no file)."""
+    return Counter(suffix for path in _files(paths, recursive)
+                   if (suffix := path.suffix.lower()) in OTHER_IMAGE_SUFFIXES and path.is_file())
 
 
 def _images(paths: Iterable[Path], recursive: bool, exclude: Iterable[Path] = (),
