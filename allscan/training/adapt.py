@@ -25,7 +25,7 @@ from typing import TypeVar
 import numpy as np
 
 from allscan.models.calibration import weighted_mean
-from allscan.training.dataset import CLASSES
+from allscan.training.dataset import CLASSES, sub_folders
 from allscan.domain.fields import FieldSet
 from allscan.domain.gaussian import fit_gaussian
 from allscan.scoring.pipeline import Pipeline
@@ -181,9 +181,8 @@ def _absent_class_folders(folder: Path, labelling: Labelling) -> str:
               for name in labelling.classes if not (folder / name).is_dir()]
     if not absent or not folder.is_dir():
         return ""
-    present = sorted(f"{path_text(p.name)}/" for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     return (f" ({'; '.join(f'{path_text(path)}: {why}' for path, why in absent)}; {path_text(folder)} holds "
-            f"{', '.join(present) or 'no sub-folder'}; the class folders' names are case-sensitive)")
+            f"{', '.join(sub_folders(folder)) or 'no sub-folder'}; the class folders' names are case-sensitive)")
 
 
 def check_counts(counts: np.ndarray, labelling: Labelling = FIELD_LABELLING) -> None:

@@ -13,6 +13,7 @@ from typing import TypeVar
 import numpy as np
 
 from allscan.images import ImageError, decode_file, find_images, has_images, resize
+from allscan.paths import path_text
 
 T = TypeVar("T")
 
@@ -74,11 +75,16 @@ class LabelledSet:
     labels: np.ndarray
 
 
+def sub_folders(root: Path) -> list[str]:
+    """The names of ``root``'s sub-folders that are not hidden, as ``ALL/`` (text every output can hold), sorted."""
+    return sorted(f"{path_text(p.name)}/" for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def found_folders(root: Path) -> str:
     """The sub-folders of ``root`` in words (``found ALL/, Normal/``), for messages about class folders."""
     if not Path(root).is_dir():
         return "no such folder"
-    names = sorted(f"{p.name}/" for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = sub_folders(root)
     return f"found {', '.join(names)}" if names else "found no folders"
 
 
