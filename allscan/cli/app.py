@@ -40,10 +40,15 @@ def terminate_as_interrupt() -> Iterator[None]:
 class _OneLineErrors(TyperGroup):
     """Runs a command; any failure it lets out becomes one line on stderr and its exit code."""
 
+    def parse_args(self, ctx, args):
+        with _usage_in_one_line():
+            return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException):  # exits, Ctrl-C at a prompt, usage errors
+            with _usage_in_one_line():  # a command's own arguments are parsed here
+                return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # exits, Ctrl-C at a prompt
             raise
         except (Exception, KeyboardInterrupt) as exc:
             if os.environ.get("ALLSCAN_DEBUG", "") not in ("", "0"):
@@ -61,6 +66,19 @@ class _OneLineErrors(TyperGroup):
     def format_help(self, ctx, formatter):
         _untyped_flags(self, ctx)
         super().format_help(ctx, formatter)
+
+
+@contextmanager
+def _usage_in_one_line() -> Iterator[None]:
+    """A usage error (an unknown option or command, a missing argument, a value of the wrong type) as one
+    ``error:`` line naming the help to read, exit code 2, rather than Typer's framed box of several lines."""
+    try:
+        yield
+    except typer.TyperException as exc:
+        if getattr(exc, "exit_code", None) != EXIT_USAGE or not hasattr(exc, "ctx"):
+            raise
+        where = exc.ctx.command_path if exc.ctx is not None else "allscan"
+        raise usage_error(f"{exc.format_message()} (see {where} --help)") from None
 
 
 def _untyped_flags(command, ctx) -> None:

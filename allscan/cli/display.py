@@ -201,6 +201,11 @@ def print_run_summary(summary: "RunSummary", report: Path | None, pdf: Path | No
     if summary.counts.skipped:
         console.print(f"{summary.counts.skipped} images were already scored with these models and were skipped"
                       " (--rescore to score them again)")
+
+
+def print_run_notes(summary: "RunSummary") -> None:
+    """What a predict run left undone, on stderr (also with ``--quiet``): unread formats, inputs left out, images
+    the specimen pattern or map did not place, an interruption."""
     if summary.unread:
         formats = ", ".join(f"{count} {suffix}" for suffix, count in summary.unread)
         err.print(escape(f"note: files in formats allscan does not read were left out ({formats}); convert them"
@@ -209,6 +214,9 @@ def print_run_summary(summary: "RunSummary", report: Path | None, pdf: Path | No
         err.print(escape(f"note: left out {', '.join(summary.left_out)}: named as inputs, but allscan scores only files"
                          f" named {' '.join(sorted(IMAGE_SUFFIXES))} (not hidden, not its own outputs)"),
                   highlight=False)
+    unplaced, note = summary.unplaced
+    if unplaced:
+        err.print(escape(f"note: {unplaced} of {len(summary.images)} images {note}"), highlight=False)
     if summary.interrupted:
         err.print("[yellow]interrupted: results so far were written; rerun the same command to finish[/]")
 

@@ -6,7 +6,7 @@ import typer
 
 from allscan.cli import loading, options as o
 from allscan.cli.app import EXIT_SOME_FAILED, app, console, error_line, terminate_as_interrupt, usage_error
-from allscan.cli.display import print_explanation, print_run_summary, watch_ready_line
+from allscan.cli.display import print_explanation, print_run_notes, print_run_summary, watch_ready_line
 
 
 @app.command()
@@ -51,6 +51,7 @@ def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("result
                                                  cells_geojson=cells_geojson)
     if not quiet:
         print_run_summary(summary, report, pdf)
+    print_run_notes(summary)
     raise typer.Exit(summary.exit_code)
 
 

@@ -48,6 +48,8 @@ class RunSummary:
     left_out: tuple[str, ...] = ()
     """Files named among the inputs that the run did not take (no image suffix, hidden, allscan's own), as text;
     those in :data:`~allscan.images.OTHER_IMAGE_SUFFIXES` are counted in ``unread`` instead."""
+    unplaced: tuple[int, str] = (0, "")
+    """How many images the specimen pattern or map did not place, and the note their rows carry."""
 
     @property
     def exit_code(self) -> int:
@@ -106,7 +108,7 @@ def run_batch(
                                specimens, pdf)
     return RunSummary(out, store_file, counts, interrupted, tuple(images),
                       tuple(unread_images(inputs, recursive).most_common()), pipeline.cells is not None,
-                      _left_out(inputs, images))
+                      _left_out(inputs, images), specimens.unplaced(images))
 
 
 def _left_out(inputs: Sequence[Path], images: list[Path]) -> tuple[str, ...]:

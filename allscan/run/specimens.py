@@ -46,13 +46,16 @@ class Specimens:
         mapping: ``{resolved path: specimen}``, from :func:`read_map`.
 
     Raises:
-        SpecimenError: ``pattern`` is not a valid regular expression.
+        SpecimenError: ``pattern`` is empty or not a valid regular expression.
     """
 
     def __init__(self, roots: Sequence[Path] = (), pattern: str | None = None, mapping: dict[str, str] | None = None):
         self.roots = [Path(r) for r in roots]
+        if pattern is not None and not pattern:
+            raise SpecimenError("--specimen-pattern is empty: give a regular expression whose first group is the "
+                                "specimen, or leave it out to group images by folder")
         try:
-            self.pattern = re.compile(pattern) if pattern else None
+            self.pattern = re.compile(pattern) if pattern is not None else None
         except re.error as err:
             raise SpecimenError(f"--specimen-pattern {pattern!r} is not a regular expression: {err}") from None
         self.mapping = mapping
@@ -79,6 +82,12 @@ class Specimens:
         """The specimen of the image at ``path``, named as text every output can hold (:func:`path_text`)."""
         source = self._source(Path(path))
         return Assignment(path_text(self._name(source)), source.note)
+
+    def unplaced(self, images: Sequence[Path]) -> tuple[int, str]:
+        """How many of ``images`` the pattern or the map does not place (each then its own specimen), and the
+        note their rows carry ("" when images are grouped by folder, which places every one)."""
+        count = sum(1 for path in images if self._source(Path(path)).note)
+        return count, OWN_BY_MAP if self.mapping is not None else OWN_BY_PATTERN if self.pattern is not None else ""
 
     def _source(self, path: Path) -> "_Source":
         if self.mapping is not None:
