@@ -25,7 +25,9 @@ def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("result
     done), 3 an output or the results store could not be written (rerun to finish), 4 internal error,
     130 interrupted.
     """
-    with terminate_as_interrupt():
+    from allscan.run.preflight import leaving_no_trace
+
+    with terminate_as_interrupt(), leaving_no_trace([out, report, pdf, heatmaps, cells_geojson]):
         loading.check_heatmap_flags(heatmaps, heatmaps_all)
         loading.check_cell_flags(cells, cells_geojson)
         loading.check_companion_flags(ctx, pdf, engine)
@@ -65,12 +67,15 @@ def watch(ctx: typer.Context, folder: o.Watched, out: o.WatchOut = Path("results
           runtime: o.Runtime = "auto", site: o.Site = None, stain_norm: o.StainNorm = True,
           rbc_diameter: o.RbcDiameter = None, cells: o.Cells = True, cells_geojson: o.CellsGeojson = None) -> None:
     """Score images as they land in FOLDER, each exactly once, until Ctrl-C or SIGTERM."""
+    from allscan.run.preflight import leaving_no_trace
+
     loading.check_heatmap_flags(heatmaps, heatmaps_all)
     loading.check_cell_flags(cells, cells_geojson)
     writable = [("heatmaps folder", heatmaps), ("cells GeoJSON folder", cells_geojson), ("--move-to folder", move_to)]
     if move_to is not None:
         writable.append(("watched folder (images are moved out of it)", folder))
-    with loading.preflight(out, report, folders=writable, watched=folder):
+    with leaving_no_trace([out, report, heatmaps, cells_geojson, move_to]), \
+            loading.preflight(out, report, folders=writable, watched=folder):
         from allscan.cli.display import WatchDisplay
         from allscan.run.watch import WatchConfig, Watcher
 
@@ -95,25 +100,26 @@ def explain(ctx: typer.Context, image: o.Image, out: o.Figure = None, models: o.
             runtime: o.Runtime = "auto", site: o.Site = None, stain_norm: o.StainNorm = True,
             rbc_diameter: o.RbcDiameter = None, cells: o.ExplainCells = True) -> None:
     """Print each model's and the ensemble's probability for one image and write its Grad-CAM figure."""
-    from allscan.run.preflight import OWN_FIGURE, PreflightError, check_own_file, check_writable_file
+    from allscan.run.preflight import OWN_FIGURE, PreflightError, check_own_file, check_writable_file, leaving_no_trace
 
     if image.is_dir():
         raise usage_error(f"{image} is a folder: explain takes one image (allscan predict scores a folder)")
     if not image.is_file():
         raise usage_error(f"no such file: {image}")
     target = out or Path(f"{image.stem}-heatmap.png")  # the current folder: never the input's, which may be scored
-    with loading.refusing(PreflightError):
-        check_writable_file(target, "heatmap figure")
-        check_own_file(target, "heatmap figure", "--out", OWN_FIGURE)
-    if target.suffix.lower() != ".png":
-        raise usage_error(f"--out {target}: the heatmap figure is a PNG image: name it .png")
-    from allscan.run.explain import explain as explain_image
+    with leaving_no_trace([target]):
+        with loading.refusing(PreflightError):
+            check_writable_file(target, "heatmap figure")
+            check_own_file(target, "heatmap figure", "--out", OWN_FIGURE)
+        if target.suffix.lower() != ".png":
+            raise usage_error(f"--out {target}: the heatmap figure is a PNG image: name it .png")
+        from allscan.run.explain import explain as explain_image
 
-    pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, site_origin=loading.site_origin(ctx),
-                                runtime=runtime, cells=cells)
-    result = explain_image(pipeline, image, target)
-    if result.error:
-        error_line(f"{image}: {result.error}")
-        raise typer.Exit(EXIT_SOME_FAILED)
+        pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, site_origin=loading.site_origin(ctx),
+                                    runtime=runtime, cells=cells)
+        result = explain_image(pipeline, image, target)
+        if result.error:
+            error_line(f"{image}: {result.error}")
+            raise typer.Exit(EXIT_SOME_FAILED)
     print_explanation(image, result.score, site is not None)
     console.print(f"heatmap: {target}")

@@ -56,6 +56,15 @@ class StoreLock:
                 _held[self._key][1] += 1
                 self._take()
                 return
+            fd = self._lock_file()
+            _record_holder(fd)
+            _held[self._key] = [fd, 1]
+            self._take()
+
+    def _lock_file(self) -> int:
+        """The lock file, open and locked. A lock file can be removed by its holder (a refused run removes the
+        folders it made): one locked after it was removed is not the file at the path, and is opened anew."""
+        while True:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
@@ -68,9 +77,12 @@ class StoreLock:
             except OSError:
                 os.close(fd)
                 raise
-            _record_holder(fd)
-            _held[self._key] = [fd, 1]
-            self._take()
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
 
     def _take(self) -> None:
         self._acquired = True

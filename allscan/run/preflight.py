@@ -9,10 +9,12 @@ modules are imported here: no TensorFlow.
 
 import os
 import re
+import shutil
 import sqlite3
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,40 @@ from allscan.results.schema import StoreError, prepare_store
 
 class PreflightError(ValueError):
     """A run that cannot succeed, found before any work was done; the message says why."""
+
+
+@contextmanager
+def leaving_no_trace(paths: Iterable[Path | None]) -> Iterator[None]:
+    """Remove the folders that checking and claiming the outputs at ``paths`` made (each missing folder on the
+    way to a path, and a missing output folder itself) when the command ends by an error or a stop with nothing
+    in them but empty folders and the lock of a results store never written: a refused run leaves no trace."""
+    made = {top for path in paths if path is not None if (top := _first_missing(Path(path))) is not None}
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            if folder.is_dir() and all(_trace(p) for p in folder.rglob("*")):
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost of ``path`` and its folders that does not exist, or None when ``path`` does."""
+    made = None
+    for folder in (path.absolute(), *path.absolute().parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        made = folder
+    return made
+
+
+def _trace(path: Path) -> bool:
+    """Whether ``path`` is only what a refused run leaves: a folder, or the lock of a store that does not exist."""
+    if path.is_dir() and not path.is_symlink():
+        return True
+    store = path.with_name(path.name.removesuffix(".lock"))
+    return path.is_file() and lock_path_for(store) == path and store.name.endswith(".allscan.sqlite") \
+        and not store.exists()
 
 
 def check_inputs(paths: Iterable[Path]) -> None:
