@@ -7,6 +7,7 @@ is (Keras scoring, Grad-CAM, conversion), so ``import allscan`` stays light and 
 pays TensorFlow's start-up time and memory.
 """
 
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +130,18 @@ def running_precision(shipped: str) -> str:
     return "fp32" if shipped == "bf16" and not bf16_supported() else shipped
 
 
+def no_telemetry() -> None:
+    """Keep OpenVINO's and NNCF's usage statistics off in this process; call it before importing either.
+
+    Importing ``openvino`` sends usage events (one for the import, one more beside Keras 3) to Google
+    Analytics and writes a client ID under ``~/intel`` unless the user opted out with OpenVINO's own tool,
+    and NNCF does the same: a lab's screening tool sends nothing anywhere. Both fall back to no telemetry
+    when their telemetry package cannot be imported, which an entry of None in ``sys.modules`` makes so
+    (unless the process imported it before).
+    """
+    sys.modules.setdefault("openvino_telemetry", None)
+
+
 _CORE = None
 _CORE_LOCK = threading.Lock()
 
@@ -138,6 +151,7 @@ def _core():
     global _CORE
     with _CORE_LOCK:
         if _CORE is None:
+            no_telemetry()
             import openvino as ov
 
             _CORE = ov.Core()

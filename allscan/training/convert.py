@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from allscan.models.files import check_file
 from allscan.models.manifest import ModelEntry, OpenVINOEntry, load_manifest, save_manifest, sha256_file
 from allscan.models.runtime import (KerasForward, OpenVINOForward, bf16_supported, compile_openvino, keras_forward,
-                                    load_keras_model, read_openvino)
+                                    load_keras_model, no_telemetry, read_openvino)
 from allscan.training.dataset import list_split, load_images
 
 CALIBRATION_FIELDS = 300
@@ -93,6 +93,7 @@ def precision_check(precision: str, labels: np.ndarray, p_fp32: np.ndarray, p: n
 def to_openvino(model, preprocessing: str, input_size: int):
     """The ``ov.Model`` of the member's forward pass: uint8 ``(n, s, s, 3)`` in (any n), p(ALL) and
     pooled features out."""
+    no_telemetry()
     import openvino as ov
 
     with _interrupts_unwrapped():
@@ -131,6 +132,7 @@ def _wraps_interrupt(exc: BaseException | None) -> bool:
 
 def quantise(ov_model, fields: np.ndarray):
     """NNCF post-training quantisation of ``ov_model`` (left as it is) calibrated on ``fields`` (uint8)."""
+    no_telemetry()
     import nncf
 
     dataset = nncf.Dataset([fields[i:i + 1] for i in range(len(fields))])
@@ -149,6 +151,7 @@ def convert_member(models_dir: Path, entry: ModelEntry, fields: np.ndarray, labe
     Raises:
         ConversionError: Float32 OpenVINO does not reproduce Keras on validation.
     """
+    no_telemetry()
     import openvino as ov
 
     models_dir = Path(models_dir)
