@@ -152,7 +152,9 @@ class Watcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._excluded = {p.resolve() for p in (config.out, store_path_for(config.out), sidecar_path(config.out))}
-        self._excluded_dirs = [d for d in (config.move_to, config.heatmaps and config.heatmaps.folder) if d]
+        # Scored images are moved to --move-to, so it is never watched; the heatmaps folder may be the watched folder
+        # or lie in it (images landing there are scored): allscan's figures are told apart by their marker.
+        self._excluded_dirs = [config.move_to] if config.move_to else []
         self._csv = None
         self._observer = None
         self._folder_gone = False

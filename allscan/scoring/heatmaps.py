@@ -110,7 +110,9 @@ def write_heatmaps(pipeline: "Pipeline", fieldsets: Sequence["FieldSet"], displa
                    paths: Sequence[Path], hashes: Sequence[str], scores: Sequence[Score], folder: Path,
                    sizes: Sequence[tuple[int, int]]) -> list[str]:
     """Save one figure per image, with its cells (see :func:`write_figure`; ``sizes`` are the image files'
-    (width, height)); returns the figure paths."""
+    (width, height)); returns the figure paths, absolute: the results store outlives the current folder, and a
+    rerun, report or workbook from another folder must find them."""
+    folder = Path(os.path.abspath(folder))
     written = []
     for fields, display, path, sha, score, size in zip(fieldsets, displays, paths, hashes, scores, sizes):
         target = figure_path(folder, path, sha)

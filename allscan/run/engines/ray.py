@@ -1,10 +1,11 @@
 """The Ray engine (``allscan[ray]``): Ray Data reads and decodes in CPU tasks, an actor pool scores.
 
 The driver lists the images and leaves out those the results store already holds
-with a score; Ray Data prepares the rest in CPU tasks, and a fixed pool of actors,
-each loading the ensemble once, runs the job's scoring step on batches. Results
-stream back to the driver, which commits each batch to the same store as the local
-engine before reporting it, so resuming and exactly-once storage work the same.
+with a score (and a figure, when the run wants one); Ray Data prepares the rest in
+CPU tasks, and a fixed pool of actors, each loading the ensemble once, runs the
+job's scoring step on batches. Results stream back to the driver, which commits each
+batch to the same store as the local engine before reporting it, so resuming and
+exactly-once storage work the same.
 
 Prepared images and results travel between processes as pickles: the engine never
 looks inside them, so it does not depend on how an image becomes model inputs.
@@ -75,7 +76,10 @@ class RayEngine:
     def run(self, images: Sequence[Path], job: Job, committer: Committer) -> None:
         todo = list(images)
         if not job.rescore:
-            stored = {str(r.path): r for r in committer.stored(images)}
+            # A stored content this run wants a figure for and has none in its heatmaps folder is scored again to
+            # draw it, as the local engine does.
+            known = committer.known_hashes()
+            stored = {str(r.path): r for r in committer.stored(images) if r.sha256 in known}
             for result in stored.values():
                 committer.already_stored(result)
             todo = [p for p in images if str(p) not in stored]
