@@ -26,3 +26,25 @@ def test_openvino_and_nncf_record_and_send_no_usage_statistics(tmp_path, code):
     subprocess.run([sys.executable, "-c", check], env=env, check=True, cwd=Path(__file__).parents[1],
                    capture_output=True, timeout=300)
     assert not (home / "intel").exists()
+
+
+def test_a_ray_runtime_started_by_allscan_reports_no_usage_statistics(monkeypatch):
+    """`--engine ray` started a local Ray runtime with Ray's usage statistics on (its default), which its dashboard
+    process reports to Anyscale."""
+    from types import SimpleNamespace
+
+    from allscan.run.engines import ray as ray_engine
+
+    monkeypatch.delenv(ray_engine.USAGE_STATS, raising=False)
+    seen = []
+    context = SimpleNamespace()
+    fake = SimpleNamespace(data=SimpleNamespace(DataContext=SimpleNamespace(get_current=lambda: context)),
+                           is_initialized=lambda: False, shutdown=lambda: None,
+                           init=lambda **kwargs: seen.append(os.environ.get(ray_engine.USAGE_STATS)))
+    with ray_engine._runtime(fake, None, 1):
+        pass
+    assert seen == ["0"]
+    monkeypatch.setenv(ray_engine.USAGE_STATS, "1")
+    with ray_engine._runtime(fake, None, 1):
+        pass
+    assert seen == ["0", "1"]  # a user who turned them on keeps them

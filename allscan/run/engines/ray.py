@@ -160,6 +160,11 @@ def _pickles(items: list) -> np.ndarray:
     return blobs
 
 
+USAGE_STATS = "RAY_USAGE_STATS_ENABLED"
+"""Ray reports usage statistics from every cluster it starts unless this is "0"; a cluster started elsewhere
+(``--address``) keeps its own setting."""
+
+
 @contextmanager
 def _runtime(ray, address: str | None, num_cpus: int | None):
     """Connect to ``address`` or start a local runtime, quietly; shut down only what was started here."""
@@ -170,6 +175,7 @@ def _runtime(ray, address: str | None, num_cpus: int | None):
     if ray.is_initialized():
         yield
         return
+    os.environ.setdefault(USAGE_STATS, "0")  # a runtime started here reports nothing (a user's "1" stands)
     try:
         try:
             with _working_folder(INSTALLED_ROOT), _sigint_blocked():
