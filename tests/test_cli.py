@@ -113,6 +113,7 @@ def test_models_refuses_a_file_that_does_not_match_its_checksum(models_copy):
     result = runner.invoke(app, ["models", "--models", str(models_copy)])
     assert result.exit_code == 2
     assert "does not match the manifest" in result.output and "match their sha256" not in result.output
+    assert "these models are refused until it is restored" in result.output  # `models` loads nothing: not "loading"
 
 
 def test_training_commands_say_which_extra_they_need(monkeypatch, tmp_path):

@@ -93,17 +93,16 @@ def check_listed_files(models_dir: Path, manifest: Manifest) -> int:
     if manifest.domain is not None:
         listed[manifest.domain["file"]] = manifest.domain["sha256"]
     for file, sha256 in listed.items():
-        _checked(Path(models_dir) / file, sha256, "listed file")
+        _checked(Path(models_dir) / file, sha256, "listed file", "these models are refused until it is restored")
     return len(listed)
 
 
-def _checked(path: Path, sha256: str, what: str) -> Path:
+def _checked(path: Path, sha256: str, what: str, outcome: str = "refusing to load it") -> Path:
     if not path.is_file():
         raise ManifestError(f"{what} missing: {path}")
     actual = sha256_file(path)
     if actual != sha256:
         raise ManifestError(
-            f"{what} {path} does not match the manifest (sha256 {actual[:12]}…, expected {sha256[:12]}…);"
-            " refusing to load it"
+            f"{what} {path} does not match the manifest (sha256 {actual[:12]}…, expected {sha256[:12]}…); {outcome}"
         )
     return path
