@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from allscan.domain.fields import DomainOptions
-from allscan.domain.site import load_profile
+from allscan.domain.site import CELLS, FIELDS, load_profile, profile_name
 from allscan.images import find_images
 from allscan.models.runtime import check_runtime
 from allscan.paths import default_models_dir
@@ -34,7 +34,7 @@ from allscan.run.job import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Job, Source
 from allscan.run.preflight import check_images_found, check_outputs
 from allscan.run.specimens import Specimens
 from allscan.scoring.heatmaps import HeatmapOptions
-from allscan.scoring.pipeline import Pipeline, as_pipeline
+from allscan.scoring.pipeline import Pipeline, as_pipeline, settle
 
 __all__ = ["Screener", "load", "predict", "read_results"]
 
@@ -129,15 +129,18 @@ class Screener:
         return list(sink.results([source.name for source in sources]))
 
 
-def load(models: Path | str | None = None, site: Path | str | None = None, stain_norm: bool = True,
+def load(models: Path | str | None = None, site: Path | str | None = None, stain_norm: bool | None = None,
          rbc_diameter: float | None = None, runtime: str = "auto", find_cells: bool = True) -> Screener:
     """Load the ensemble in ``models`` [default: ``$ALLSCAN_MODELS`` or the shipped models] once,
     with a site profile made by ``allscan adapt`` [default: ``$ALLSCAN_SITE``, if set].
 
+    With a site profile, ``stain_norm`` and ``rbc_diameter`` left at None and ``runtime`` ``auto`` are the
+    ones it was fitted with; given, they must be.
+
     Args:
         models: Models folder.
         site: Site profile folder.
-        stain_norm: Normalise the colour of images stained unlike the training images.
+        stain_norm: Normalise the colour of images stained unlike the training images [default: True].
         rbc_diameter: Red-cell diameter in pixels in the images (overrides the estimate).
         runtime: What runs the models: ``auto`` (OpenVINO where the models ship converted), ``openvino``
             or ``keras``.
@@ -145,13 +148,15 @@ def load(models: Path | str | None = None, site: Path | str | None = None, stain
 
     Raises:
         ManifestError: No models there, a model file that fails its checksum, or a site profile
-            that is corrupt or was fitted on other models (a DomainError).
+            that is corrupt, was fitted on other models, or with another ``stain_norm``, ``rbc_diameter`` or
+            ``runtime`` than given (a DomainError).
         ValueError: An unknown ``runtime``, or an ``rbc_diameter`` that is not a number above 0.
     """
     site, origin = _site(site)
-    return Screener(Pipeline.load(models if models is not None else default_models_dir(), site,
-                                  DomainOptions(stain_norm, rbc_diameter, find_cells), site_origin=origin,
-                                  runtime=runtime))
+    given = [name for name, value in (("stain_norm", stain_norm), ("rbc_diameter", rbc_diameter)) if value is not None]
+    options = DomainOptions(stain_norm if stain_norm is not None else True, rbc_diameter, find_cells)
+    return Screener(Pipeline.load(models if models is not None else default_models_dir(), site, options,
+                                  site_origin=origin, runtime=runtime, given=given))
 
 
 def predict(images: ImageInput | Iterable[ImageInput], models: Path | str | None = None, out: Path | str | None = None,
@@ -165,8 +170,11 @@ def predict(images: ImageInput | Iterable[ImageInput], models: Path | str | None
     if out is None and not _sources(items, options.get("names"), options.get("recursive", True)):
         check_runtime(runtime)
         folder, origin = _site(site)
-        if folder is not None:
-            load_profile(Path(folder), origin)
+        if folder is not None:  # as load refuses it: a runtime the profile was not fitted under
+            profile = load_profile(Path(folder), origin)
+            models_dir = Path(models if models is not None else default_models_dir())
+            settle(profile, models_dir, DomainOptions(), (), {FIELDS: runtime, CELLS: runtime},
+                   profile_name(Path(folder), origin))
         return _frames([], options.get("cells", False))
     return load(models, site, runtime=runtime).predict(items, out, **options)
 

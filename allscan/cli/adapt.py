@@ -1,8 +1,5 @@
 """``allscan adapt``: fit a site profile on a lab's own labelled images, its labelled cell crops, or both."""
 
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -25,36 +22,23 @@ CellCropsDir = Annotated[Path | None, typer.Option(
 
 @app.command()
 def adapt(labelled: Labelled = None, *, cells: CellCropsDir = None, out: o.ProfileOut, models: o.Models = None,
-          stain_norm: o.StainNorm = True, rbc_diameter: o.RbcDiameter = None) -> None:
+          runtime: o.Runtime = "auto", stain_norm: o.StainNorm = True, rbc_diameter: o.RbcDiameter = None) -> None:
     """Fit a site profile on your lab's labelled images (light heads on the models' features, the site's
     threshold, review band and domain), on its labelled cell crops (--cells: heads on the cell classifier's
-    features and the site's cell threshold), or on both. Prints cross-validated figures with 95% intervals."""
+    features and the site's cell threshold), or on both. Prints cross-validated figures with 95% intervals.
+    The profile records the runtime and domain options: --site scores with them."""
     if labelled is None and cells is None:
         raise usage_error("give LABELLED (a folder of labelled images), --cells CELLS_DIR (labelled cell crops) "
                           "or both")
-    with terminate_as_interrupt(), _removed_unless_written(out):
-        _adapt(labelled, cells, out, models, stain_norm, rbc_diameter)
+    loading.check_runtime(runtime)
+    from allscan.run.preflight import leaving_no_trace
+
+    with terminate_as_interrupt(), leaving_no_trace([out]):
+        _adapt(labelled, cells, out, models, runtime, stain_norm, rbc_diameter)
 
 
-@contextmanager
-def _removed_unless_written(out: Path) -> Iterator[None]:
-    """Remove the folders that checking ``out`` made (the profile folder, and its parents that were not there)
-    when the command ends without a profile in them: a refusal or a stop leaves nothing behind."""
-    made = None
-    for folder in (out.absolute(), *out.absolute().parents):
-        if folder.exists() or folder.is_symlink():
-            break
-        made = folder
-    try:
-        yield
-    except BaseException:
-        if made is not None and made.is_dir() and all(p.is_dir() for p in made.rglob("*")):
-            shutil.rmtree(made, ignore_errors=True)
-        raise
-
-
-def _adapt(labelled: Path | None, cells: Path | None, out: Path, models: Path | None, stain_norm: bool,
-           rbc_diameter: float | None) -> None:
+def _adapt(labelled: Path | None, cells: Path | None, out: Path, models: Path | None, runtime: str,
+           stain_norm: bool, rbc_diameter: float | None) -> None:
     from allscan.domain.site import CELLS, FIELDS, PART_WORDS
     from allscan.models.manifest import ManifestError
     from allscan.training.adapt import LabelledSetError, adapt as fit_fields, kept_parts, list_labelled, site_profile
@@ -79,17 +63,20 @@ def _adapt(labelled: Path | None, cells: Path | None, out: Path, models: Path | 
             crops = read_crops(listed_crops)
     field_result = cell_result = classifier = None
     if images is not None:
-        pipeline = loading.pipeline(models, None, stain_norm, rbc_diameter)
+        pipeline = loading.pipeline(models, None, stain_norm, rbc_diameter, runtime=runtime)
         with loading.refusing(ManifestError, LabelledSetError):
             field_result = fit_fields(pipeline, images)
         classifier = pipeline.cells
     if crops is not None:
-        cell_result = adapt_cells(classifier or cell_classifier(models_dir), crops)
+        cell_result = adapt_cells(classifier or cell_classifier(models_dir, runtime), crops)
     site_profile(field_result, cell_result, kept).save(out)
     if field_result is not None:
         print_adapted(out, field_result)
     if cell_result is not None:
         print_cell_heads(out, cell_result)
+    for name, result in ((FIELDS, field_result), (CELLS, cell_result)):
+        if result is not None:
+            console.print(escape(f"site profile {path_text(out)}: {_fitted_line(name, result.part)}"), soft_wrap=True)
     for name, part in kept.items():
         console.print(escape(f"site profile {path_text(out)}: kept its {PART_WORDS[name]} part, fitted on "
                              f"{path_text(part.meta.get('source', 'images not recorded'))}"), soft_wrap=True)
@@ -141,11 +128,20 @@ def check_cell_models(models_dir: Path) -> None:
         load_manifest(models_dir / CELLS_DIR)
 
 
-def cell_classifier(models_dir: Path):
-    """The cell classifier of ``models_dir`` (checked by :func:`check_cell_models`), loaded."""
+def cell_classifier(models_dir: Path, runtime: str = "auto"):
+    """The cell classifier of ``models_dir`` (checked by :func:`check_cell_models`), loaded in ``runtime``."""
     from allscan.models.manifest import ManifestError
     from allscan.scoring.cells import CellClassifier
 
     with loading.refusing(ManifestError):
-        return CellClassifier.load(models_dir)
+        return CellClassifier.load(models_dir, runtime)
+
+
+def _fitted_line(name: str, part) -> str:
+    """The runtime (and, for the field part, the domain options) the part ``name`` was fitted with, which
+    ``--site`` scores with."""
+    from allscan.domain.site import OPTIONS, PART_WORDS, RUNTIME, spelt
+
+    settings = [spelt(RUNTIME, part.runtime), *(spelt(k, v) for k, v in part.meta.get(OPTIONS, {}).items())]
+    return f"its {PART_WORDS[name]} part was fitted with {', '.join(settings)}; --site scores with these"
 

@@ -1,7 +1,7 @@
 """What commands check and load before they work: outputs and inputs first (no TensorFlow yet), then
 the manifest, then the models; each refusal is a usage error (exit 2)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,6 +86,14 @@ def given(ctx: typer.Context, name: str) -> bool:
     return ctx.get_parameter_source(name).name != "DEFAULT"
 
 
+def given_domain_options(ctx: typer.Context) -> list[str]:
+    """The domain options (``stain_norm``, ``rbc_diameter``) the command line gave: a site profile's own stand in
+    for the others."""
+    from allscan.domain.fields import DomainOptions
+
+    return [name for name in DomainOptions().key() if given(ctx, name)]
+
+
 def heatmap_options(folder: Path | None, every: bool):
     from allscan.scoring.heatmaps import HeatmapOptions
 
@@ -126,29 +134,36 @@ def ensemble(models: Path | None):
         return Ensemble.load(models or default_models_dir())
 
 
+def check_runtime(runtime: str) -> None:
+    """Refuse a ``--runtime`` that is not one of auto, openvino and keras."""
+    from allscan.models.manifest import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise usage_error(f"--runtime must be one of {', '.join(RUNTIMES)}")
+
+
 def pipeline(models: Path | None, site: Path | None = None, stain_norm: bool = True,
              rbc_diameter: float | None = None, load_models: bool = True, site_origin: str = "", runtime: str = "auto",
-             cells: bool = True, need_cells: bool = False):
+             cells: bool = True, need_cells: bool = False, given: Collection[str] = ()):
     """The scoring pipeline: the site profile (checked first), models (checked, and loaded unless
     ``load_models`` is False, by ``runtime``) and domain options (``cells``: find and judge the white cells);
     ``site_origin`` names where ``site`` came from. With ``need_cells``, models without a cell classifier
-    are refused before they load."""
+    are refused before they load. With a site profile, the domain options not named in ``given``
+    (:func:`given_domain_options`) and an ``auto`` runtime are the profile's; others that differ from its
+    are refused before the models load."""
     manifest(models)
     from allscan.domain.fields import DomainOptions
-    from allscan.models.manifest import RUNTIMES, ManifestError
+    from allscan.models.manifest import ManifestError
     from allscan.scoring.cells import CELLS_DIR
     from allscan.scoring.pipeline import Pipeline
 
     folder = models or default_models_dir()
     if need_cells and not (Path(folder) / CELLS_DIR).is_dir():
         raise usage_error(f"--cells-geojson: the models in {folder} come without a cell classifier ({CELLS_DIR}/)")
-
-    if runtime not in RUNTIMES:
-        raise usage_error(f"--runtime must be one of {', '.join(RUNTIMES)}")
-
+    check_runtime(runtime)
     with refusing(ManifestError):
         return Pipeline.load(folder, site, DomainOptions(stain_norm, rbc_diameter, cells),
-                             load_models, site_origin, runtime)
+                             load_models, site_origin, runtime, given=given)
 
 
 def site_origin(ctx: typer.Context) -> str:

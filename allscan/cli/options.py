@@ -31,7 +31,8 @@ CellsGeojson = Annotated[Path | None, typer.Option(
     "for QuPath: File > Import objects.", rich_help_panel=OUTPUT, show_default=False)]
 Site = Annotated[
     Path | None,
-    typer.Option("--site", envvar="ALLSCAN_SITE", help="Score with a site profile made by allscan adapt.",
+    typer.Option("--site", envvar="ALLSCAN_SITE", help="Score with a site profile made by allscan adapt, with the "
+                 "runtime and domain options it was fitted with (others given are refused).",
                  rich_help_panel=DOMAIN, show_default=False),
 ]
 StainNorm = Annotated[
@@ -182,4 +183,5 @@ Pdf = Annotated[Path | None, typer.Option("--pdf", help="Write a printable repor
 Paper = Annotated[str, typer.Option("--paper", help="Paper of the printable report: a4 or letter.",
                                     rich_help_panel=SPECIMENS)]
 Runtime = Annotated[str, typer.Option("--runtime", help="What runs the models: auto (OpenVINO where the models ship "
-                                      "converted, else Keras), openvino or keras.", rich_help_panel=RUN)]
+                                      "converted, else Keras; with --site, the runtime the profile was fitted "
+                                      "under), openvino or keras.", rich_help_panel=RUN)]

@@ -44,7 +44,7 @@ def predict(ctx: typer.Context, paths: o.Paths, out: o.PredictOut = Path("result
             # Ray's actors load their own models: the driver only checks them.
             pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, load_models=engine == "local",
                                         site_origin=loading.site_origin(ctx), runtime=runtime, cells=cells,
-                                        need_cells=cells_geojson is not None)
+                                        need_cells=cells_geojson is not None, given=loading.given_domain_options(ctx))
             with loading.refusing(EngineError), LiveProgress(console, quiet) as live:
                 summary = Screener(pipeline).run(paths, out, recursive=recursive, batch_size=batch_size,
                                                  workers=workers, rescore=rescore, engine=runner, observer=live,
@@ -80,7 +80,8 @@ def watch(ctx: typer.Context, folder: o.Watched, out: o.WatchOut = Path("results
         from allscan.run.watch import WatchConfig, Watcher
 
         pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, site_origin=loading.site_origin(ctx),
-                                    runtime=runtime, cells=cells, need_cells=cells_geojson is not None)
+                                    runtime=runtime, cells=cells, need_cells=cells_geojson is not None,
+                                    given=loading.given_domain_options(ctx))
         config = WatchConfig(folder, out, recursive, poll, settle, max_delay, batch_size, xlsx_every, move_to,
                              heatmaps=loading.heatmap_options(heatmaps, heatmaps_all), report=report,
                              cells_geojson=cells_geojson)
@@ -116,7 +117,7 @@ def explain(ctx: typer.Context, image: o.Image, out: o.Figure = None, models: o.
         from allscan.run.explain import explain as explain_image
 
         pipeline = loading.pipeline(models, site, stain_norm, rbc_diameter, site_origin=loading.site_origin(ctx),
-                                    runtime=runtime, cells=cells)
+                                    runtime=runtime, cells=cells, given=loading.given_domain_options(ctx))
         result = explain_image(pipeline, image, target)
         if result.error:
             error_line(f"{image}: {result.error}")

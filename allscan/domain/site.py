@@ -5,21 +5,24 @@ band, the site's domain statistics), a cell part (heads on the cell classifier's
 site's cell threshold) or both. It is a folder holding ``profile.json`` (figures, settings,
 provenance, the arrays' sha256 and its own) and ``profile.npz`` (head weights and domain
 statistics; no pickle). Each part records the digest of the models it was fitted on and is refused
-with any others. A profile comes from elsewhere (another machine, a colleague, a hand edit), so
-loading checks everything before it is used: both digests, then every setting's type and range and
-every array's shape. Fitting lives in :mod:`allscan.training.adapt` and
-:mod:`allscan.training.adapt_cells`.
+with any others, and the runtime that ran them (the field part also its domain options): scoring
+takes these where none are given and refuses others (:meth:`SiteProfile.settle`). A profile comes
+from elsewhere (another machine, a colleague, a hand edit), so loading checks everything before it
+is used: both digests, then every setting's type and range and every array's shape. Fitting lives
+in :mod:`allscan.training.adapt` and :mod:`allscan.training.adapt_cells`.
 """
 
 import hashlib
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from allscan.domain.fields import DomainOptions
 from allscan.domain.gaussian import Gaussian
 from allscan.domain.reference import DomainChecks, DomainError, load_checked_pair
 from allscan.fileio import atomic_write_bytes, atomic_write_text, replace_folder
@@ -42,6 +45,11 @@ PART_WORDS = {FIELDS: "field", CELLS: "cell"}
 HEAD_PREFIX = {FIELDS: "head", CELLS: "cell_head"}
 """How each part's head arrays are named in ``profile.npz``: ``<prefix>_<model>_<mean|std|coef|intercept>``."""
 HEAD_ARRAYS = ("mean", "std", "coef", "intercept")
+RUNTIME, OPTIONS = "runtime", "options"
+"""The keys of a part's entry recording the runtime its models ran in while it was fitted (``keras`` or ``openvino``;
+absent from profiles written before it was recorded) and, for the field part, the domain options
+(:meth:`~allscan.domain.fields.DomainOptions.key`)."""
+FITTED_RUNTIMES = ("keras", "openvino")
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,17 @@ class FieldPart:
     def probabilities(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each head's p(ALL) for its model's features ``(n, d)``."""
         return {name: head.probabilities(features[name]) for name, head in self.heads.items()}
+
+    @property
+    def runtime(self) -> str | None:
+        """The runtime the models ran in while it was fitted; None where the profile predates recording it."""
+        return self.meta.get(RUNTIME)
+
+    @property
+    def options(self) -> dict | None:
+        """The domain options it was fitted with (:meth:`~allscan.domain.fields.DomainOptions.key`); None where
+        not recorded."""
+        return self.meta.get(OPTIONS)
 
     def check_models(self, digest: str) -> None:
         """Refuse models other than the ones the part was fitted on.
@@ -151,6 +170,11 @@ class CellPart:
         members = {name: head.probabilities(features[name]) for name, head in self.heads.items()}
         return np.asarray(weighted_mean(members, self.weights), dtype=float).reshape(-1), members
 
+    @property
+    def runtime(self) -> str | None:
+        """The runtime the cell models ran in while it was fitted; None where the profile predates recording it."""
+        return self.meta.get(RUNTIME)
+
     def check_models(self, digest: str) -> None:
         """Refuse cell models other than the ones the part was fitted on.
 
@@ -209,11 +233,48 @@ class SiteProfile:
         if self.fields is not None:
             self.fields.check_models(digest)
 
+    def settle(self, options: DomainOptions, given: Collection[str], runtimes: dict[str, str],
+               auto: Callable[[str], str]) -> tuple[DomainOptions, dict[str, str]]:
+        """The domain options and runtimes to score with: those its parts were fitted with, in place of the
+        options not ``given`` and of the runtime ``auto``; its heads then see the features they were fitted on.
+
+        Args:
+            options: The options asked for.
+            given: The names of the options in ``options`` given explicitly (``stain_norm``, ``rbc_diameter``).
+            runtimes: The runtime asked for (``auto``, ``keras`` or ``openvino``), by part name.
+            auto: The runtime ``auto`` picks for a part's models, by part name: what a part that records none
+                was fitted under (``adapt`` ran ``auto`` until it recorded the runtime, and the part's models
+                digest fixes the OpenVINO files ``auto`` goes by).
+
+        Raises:
+            DomainError: An option given, or a runtime other than ``auto``, that is not the one a part was fitted
+                with; the message names the option, the part's value and the remedy.
+        """
+        if self.fields is not None and self.fields.options is not None:
+            for name, value in self.fields.options.items():
+                if name in given and getattr(options, name) != value:
+                    raise DomainError(_conflict(FIELDS, name, value, getattr(options, name)))
+            options = replace(options, **self.fields.options)
+        settled = dict(runtimes)
+        used = {name: part for name, part in self.parts().items() if name == FIELDS or options.cells}
+        for name, part in used.items():
+            asked = runtimes[name]
+            if part.runtime is None and asked == "auto":
+                continue
+            fitted = part.runtime or auto(name)
+            if asked not in ("auto", fitted):
+                note = "" if part.runtime else " (what auto picks for these models; the profile predates recording it)"
+                raise DomainError(_conflict(name, RUNTIME, fitted, asked, note))
+            settled[name] = fitted
+        return options, settled
+
     def describe(self) -> dict:
-        """For the run metadata: its digest, where each part was fitted and their cross-validated figures."""
+        """For the run metadata: its digest, where each part was fitted, their cross-validated figures and the
+        runtime each was fitted under (None where not recorded)."""
         parts = self.parts()
         return {"digest": self.digest, "source": "; ".join(str(p.meta.get("source", "")) for p in parts.values()),
-                "cross_validated": {name: p.meta.get("cross_validated", {}) for name, p in parts.items()}}
+                "cross_validated": {name: p.meta.get("cross_validated", {}) for name, p in parts.items()},
+                RUNTIME: {name: p.runtime for name, p in parts.items()}}
 
     def save(self, folder: Path) -> str:
         """Write the profile folder all at once (:func:`~allscan.fileio.replace_folder`: cut short, it leaves the
@@ -234,6 +295,23 @@ class SiteProfile:
         meta[DIGEST_KEY] = meta_digest(meta)
         atomic_write_text(folder / PROFILE_JSON, json.dumps(meta, indent=2) + "\n")
         return sha256_file(folder / PROFILE_JSON)
+
+
+def spelt(name: str, value: object) -> str:
+    """An option's value as the command line gives it (``--no-stain-norm``, ``--rbc-diameter 40``)."""
+    if name == "stain_norm":
+        return "--stain-norm" if value else "--no-stain-norm"
+    if value is None:
+        return "the red-cell size estimated (no --rbc-diameter)"
+    return f"--{name.replace('_', '-')} {value:g}" if _real(value) else f"--{name.replace('_', '-')} {value}"
+
+
+def _conflict(part: str, name: str, fitted: object, asked: object, note: str = "") -> str:
+    """The refusal of an option (or runtime) ``asked`` for that differs from the one a part was ``fitted`` with."""
+    command = "adapt" if part == FIELDS else "adapt --cells"
+    return (f"its {PART_WORDS[part]} part was fitted with {spelt(name, fitted)}{note}, not {spelt(name, asked)}; "
+            f"drop --{name.replace('_', '-')} to score as it was fitted, or run allscan {command} again with "
+            f"{spelt(name, asked)}")
 
 
 def meta_digest(meta: dict) -> str:
@@ -335,12 +413,31 @@ def _field_problem(part: dict) -> str:
         return f"rbc_diameter must be a size in pixels (0 for none), not {part.get('rbc_diameter')!r}"
     if not (_real(part.get("scale_tolerance")) and part["scale_tolerance"] >= 1):
         return f"scale_tolerance must be a factor of 1 or more, not {part.get('scale_tolerance')!r}"
-    return ""
+    return _options_problem(part) or _runtime_problem(part)
 
 
 def _cell_problem(part: dict) -> str:
     """What is out of range in the cell part's settings, or an empty string."""
-    return _heads_problem(part, CELL_MODEL_NAMES)
+    return _heads_problem(part, CELL_MODEL_NAMES) or _runtime_problem(part)
+
+
+def _options_problem(part: dict) -> str:
+    """What is wrong with the domain options a field part records (if it does), or an empty string."""
+    if OPTIONS not in part:
+        return ""
+    options = part[OPTIONS]
+    size = options.get("rbc_diameter") if isinstance(options, dict) else None
+    if not (isinstance(options, dict) and set(options) == set(DomainOptions().key())
+            and isinstance(options["stain_norm"], bool) and (size is None or _real(size) and size > 0)):
+        return f"options must give stain_norm (true or false) and rbc_diameter (null or above 0), not {options!r}"
+    return ""
+
+
+def _runtime_problem(part: dict) -> str:
+    """What is wrong with the runtime a part records (if it does), or an empty string."""
+    if RUNTIME in part and part[RUNTIME] not in FITTED_RUNTIMES:
+        return f"runtime must be one of {', '.join(FITTED_RUNTIMES)}, not {part[RUNTIME]!r}"
+    return ""
 
 
 def _heads_problem(part: dict, known: tuple[str, ...]) -> str:

@@ -7,6 +7,7 @@ explain, the API, the Ray actors, evaluate, tune and adapt.
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,9 +17,11 @@ import numpy as np
 from allscan.domain.fields import METHOD_REVISION, DomainOptions, FieldMaker, FieldSet
 from allscan.domain.guard import assess
 from allscan.domain.reference import DomainError, DomainReference
-from allscan.domain.site import SiteProfile, load_profile, profile_name
+from allscan.domain.site import CELLS, FIELDS, SiteProfile, load_profile, profile_name
+from allscan.models.manifest import load_manifest
+from allscan.models.runtime import check_runtime, choose_runtime
 from allscan.results.types import DomainInfo, Score
-from allscan.scoring.cells import CellClassifier
+from allscan.scoring.cells import CELLS_DIR, CellClassifier
 from allscan.scoring.specimens import SpecimenRule
 from allscan.scoring.vote import aggregate, combine
 
@@ -67,24 +70,34 @@ class Pipeline:
     @classmethod
     def load(cls, models_dir: Path, site_dir: Path | None = None,
              options: DomainOptions = DomainOptions(), load_models: bool = True,
-             site_origin: str = "", runtime: str = "auto", cells_runtime: str | None = None) -> "Pipeline":
+             site_origin: str = "", runtime: str = "auto", cells_runtime: str | None = None,
+             given: Collection[str] = ()) -> "Pipeline":
         """Load the site profile in ``site_dir``, if given, then the models in ``models_dir``
         (``load_models`` False: check the models now, load them on first use; see :meth:`Ensemble.load`).
 
         The profile is read first: a bad one is refused in a second, not after the models load.
         ``site_origin`` says where its folder was named (e.g. ``$ALLSCAN_SITE``), for the messages;
         ``runtime`` runs the models (``auto``, ``openvino`` or ``keras``; see :meth:`Ensemble.load`), and the
-        cell classifier too unless ``cells_runtime`` says otherwise.
+        cell classifier too unless ``cells_runtime`` says otherwise. With a site profile, the options of
+        ``options`` not named in ``given`` and an ``auto`` runtime are the ones it was fitted with
+        (:meth:`~allscan.domain.site.SiteProfile.settle`).
 
         Raises:
-            ManifestError: Unusable models, or a site profile that is corrupt, altered, out of range or
-                was fitted on other models (a DomainError).
+            ManifestError: Unusable models, or a site profile that is corrupt, altered, out of range, was
+                fitted on other models, or with other options or another runtime than ``given`` (a DomainError).
+            ValueError: An unknown runtime.
         """
+        runtimes = {FIELDS: runtime, CELLS: cells_runtime or runtime}
+        for asked in runtimes.values():
+            check_runtime(asked)
         site = load_profile(Path(site_dir), site_origin) if site_dir is not None else None
+        if site is not None:
+            name = profile_name(Path(site_dir), site_origin)
+            options, runtimes = settle(site, Path(models_dir), options, given, runtimes, name)
         from allscan.models.ensemble import Ensemble  # TensorFlow loads with the models, not with this module
 
-        ensemble = Ensemble.load(Path(models_dir), load_models=load_models, runtime=runtime)
-        cells = CellClassifier.load(Path(models_dir), cells_runtime or runtime, load_models) if options.cells else None
+        ensemble = Ensemble.load(Path(models_dir), load_models=load_models, runtime=runtimes[FIELDS])
+        cells = CellClassifier.load(Path(models_dir), runtimes[CELLS], load_models) if options.cells else None
         return cls(ensemble, options, site, Path(site_dir) if site_dir is not None else None, cells, site_origin)
 
     def describe(self) -> dict:
@@ -180,6 +193,25 @@ class Pipeline:
         info = DomainInfo(None if fs.scale is None else round(fs.scale, 4), fs.tiles, verdict.domain,
                           verdict.score, "; ".join(notes))
         return replace(score, review=score.review or verdict.domain == "out", domain=info)
+
+
+def settle(site: SiteProfile, models_dir: Path, options: DomainOptions, given: Collection[str],
+           runtimes: dict[str, str], name: str = "site profile") -> tuple[DomainOptions, dict[str, str]]:
+    """The domain options and runtimes (by part name) to score ``models_dir`` with ``site`` (``name`` names it in
+    the messages): :meth:`~allscan.domain.site.SiteProfile.settle`, before any model loads.
+
+    Raises:
+        DomainError: An option given or a runtime asked for that is not the one ``site`` was fitted with.
+        ManifestError: No manifest to say what ``auto`` picks for a part that records no runtime, where another
+            is asked for.
+    """
+    def auto(part: str) -> str:
+        return choose_runtime("auto", load_manifest(models_dir / CELLS_DIR if part == CELLS else models_dir))
+
+    try:
+        return site.settle(options, given, runtimes, auto)
+    except DomainError as err:
+        raise DomainError(f"{name}: {err}") from None
 
 
 def _site_cells(cells: CellClassifier | None, site: SiteProfile | None) -> CellClassifier | None:

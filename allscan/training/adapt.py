@@ -10,8 +10,11 @@ out-of-fold predictions (stratified k-fold over images), and the same out-of-fol
 predictions give the figures the lab sees: ROC AUC with a bootstrap 95% interval,
 sensitivity and specificity with Wilson 95% intervals (at a threshold chosen on those
 same predictions, so slightly optimistic). The site's domain statistics (colour,
-features, red-cell size) come from its images. Fitting one part into a profile folder keeps
-the other part already there, where it was fitted on the models in use (:func:`kept_parts`).
+features, red-cell size) come from its images. The part records the domain options and the runtime
+its features came from (an int8 OpenVINO member's features differ much from its Keras float32
+ones): scoring with it takes them (:meth:`~allscan.domain.site.SiteProfile.settle`). Fitting one
+part into a profile folder keeps the other part already there, where it was fitted on the models in
+use (:func:`kept_parts`).
 """
 
 import hashlib
@@ -30,8 +33,8 @@ from allscan.domain.fields import FieldSet
 from allscan.domain.gaussian import fit_gaussian
 from allscan.scoring.pipeline import Pipeline
 from allscan.domain.reference import DomainChecks, DomainError, scale_tolerance
-from allscan.domain.site import (CELLS, FIELDS, PART_WORDS, PARTS, PROFILE_JSON, CellPart, FieldPart, Head,
-                                 SiteProfile, load_profile)
+from allscan.domain.site import (CELLS, FIELDS, OPTIONS, PART_WORDS, PARTS, PROFILE_JSON, RUNTIME, CellPart,
+                                 FieldPart, Head, SiteProfile, load_profile)
 from allscan.scoring.vote import aggregate
 from allscan.images import ImageError, decode_file, find_images
 from allscan.models.manifest import EnsembleConfig
@@ -393,7 +396,8 @@ def adapt(pipeline: Pipeline, labelled: LabelledSet | Path, source: str = "") ->
     meta = {
         "source": source or str(labelled.folder),
         "images": {"ALL": int(counts[1]), "normal": int(counts[0]), "skipped": len(skipped)},
-        "options": pipeline.options.key(),
+        OPTIONS: pipeline.options.key(),
+        RUNTIME: pipeline.ensemble.runtime,
         "cross_validated": figures(labels, oof, threshold),
         "warnings": warnings,
     }

@@ -13,7 +13,8 @@ The cell models stay frozen, as the field models do for :mod:`allscan.training.a
 are the same: per member a logistic regression with strong L2 regularisation on its pooled features
 of the crops, p(blast) the heads' equal-weight mean, the site's cell threshold (best balanced
 accuracy) and the figures (ROC AUC with a bootstrap 95% interval, sensitivity and specificity with
-Wilson 95% intervals) from out-of-fold predictions (stratified k-fold over crops). Crops of one
+Wilson 95% intervals) from out-of-fold predictions (stratified k-fold over crops); the part records
+the runtime the cell models ran in, as the field part does. Crops of one
 patient can land in different folds, so the figures are optimistic where a lab's crops come from few
 patients.
 """
@@ -27,7 +28,7 @@ import numpy as np
 
 from allscan.domain.cells import CROP_SIZE, Cell, crop_cells, find_cells, normalise_colour
 from allscan.domain.scale import estimate_diameter
-from allscan.domain.site import CellPart, Head
+from allscan.domain.site import RUNTIME, CellPart, Head
 from allscan.images import ImageError, decode_file
 from allscan.models.calibration import weighted_mean
 from allscan.scoring.cells import CellClassifier
@@ -182,6 +183,7 @@ def adapt_cells(classifier: CellClassifier, cut: CellCropSet, source: str = "") 
     meta = {
         "source": source or str(cut.folder),
         "crops": {"blast": int(counts[1]), "normal": int(counts[0]), "skipped": len(cut.skipped)},
+        RUNTIME: classifier.ensemble.runtime,
         "cross_validated": figures(labels, oof, threshold, CELL_LABELLING),
         "warnings": warnings,
     }
