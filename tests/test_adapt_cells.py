@@ -16,7 +16,7 @@ from allscan.domain.reference import DomainError
 from allscan.domain.site import DIGEST_KEY, PROFILE_JSON, PROFILE_NPZ, load_profile, meta_digest
 from allscan.models.manifest import load_manifest, sha256_file
 from allscan.scoring.pipeline import Pipeline
-from tests.utils import cli_process, disc_smear
+from tests.utils import cli_process, disc_smear, profile_meta, resign_profile
 
 BLAST = (1.8, (120, 80, 170))
 """A blast's nucleus: large (1.8 red cells across), paler (fine chromatin)."""
@@ -50,18 +50,6 @@ def _invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def _meta(profile):
-    return json.loads((profile / PROFILE_JSON).read_text())
-
-
-def _resign(profile, change):
-    """Change the parsed profile.json and write it back with its digest recomputed."""
-    meta = _meta(profile)
-    change(meta)
-    meta[DIGEST_KEY] = meta_digest(meta)
-    (profile / PROFILE_JSON).write_text(json.dumps(meta, indent=2))
-
-
 @pytest.fixture(scope="module")
 def adapted(models_dir, tmp_path_factory):
     """``adapt --cells`` run once on 12 + 12 good crops and three that cannot be used."""
@@ -85,7 +73,7 @@ def test_adapt_cells_writes_a_cell_part_with_cross_validated_figures(adapted, mo
     assert result.exit_code == 0, result.output
     assert "cell heads of site profile" in result.output and "roc auc" in result.output
     assert "warning" in result.output  # 12 per class: too few to trust the intervals
-    meta = _meta(profile)
+    meta = profile_meta(profile)
     assert meta["format"] == 3 and "fields" not in meta
     cells = meta["cells"]
     assert cells["crops"] == {"blast": 12, "normal": 12, "skipped": 3}
@@ -121,13 +109,13 @@ def test_a_profile_with_a_cell_part_judges_cells_by_its_heads_and_threshold(adap
     assert plain.count == judged.count >= 2
     assert [c.x for c in plain.cells] == [c.x for c in judged.cells]  # the same cells, other answers
     assert not np.allclose([c.p_blast for c in plain.cells], [c.p_blast for c in judged.cells], atol=1e-3)
-    assert judged.threshold == _meta(profile)["cells"]["threshold"]
+    assert judged.threshold == profile_meta(profile)["cells"]["threshold"]
     assert set(judged.cells[0].per_model) == {"vgg16"}
 
     edited = tmp_path / "edited"
     shutil.copytree(profile, edited)
     low = float(np.min([c.p_blast for c in judged.cells])) - 1e-3  # every cell at or above it is a blast
-    _resign(edited, lambda meta: meta["cells"].update(threshold=low))
+    resign_profile(edited, lambda meta: meta["cells"].update(threshold=low))
     assert _cells_of(Pipeline.load(models_dir, edited), field_image).blasts == judged.count
 
     rows = {}
@@ -155,7 +143,7 @@ def test_a_profile_with_both_parts(domain_models_dir, field_image, tmp_path):
                      "--out", profile, "--models", domain_models_dir)
     assert result.exit_code == 0, result.output
     assert "site profile" in result.output and "cell heads of site profile" in result.output
-    meta = _meta(profile)
+    meta = profile_meta(profile)
     assert meta["fields"]["images"] == {"ALL": 5, "normal": 5, "skipped": 0}
     assert meta["cells"]["crops"] == {"blast": 10, "normal": 10, "skipped": 0}
     loaded = load_profile(profile)
@@ -171,7 +159,7 @@ def _as_format_2(cells_and_fields, folder):
     """The field part of a format-3 profile written as allscan wrote profiles before cells (format 2: the field
     part's settings at the top level, the same arrays)."""
     shutil.copytree(cells_and_fields, folder)
-    meta = _meta(folder)
+    meta = profile_meta(folder)
     old = meta["fields"] | {"format": 2, "created": meta["created"], "arrays": PROFILE_NPZ,
                             "arrays_sha256": meta["arrays_sha256"]}
     old[DIGEST_KEY] = meta_digest(old)
@@ -252,7 +240,7 @@ def test_a_tampered_cell_part_is_refused_by_the_digest(adapted, tmp_path):
     edited = tmp_path / "edited"
     shutil.copytree(profile, edited)
     text = (edited / PROFILE_JSON).read_text()
-    threshold = _meta(edited)["cells"]["threshold"]
+    threshold = profile_meta(edited)["cells"]["threshold"]
     (edited / PROFILE_JSON).write_text(text.replace(f'"threshold": {threshold}', '"threshold": 0.01'))
     with pytest.raises(DomainError, match="profile.json does not match the digest recorded in it"):
         load_profile(edited)
@@ -265,7 +253,7 @@ def test_a_tampered_cell_part_is_refused_by_the_digest(adapted, tmp_path):
     np.savez(swapped / PROFILE_NPZ, **arrays)
     with pytest.raises(DomainError, match="profile.npz does not match the digest recorded in profile.json"):
         load_profile(swapped)
-    _resign(swapped, lambda meta: meta.update(arrays_sha256=sha256_file(swapped / PROFILE_NPZ)))
+    resign_profile(swapped, lambda meta: meta.update(arrays_sha256=sha256_file(swapped / PROFILE_NPZ)))
     assert load_profile(swapped).cells.heads["vgg16"].coef[0] == arrays["cell_head_vgg16_coef"][0]
 
 
@@ -281,7 +269,7 @@ def test_a_cell_part_out_of_range_is_refused_even_re_signed(adapted, tmp_path, c
     _, profile, _ = adapted
     edited = tmp_path / "edited"
     shutil.copytree(profile, edited)
-    _resign(edited, change)
+    resign_profile(edited, change)
     with pytest.raises(DomainError, match=reason) as refused:
         load_profile(edited)
     assert str(edited) in str(refused.value) and "\n" not in str(refused.value)
@@ -295,7 +283,7 @@ def test_cell_head_arrays_of_the_wrong_shape_are_refused(adapted, tmp_path):
         arrays = {k: data[k] for k in data.files}
     arrays["cell_head_vgg16_coef"] = arrays["cell_head_vgg16_coef"][:-1]
     np.savez(edited / PROFILE_NPZ, **arrays)
-    _resign(edited, lambda meta: meta.update(arrays_sha256=sha256_file(edited / PROFILE_NPZ)))
+    resign_profile(edited, lambda meta: meta.update(arrays_sha256=sha256_file(edited / PROFILE_NPZ)))
     with pytest.raises(DomainError, match="the head of vgg16 has mismatched shapes .cell heads."):
         load_profile(edited)
 

@@ -2,48 +2,20 @@
 API: each refusal says what to fix, a second fit never silently drops what the first one fitted, a stop
 ends as the README's exit codes say."""
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 import allscan
 from allscan.cli import app
 from allscan.domain.reference import DomainError
 from allscan.domain.site import PROFILE_JSON, load_profile
-from tests.utils import disc_smear
-
-
-def _save(path, rgb):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(path)
-    return path
-
-
-def _lab(root, n=5, names=("ALL", "normal")):
-    """A lab's labelled fields: 448-px smears, red cells 32 px; ALL fields carry more nuclei."""
-    for name, nuclei in zip(names, (6, 1)):
-        for i in range(n):
-            _save(root / name / f"{name}-{i}.png", disc_smear(32, (448, 448), seed=700 + 10 * nuclei + i,
-                                                               nuclei=nuclei, cell_rgb=(220, 160, 180)))
-    return root
-
-
-def _crops(root, n=10):
-    """A lab's cell crops: one nucleus centred among 16-px red cells, blasts large and pale."""
-    for name, (across, colour) in (("blast", (1.8, (120, 80, 170))), ("normal", (1.1, (80, 30, 140)))):
-        for i in range(n):
-            rgb = disc_smear(16, (96, 96), seed=2000 * (name == "blast") + i, nuclei=0)
-            cv2.circle(rgb, (48, 48), round(across * 8), colour, -1)
-            _save(root / name / f"{name}-{i}.png", rgb)
-    return root
+from tests.utils import disc_smear, lab_crops, lab_fields, profile_meta, save_png
 
 
 def _invoke(*args):
@@ -54,17 +26,13 @@ def _one_line(output):
     return " ".join(output.split())
 
 
-def _meta(profile):
-    return json.loads((profile / PROFILE_JSON).read_text())
-
-
 # ---- a second adapt into a profile folder keeps the part it does not fit -------------------------------------
 
 @pytest.fixture(scope="module")
 def field_profile(domain_models_dir, tmp_path_factory):
     """A profile with a field part only, fitted on the tiny models with a domain reference."""
     root = tmp_path_factory.mktemp("field-part")
-    result = _invoke("adapt", _lab(root / "lab"), "--out", root / "site", "--models", domain_models_dir)
+    result = _invoke("adapt", lab_fields(root / "lab"), "--out", root / "site", "--models", domain_models_dir)
     assert result.exit_code == 0, result.output
     return root / "site"
 
@@ -73,15 +41,16 @@ def test_adapting_the_cells_into_a_profile_keeps_its_field_part(field_profile, d
     """``adapt --cells cells/ --out site/`` after ``adapt labelled/ --out site/`` wrote a profile with the cell part
     only: the field part the lab had fitted was gone without a word."""
     profile = shutil.copytree(field_profile, tmp_path / "site")
-    field_part = _meta(profile)["fields"]
-    cells = _invoke("adapt", "--cells", _crops(tmp_path / "cells"), "--out", profile, "--models", domain_models_dir)
+    field_part = profile_meta(profile)["fields"]
+    cells = _invoke("adapt", "--cells", lab_crops(tmp_path / "cells"), "--out", profile, "--models", domain_models_dir)
     assert cells.exit_code == 0, cells.output
     assert "kept its field part" in _one_line(cells.output)
-    meta = _meta(profile)
+    meta = profile_meta(profile)
     assert meta["fields"] == field_part and meta["cells"]["crops"]["blast"] == 10
     loaded = load_profile(profile)
     assert loaded.fields is not None and loaded.cells is not None
-    new = _save(tmp_path / "new" / "field.png", disc_smear(32, (448, 448), seed=9, nuclei=6, cell_rgb=(220, 160, 180)))
+    new = save_png(tmp_path / "new" / "field.png",
+                   disc_smear(32, (448, 448), seed=9, nuclei=6, cell_rgb=(220, 160, 180)))
     scored = _invoke("predict", new, "-o", tmp_path / "r.csv", "--models", domain_models_dir, "--site", profile, "-q")
     assert scored.exit_code == 0, scored.output
 
@@ -90,7 +59,7 @@ def test_a_part_fitted_on_other_models_is_not_kept_and_the_user_is_told(field_pr
     """The field part was fitted on ``domain_models_dir``; ``models_dir`` holds other field models (no domain
     reference) with the same cell classifier: kept, the profile would be refused with these models."""
     profile = shutil.copytree(field_profile, tmp_path / "site")
-    cells = _invoke("adapt", "--cells", _crops(tmp_path / "cells"), "--out", profile, "--models", models_dir)
+    cells = _invoke("adapt", "--cells", lab_crops(tmp_path / "cells"), "--out", profile, "--models", models_dir)
     assert cells.exit_code == 0, cells.output
     assert "warning:" in cells.output and "field part already in" in _one_line(cells.output)
     assert "was fitted on other models (" in cells.output and "so it is not kept" in _one_line(cells.output)
@@ -101,7 +70,7 @@ def test_an_unreadable_profile_in_the_folder_is_replaced_with_a_warning(domain_m
     profile = tmp_path / "site"
     profile.mkdir()
     (profile / PROFILE_JSON).write_text("{ not json")
-    result = _invoke("adapt", "--cells", _crops(tmp_path / "cells"), "--out", profile, "--models", domain_models_dir)
+    result = _invoke("adapt", "--cells", lab_crops(tmp_path / "cells"), "--out", profile, "--models", domain_models_dir)
     assert result.exit_code == 0, result.output
     assert "warning:" in result.output and "cannot be read, so none of it is kept" in _one_line(result.output)
     assert load_profile(profile).cells is not None and load_profile(profile).fields is None
@@ -111,7 +80,7 @@ def test_an_unreadable_profile_in_the_folder_is_replaced_with_a_warning(domain_m
 
 def test_too_few_readable_images_names_the_images_left_out(domain_models_dir, tmp_path):
     """Refused after decoding with "found 5 ALL and 4 normal" while normal/ held 5 files: which one, and why?"""
-    lab = _lab(tmp_path / "lab")
+    lab = lab_fields(tmp_path / "lab")
     (lab / "normal" / "normal-4.png").write_bytes(b"not an image")
     result = _invoke("adapt", lab, "--out", tmp_path / "site", "--models", domain_models_dir)
     assert result.exit_code == 2
@@ -122,7 +91,7 @@ def test_too_few_readable_images_names_the_images_left_out(domain_models_dir, tm
 def test_a_refusal_after_the_models_load_leaves_no_empty_profile_folder(domain_models_dir, tmp_path):
     """The check that ``--out`` can be written made the folder: a refused adapt (exit 2, nothing done) left an empty
     ``site/`` behind, which ``--site`` then refused as holding no profile."""
-    lab = _lab(tmp_path / "lab")
+    lab = lab_fields(tmp_path / "lab")
     (lab / "ALL" / "ALL-0.png").write_bytes(b"")
     result = _invoke("adapt", lab, "--out", tmp_path / "new" / "site", "--models", domain_models_dir)
     assert result.exit_code == 2 and "ALL-0.png" in _one_line(result.output)
@@ -130,7 +99,7 @@ def test_a_refusal_after_the_models_load_leaves_no_empty_profile_folder(domain_m
 
 
 def test_too_few_images_once_copies_are_left_out_names_the_copy(tmp_path):
-    lab = _lab(tmp_path / "lab")
+    lab = lab_fields(tmp_path / "lab")
     (lab / "normal" / "normal-4.png").write_bytes((lab / "normal" / "normal-0.png").read_bytes())
     result = _invoke("adapt", lab, "--out", tmp_path / "site")
     assert result.exit_code == 2
@@ -144,7 +113,7 @@ def test_too_few_images_once_copies_are_left_out_names_the_copy(tmp_path):
     (("ALL", "normals"), "normal", "ALL/, normals/"),
 ])
 def test_class_folders_under_other_names_are_named_in_the_refusal(names, absent, holds, tmp_path):
-    lab = _lab(tmp_path / "lab", names=names)
+    lab = lab_fields(tmp_path / "lab", names=names)
     result = _invoke("adapt", lab, "--out", tmp_path / "site")
     assert result.exit_code == 2
     line = _one_line(result.output)
@@ -153,7 +122,7 @@ def test_class_folders_under_other_names_are_named_in_the_refusal(names, absent,
 
 
 def test_a_class_path_that_is_a_file_is_named_in_the_refusal(tmp_path):
-    lab = _lab(tmp_path / "lab", names=("ALL", "other"))
+    lab = lab_fields(tmp_path / "lab", names=("ALL", "other"))
     (lab / "normal").write_text("")
     result = _invoke("adapt", lab, "--out", tmp_path / "site")
     assert result.exit_code == 2 and f"{lab / 'normal'}: not a folder" in _one_line(result.output)
@@ -176,7 +145,7 @@ _TERMINATED = (
 
 def test_sigterm_during_adapt_exits_130_with_one_line_and_no_profile(domain_models_dir, tmp_path):
     """A service manager's stop killed adapt with exit code 143 and nothing said; the README gives 130."""
-    lab = _lab(tmp_path / "lab")
+    lab = lab_fields(tmp_path / "lab")
     done = subprocess.run([sys.executable, "-c", _TERMINATED, "adapt", str(lab), "--out", str(tmp_path / "site"),
                            "--models", str(domain_models_dir)], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200"}, timeout=300)
@@ -222,7 +191,7 @@ def test_a_red_cell_size_that_is_not_a_number_above_0_is_a_value_error(diameter,
 def both_parts(domain_models_dir, tmp_path_factory):
     """A profile with a field part and a cell part fitted on the tiny models with a domain reference."""
     root = tmp_path_factory.mktemp("both-parts")
-    result = _invoke("adapt", _lab(root / "lab"), "--cells", _crops(root / "cells"), "--out", root / "site",
+    result = _invoke("adapt", lab_fields(root / "lab"), "--cells", lab_crops(root / "cells"), "--out", root / "site",
                      "--models", domain_models_dir)
     assert result.exit_code == 0, result.output
     return root / "site"
@@ -244,7 +213,7 @@ def test_a_profile_from_allscan_site_for_other_models_is_refused_naming_the_vari
     """Set once in a lab's shell, ``$ALLSCAN_SITE`` outlives a models update: the refusal named a profile the user
     never typed, without saying where it came from (and, for cell heads, named no profile at all)."""
     folder = models_dir if models == "models_dir" else _without_cells(domain_models_dir, tmp_path)
-    image = _save(tmp_path / "in" / "field.png", disc_smear(32, (448, 448), seed=3, nuclei=2))
+    image = save_png(tmp_path / "in" / "field.png", disc_smear(32, (448, 448), seed=3, nuclei=2))
     monkeypatch.setenv("ALLSCAN_SITE", str(both_parts))
     result = _invoke("predict", image, "-o", tmp_path / "r.csv", "--models", folder)
     assert result.exit_code == 2

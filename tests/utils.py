@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import os
 import sqlite3
 import subprocess
@@ -9,11 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from allscan._tf import keras
+from allscan.domain.site import DIGEST_KEY, PROFILE_JSON, meta_digest
 from allscan.models.manifest import EnsembleConfig, Manifest, ModelEntry, save_manifest, sha256_file
 from allscan.models.files import save_half_precision
 from allscan.models.registry import CELL_REGISTRY, REGISTRY, ModelSpec
@@ -181,3 +184,41 @@ def tiny_cell_spec(name: str) -> ModelSpec:
 
     real = CELL_REGISTRY[name]
     return ModelSpec(name, real.architecture, build, 64, real.preprocessing, 1, 1e-2)
+
+
+def save_png(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def lab_fields(root: Path, n: int = 5, names: tuple[str, str] = ("ALL", "normal")) -> Path:
+    """A lab's labelled fields: 448-px smears, red cells 32 px; ALL fields carry more nuclei."""
+    for name, nuclei in zip(names, (6, 1)):
+        for i in range(n):
+            save_png(root / name / f"{name}-{i}.png", disc_smear(32, (448, 448), seed=700 + 10 * nuclei + i,
+                                                                 nuclei=nuclei, cell_rgb=(220, 160, 180)))
+    return root
+
+
+def lab_crops(root: Path, n: int = 10) -> Path:
+    """A lab's cell crops: one nucleus centred among 16-px red cells, blasts large and pale."""
+    for name, (across, colour) in (("blast", (1.8, (120, 80, 170))), ("normal", (1.1, (80, 30, 140)))):
+        for i in range(n):
+            rgb = disc_smear(16, (96, 96), seed=2000 * (name == "blast") + i, nuclei=0)
+            cv2.circle(rgb, (48, 48), round(across * 8), colour, -1)
+            save_png(root / name / f"{name}-{i}.png", rgb)
+    return root
+
+
+def profile_meta(profile: Path) -> dict:
+    """A site profile's parsed ``profile.json``."""
+    return json.loads((profile / PROFILE_JSON).read_text())
+
+
+def resign_profile(profile: Path, change) -> None:
+    """Change the parsed profile.json and write it back with its digest recomputed."""
+    meta = profile_meta(profile)
+    change(meta)
+    meta[DIGEST_KEY] = meta_digest(meta)
+    (profile / PROFILE_JSON).write_text(json.dumps(meta, indent=2))
