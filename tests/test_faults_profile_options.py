@@ -14,7 +14,7 @@ from allscan.domain.fields import DomainOptions
 from allscan.domain.reference import DomainError
 from allscan.domain.site import load_profile
 from allscan.scoring.pipeline import Pipeline
-from tests.utils import cli_process, disc_smear, lab_crops, lab_fields, profile_meta, resign_profile, save_png
+from tests.utils import adapted_profile, cli_process, disc_smear, lab_fields, profile_meta, resign_profile, save_png
 
 
 def _invoke(*args):
@@ -141,11 +141,7 @@ def ov_models(domain_models_dir, domain_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def openvino_profile(ov_models, tmp_path_factory):
     """A profile with both parts fitted as a lab does, ``auto`` picking OpenVINO."""
-    root = tmp_path_factory.mktemp("ov-profile")
-    result = _invoke("adapt", lab_fields(root / "lab"), "--cells", lab_crops(root / "cells"), "--out", root / "site",
-                     "--models", ov_models)
-    assert result.exit_code == 0, result.output
-    return root / "site"
+    return adapted_profile(tmp_path_factory.mktemp("ov-profile"), ov_models)
 
 
 def test_a_profile_fitted_under_openvino_is_refused_with_keras(openvino_profile, ov_models, field_image, tmp_path):

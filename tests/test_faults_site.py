@@ -15,7 +15,7 @@ import allscan
 from allscan.cli import app
 from allscan.domain.reference import DomainError
 from allscan.domain.site import PROFILE_JSON, load_profile
-from tests.utils import disc_smear, lab_crops, lab_fields, profile_meta, save_png
+from tests.utils import adapted_profile, disc_smear, lab_crops, lab_fields, profile_meta, save_png
 
 
 def _invoke(*args):
@@ -190,11 +190,7 @@ def test_a_red_cell_size_that_is_not_a_number_above_0_is_a_value_error(diameter,
 @pytest.fixture(scope="module")
 def both_parts(domain_models_dir, tmp_path_factory):
     """A profile with a field part and a cell part fitted on the tiny models with a domain reference."""
-    root = tmp_path_factory.mktemp("both-parts")
-    result = _invoke("adapt", lab_fields(root / "lab"), "--cells", lab_crops(root / "cells"), "--out", root / "site",
-                     "--models", domain_models_dir)
-    assert result.exit_code == 0, result.output
-    return root / "site"
+    return adapted_profile(tmp_path_factory.mktemp("both-parts"), domain_models_dir)
 
 
 def _without_cells(models, tmp_path):

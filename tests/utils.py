@@ -222,3 +222,15 @@ def resign_profile(profile: Path, change) -> None:
     change(meta)
     meta[DIGEST_KEY] = meta_digest(meta)
     (profile / PROFILE_JSON).write_text(json.dumps(meta, indent=2))
+
+
+def adapted_profile(root: Path, models: Path) -> Path:
+    """``allscan adapt`` of a lab's fields and cell crops (both parts) on ``models``, into ``root/site``."""
+    from typer.testing import CliRunner
+
+    from allscan.cli import app
+
+    result = CliRunner().invoke(app, ["adapt", str(lab_fields(root / "lab")), "--cells", str(lab_crops(root / "cells")),
+                                      "--out", str(root / "site"), "--models", str(models)])
+    assert result.exit_code == 0, result.output
+    return root / "site"

@@ -303,14 +303,19 @@ def spelt(name: str, value: object) -> str:
         return "--stain-norm" if value else "--no-stain-norm"
     if value is None:
         return "the red-cell size estimated (no --rbc-diameter)"
-    return f"--{name.replace('_', '-')} {value:g}" if _real(value) else f"--{name.replace('_', '-')} {value}"
+    return f"{_flag(name)} {value:g}" if _real(value) else f"{_flag(name)} {value}"
+
+
+def _flag(name: str) -> str:
+    """The command-line option of a setting (``rbc_diameter`` → ``--rbc-diameter``)."""
+    return f"--{name.replace('_', '-')}"
 
 
 def _conflict(part: str, name: str, fitted: object, asked: object, note: str = "") -> str:
     """The refusal of an option (or runtime) ``asked`` for that differs from the one a part was ``fitted`` with."""
     command = "adapt" if part == FIELDS else "adapt --cells"
     return (f"its {PART_WORDS[part]} part was fitted with {spelt(name, fitted)}{note}, not {spelt(name, asked)}; "
-            f"drop --{name.replace('_', '-')} to score as it was fitted, or run allscan {command} again with "
+            f"drop {_flag(name)} to score as it was fitted, or run allscan {command} again with "
             f"{spelt(name, asked)}")
 
 
