@@ -181,7 +181,8 @@ def test_pdf_pages_carry_the_cell_counts(tmp_path):
     results = []
     for i, ps in enumerate([(0.9, 0.2, 0.1, 0.7), (0.6,)]):
         path = tmp_path / "P-001" / f"f{i}.png"
-        results.append(_result(path, _plain_image(path), [_cell(k + 1, 60, 60, p) for k, p in enumerate(ps)],
+        _plain_image(path)  # two fields of one specimen, not copies of one field (a copy's cells count once)
+        results.append(_result(path, f"field-{i}", [_cell(k + 1, 60, 60, p) for k, p in enumerate(ps)],
                                specimen="P-001"))
     pdf = tmp_path / "report.pdf"
     write_pdf(pdf, results, _info(), RunCounts(), summarise(results, SpecimenRule()))

@@ -78,7 +78,7 @@ def _cell_row(cells: CellView, width: int) -> Image.Image:
     row = Image.new("RGB", (width, 2 * _LABEL_HEIGHT + CELL_TILE + 4), "white")
     draw = ImageDraw.Draw(row)
     draw.text((3, 2), f"most blast-like cells, colour normalised as the cell classifier sees them (a blast at "
-                      f"p(blast) >= {findings.threshold:.2f})" if shown else "no white cells found", fill="black")
+                      f"p(blast) >= {findings.threshold:.3f})" if shown else "no white cells found", fill="black")
     for i, cell in enumerate(shown):
         x = i * step
         crop = Image.fromarray(cells.crops[cell.cell - 1]).resize((CELL_TILE - 4, CELL_TILE - 4), Image.BICUBIC)
@@ -94,9 +94,10 @@ def heatmap_figure(rgb: np.ndarray, combined: np.ndarray, maps: Mapping[str, np.
     """One strip: the image, the ensemble overlay, then each model's overlay, labelled with probabilities;
     with ``cells``, their boxes on the image and a row of the most blast-like below."""
     height, width = rgb.shape[:2]
-    panels = [_image_panel(rgb, cells), _labelled(overlay(rgb, combined), f"ensemble p={p_all:.3f}")]
-    for name, cam in maps.items():
-        panels.append(_labelled(overlay(rgb, resize_map(cam, width, height)), f"{name} p={probabilities[name]:.3f}"))
+    panels = [_image_panel(rgb, cells), _labelled(overlay(rgb, combined), f"ensemble p(ALL)={p_all:.3f}")]
+    for name, cam in maps.items():  # p(ALL), told apart from the p(blast) under the cells
+        panels.append(_labelled(overlay(rgb, resize_map(cam, width, height)),
+                                f"{name} p(ALL)={probabilities[name]:.3f}"))
     strip_width = sum(p.width for p in panels) + _GAP * (len(panels) - 1)
     row = _cell_row(cells, strip_width) if cells is not None else None
     figure = Image.new("RGB", (strip_width, panels[0].height + (row.height + _GAP if row else 0)), "white")

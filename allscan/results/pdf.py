@@ -98,13 +98,15 @@ def _cover(info: RunInfo, counts: RunCounts, specimens: list[SpecimenSummary], w
            ["host", info.host], ["command", info.command], ["models digest", info.models_digest],
            ["results digest", info.results_digest], ["threshold", f"{info.threshold:.4f}"],
            ["review band", f"{info.review_band[0]:.3f} – {info.review_band[1]:.3f}"],
-           ["site profile", f"{site['digest']} ({site.get('source', '')})" if site else "none"]]
+           ["site profile", f"{site['digest']} ({site.get('source', '')})" if site else "none"],
+           *([["specimen rule", info.specimen_rule_text()]] if info.specimen_rule else [])]
     models = [["model", "file", "sha256", "weight"]] + [
         [m["name"], m["file"], m["sha256"][:16] + "…", f"{m['weight']:.3f}"] for m in info.models]
     tally = [["images", "ALL", "normal", "review", "out of domain", "errors", "specimens"],
              [counts.done, counts.all_, counts.normal, counts.review, counts.out_of_domain, counts.errors,
               len(specimens)]]
     story = [Paragraph("allscan batch report", styles["title"]), Paragraph(NOTICE, styles["notice"]),
+             *([Paragraph(_escape(counts.interruption()), styles["notice"])] if counts.unscored else []),
              _table(run, [35 * mm, width - 35 * mm]), Spacer(1, 4 * mm),
              _table(models, [30 * mm, 45 * mm, 45 * mm, 20 * mm]), Spacer(1, 4 * mm), _table(tally)]
     if specimens:
@@ -174,8 +176,11 @@ def _specimen_pages(summary: SpecimenSummary, results: list[ImageResult], width:
                [summary.images, summary.all_, summary.normal, summary.review_images, summary.out_of_domain,
                 summary.errors, "–" if summary.top_p_all is None else f"{summary.top_p_all:.3f}",
                 "–" if summary.rule_score is None else f"{summary.rule_score:.3f}"]]
-    found = [r.score.cells for r in results if r.score and r.score.cells is not None]
-    if found:  # summed over its images: a cell in two overlapping fields counts twice
+    # Summed over its images, a copy of an image counted once as the rule counts it (a cell in two overlapping
+    # fields still counts twice).
+    found = list({r.sha256 or str(r.path): r.score.cells for r in results
+                  if r.score and r.score.cells is not None}.values())
+    if found:
         cells, blasts = sum(f.count for f in found), sum(f.blasts for f in found)
         figures[0] += ["white cells", "blasts"]
         figures[1] += [cells, _blasts(cells, blasts)]
@@ -183,7 +188,10 @@ def _specimen_pages(summary: SpecimenSummary, results: list[ImageResult], width:
     if summary.notes:
         story.append(Paragraph(f"Notes: {_escape(summary.notes)}", styles["body"]))
     story.append(Spacer(1, 3 * mm))
-    if summary.verdict == VERDICT_ERROR:
+    if summary.verdict == VERDICT_ERROR and not summary.errors:
+        story.append(Paragraph("No image of this specimen was scored before the run was interrupted: it has no "
+                               "verdict.", styles["body"]))
+    elif summary.verdict == VERDICT_ERROR:
         story.append(Paragraph("No image of this specimen could be scored: it has no verdict.", styles["body"]))
     else:
         story += _flagged_fields(results, width)

@@ -44,6 +44,7 @@ table.meta td{border:1px solid #ccc;padding:2px 6px}
 .flag{background:#ffd966;border-radius:4px;padding:0 4px;margin-left:4px}
 .ood{background:#9fd8e8;border-radius:4px;padding:0 4px;margin-left:4px}
 .notes{color:#1f5f73;margin-top:3px}
+.interrupted{color:#c00000;font-weight:bold}
 .bar{display:flex;align-items:center;gap:4px;margin:1px 0}.bar span.n{width:92px}
 .bar .track{flex:1;background:#eee;height:8px;border-radius:4px;overflow:hidden}
 .bar .fill{background:#8064a2;height:8px}
@@ -216,8 +217,17 @@ def _card(card: str, result: ImageResult, pictures: _Pictures, report_dir: Path)
     if heatmap:
         parts.append(f'<div><a href="{e(heatmap)}" onclick="show(this.getAttribute(\'href\'));return false">'
                      "heatmap</a></div>")
+    if result.specimen:  # a map or pattern may place it in a specimen its path does not name
+        parts.append(f'<div class="name">specimen <b>{e(result.specimen)}</b></div>')
     parts.append(f'<div class="name">{e(path_text(result.path))}</div></div>')
     return "".join(parts)
+
+
+def _site(info: RunInfo) -> str:
+    """The site profile that scored the run (its threshold and review band are then the profile's), as the PDF
+    names it."""
+    site = info.domain.get("site") if isinstance(info.domain, dict) else None
+    return f"{site['digest']} ({site.get('source', '')})" if site else "none"
 
 
 def _meta_table(rows: list[tuple[str, object]]) -> str:
@@ -279,7 +289,8 @@ def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCoun
     run_rows = [
         ("allscan", info.allscan_version), ("finished", info.finished), ("host", info.host),
         ("command", info.command), ("models digest", info.models_digest), ("threshold", f"{info.threshold:.3f}"),
-        ("review band", f"{info.review_band[0]:.3f} – {info.review_band[1]:.3f}"),
+        ("review band", f"{info.review_band[0]:.3f} – {info.review_band[1]:.3f}"), ("site profile", _site(info)),
+        *([("specimen rule", info.specimen_rule_text())] if info.specimen_rule else []),
     ]
     summary_rows = [("ALL", counts.all_), ("normal", counts.normal), ("flagged for review", counts.review),
                     ("out of domain (also flagged)", counts.out_of_domain), ("errors", counts.errors),
@@ -293,6 +304,7 @@ def render_report(results: Iterable[ImageResult], info: RunInfo, counts: RunCoun
         f"<title>allscan report</title><style>{_STYLE}{GALLERY_STYLE}</style><script>{_SCRIPT}{GALLERY_SCRIPT}</script>"
         "</head><body><h1>allscan batch report</h1>"
         "<p><b>Research use only; not a diagnostic device.</b> Flagged images first, then by p(ALL).</p>"
+        + (f'<p class="interrupted">{html.escape(counts.interruption())}</p>' if counts.unscored else "") +
         f"{_meta_table(run_rows)}{_meta_table(summary_rows)}{_specimen_table(list(specimens))}"
         '<div class="controls">Verdict <select id="verdict"><option value="any">any</option>'
         '<option value="ALL">ALL</option><option value="normal">normal</option><option value="error">error</option>'

@@ -7,6 +7,7 @@ nothing that was reported, and a rerun picks up where it stopped.
 """
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -40,6 +41,13 @@ def _cell_row(cell: CellResult) -> tuple:
     return (int(cell.cell), float(cell.x), float(cell.y), int(cell.x0), int(cell.y0), int(cell.x1), int(cell.y1),
             float(cell.nucleus_area_px), float(cell.p_blast),
             json.dumps({name: float(p) for name, p in cell.per_model.items()}))
+
+
+def _still_there(real_path: str) -> bool:
+    """Whether the file stored with this real path is still there. A row stored before real paths were (no real
+    path: its path may be relative to another folder) and a name stored with its bytes that are not UTF-8 escaped
+    (``\\xNN``, :func:`~allscan.paths.path_text`) cannot be looked up: they count as there."""
+    return not real_path or "\\x" in real_path or os.path.lexists(real_path)
 
 
 def latest_digest(path: Path) -> str | None:
@@ -138,14 +146,15 @@ class ResultStore:
         return dict(rows)
 
     def first_file_for(self, sha256: str) -> tuple[str, str] | None:
-        """The first path stored with this content (to mark later copies as duplicates) and the real path of
-        its file when it was stored (empty for rows stored before real paths were)."""
+        """The first path stored with this content whose file is still there (to mark later copies as duplicates:
+        a copy of a file since deleted is no duplicate of a file the lab cannot find) and the real path of its file
+        when it was stored (empty for rows stored before real paths were)."""
         with self._io():
-            row = self._db.execute(
-                "SELECT path, real_path FROM files WHERE digest=? AND sha256=? AND error='' ORDER BY seq LIMIT 1",
+            rows = self._db.execute(
+                "SELECT path, real_path FROM files WHERE digest=? AND sha256=? AND error='' ORDER BY seq",
                 (self.digest, sha256),
-            ).fetchone()
-        return (row[0], row[1]) if row else None
+            ).fetchall()
+        return next(((path, real) for path, real in rows if _still_there(real)), None)
 
     def add(self, results: Iterable[ImageResult]) -> None:
         """Store a batch of results, with their cells, in one transaction (durable on return)."""

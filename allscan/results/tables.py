@@ -17,7 +17,7 @@ from openpyxl.utils import get_column_letter
 
 from allscan.fileio import OutputError, atomic_write, describe
 from allscan.paths import OUTPUT_SUFFIXES, cells_path, check_output_suffix, sidecar_path, specimens_path
-from allscan.results.types import (CELL_COLUMNS, COLUMNS, SPECIMEN_COLUMNS, ImageResult, RunCounts,
+from allscan.results.types import (CELL_COLUMNS, COLUMNS, NOT_SCORED, SPECIMEN_COLUMNS, ImageResult, RunCounts,
                                    SpecimenSummary)
 
 __all__ = ["OUTPUT_SUFFIXES", "RunInfo", "check_output_suffix", "csv_line", "neutralise", "sidecar_path",
@@ -56,10 +56,24 @@ class RunInfo:
     cells: dict = field(default_factory=dict)
     """Whether the white cells were looked for (``looked_for``) and, when they were, the cell classifier's
     ``models_digest``, ``threshold`` and ``models``."""
+    specimen_rule: dict = field(default_factory=dict)
+    """The specimen rule's parameters (``min_all``, ``top``, ``threshold``, ``review_band``, ``fitted_on``)."""
 
     @property
     def looked_for_cells(self) -> bool:
         return bool(self.cells.get("looked_for"))
+
+    def specimen_rule_text(self) -> str:
+        """The specimen rule in words, with the threshold its rule scores are compared with ("" when unknown)."""
+        rule = self.specimen_rule
+        if not rule:
+            return ""
+        low, high = rule["review_band"]
+        few = f", when fewer than {rule['min_all']} but some images are ALL" if rule["min_all"] > 1 else ""
+        return (f"ALL when at least {rule['min_all']} images are called ALL or the rule score (the mean p(ALL) of "
+                f"its {rule['top']} most suspicious images) is at least {rule['threshold']:.3f}; flagged for review "
+                f"when the rule score lies in {low:.3f} – {high:.3f}{few}, or when an image is out of domain or "
+                "could not be scored")
 
 
 def neutralise(value: object) -> object:
@@ -340,6 +354,7 @@ def _run_rows(info: RunInfo) -> list[tuple]:
         ("models digest", info.models_digest),
         ("threshold", info.threshold),
         ("review band", f"{info.review_band[0]:.3f} – {info.review_band[1]:.3f}"),
+        *([("specimen rule", info.specimen_rule_text())] if info.specimen_rule else []),
     ]
     rows += [(f"model {m['name']}", _model_line(m)) for m in info.models]
     rows += [(f"count {k}", v) for k, v in info.counts.items()]
@@ -370,6 +385,7 @@ def _summary_rows(counts: RunCounts) -> list[tuple]:
         ("flagged for review", counts.review),
         ("out of domain (also flagged)", counts.out_of_domain),
         ("total", counts.done),
+        *([(NOT_SCORED, counts.unscored)] if counts.unscored else []),
         (),
         ("folder", "ALL", "normal", "review", "out of domain", "error"),
     ]

@@ -70,6 +70,9 @@ SPECIMEN_COLUMNS: tuple[str, ...] = (
 )
 """The specimens table, in order: ``<out>.specimens.csv`` and the Excel ``Specimens`` sheet."""
 
+NOT_SCORED = "not scored yet (run interrupted)"
+"""The run count, in the run metadata and summaries, of images found that have no row: the run was interrupted
+before them (rerunning it finishes the job). Absent when every image has its row."""
 
 DOMAIN_IN, DOMAIN_OUT = "in", "out"
 
@@ -297,6 +300,19 @@ class RunCounts:
     cells: int = 0
     blasts: int = 0
     per_folder: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def unscored(self) -> int:
+        """Images of the run (``total``) that have no row yet: it was interrupted before them."""
+        return max(self.total - self.done, 0)
+
+    def interruption(self) -> str:
+        """What a report says first when the run was interrupted before some of its images ("" otherwise)."""
+        if not self.unscored:
+            return ""
+        return (f"This run was interrupted: {self.done} of its {self.total} images were scored. The other "
+                f"{self.unscored} have no row here, and the specimens holding them count them as not scored yet and "
+                "are flagged for review. Rerun the same command to finish.")
 
     def add(self, result: ImageResult, skipped: bool = False) -> None:
         self.done += 1

@@ -4,6 +4,8 @@ and cell tables, and the HTML and PDF reports."""
 import platform
 import shlex
 import sys
+from collections import Counter
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +16,7 @@ from allscan.results.pdf import PdfReport, write_pdf
 from allscan.results.report import ReportPictures, write_report
 from allscan.results.store import ResultStore
 from allscan.results.tables import RunInfo, write_results
-from allscan.results.types import RunCounts
+from allscan.results.types import NOT_SCORED, RunCounts
 from allscan.run.specimens import Specimens
 from allscan.scoring.pipeline import Pipeline
 from allscan.scoring.specimens import summarise
@@ -46,10 +48,12 @@ def run_info(pipeline: Pipeline, started: datetime, counts: RunCounts, command: 
             "errors": counts.errors,
             "skipped (already scored)": counts.skipped,
             **({"cells": counts.cells, "blasts": counts.blasts} if pipeline.cells is not None else {}),
+            **({NOT_SCORED: counts.unscored} if counts.unscored else {}),
         },
         results_digest=pipeline.digest,
         domain=pipeline.describe(),
         cells=_cells(pipeline),
+        specimen_rule=asdict(pipeline.specimen_rule) | {"review_band": list(pipeline.specimen_rule.review_band)},
     )
 
 
@@ -79,13 +83,17 @@ def write_outputs(out: Path, store: ResultStore, images: list[Path], pipeline: P
     judging each specimen; ``pictures`` makes the HTML report's thumbnails and cell crops [default: from each
     image's file]."""
     unassigned = [r.path for r in store.results(images) if not r.specimen] if keep_specimens else images
-    notes = _assign_specimens(store, unassigned, specimens or Specimens())
+    specimens = specimens or Specimens()
+    notes = _assign_specimens(store, unassigned, specimens)
     counts = RunCounts(total=len(images))
+    stored = set()
     for result in store.results(images):
         counts.add(result)
+        stored.add(result.path)
     counts.skipped = skipped
     info = run_info(pipeline, started, counts, command)
-    judged = summarise(store.results(images), pipeline.specimen_rule, notes)
+    unscored = Counter(specimens(path).specimen for path in images if path not in stored)  # a run cut short
+    judged = summarise(store.results(images), pipeline.specimen_rule, notes, unscored)
     write_results(out, lambda: store.results(images), info, counts, judged)
     if report is not None:
         write_report(report, store.results(images), info, counts, judged, pictures)

@@ -42,8 +42,10 @@ class SpecimenRule:
         if not (self.min_all >= 1 and self.top >= 1 and 0 < self.threshold < 1 and 0 <= low <= high <= 1):
             raise ManifestError(f"specimen rule out of range: {asdict(self)}")
 
-    def judge(self, specimen: str, results: Iterable[ImageResult], notes: tuple[str, ...] = ()) -> SpecimenSummary:
-        """The summary and verdict of one specimen from its images' results."""
+    def judge(self, specimen: str, results: Iterable[ImageResult], notes: tuple[str, ...] = (),
+              unscored: int = 0) -> SpecimenSummary:
+        """The summary and verdict of one specimen from its images' results; ``unscored`` more of its images have
+        no result yet (a run interrupted before them): counted among its images, and flagged."""
         results = list(results)
         contents: dict[str, ImageResult] = {}  # by content; by path where a result has no hash
         for r in results:
@@ -55,9 +57,12 @@ class SpecimenRule:
         out = sum(r.score.out_of_domain for r in scored)
         n_all = sum(r.score.verdict == VERDICT_ALL for r in scored)
         remarks = list(notes)
+        if unscored:  # a verdict from some of its images only must not read as the specimen's
+            remarks.append(f"{unscored} image(s) not scored yet: the run was interrupted; rerun it to finish")
         if not scored:
-            return SpecimenSummary(specimen, VERDICT_ERROR, True, len(results), 0, 0, 0, 0, 0, errors, None, "",
-                                   None, "; ".join(remarks + ["no image could be scored"]))
+            failed = ["no image could be scored"] if errors or not unscored else []
+            return SpecimenSummary(specimen, VERDICT_ERROR, True, len(results) + unscored, 0, 0, 0, 0, 0, errors,
+                                   None, "", None, "; ".join(remarks + failed))
         p = np.array([r.score.p_all for r in scored])
         best = int(np.argmax(p))
         score = float(np.mean(np.sort(p)[::-1][: self.top]))
@@ -74,9 +79,9 @@ class SpecimenRule:
             remarks.append(f"{errors} image(s) could not be scored")
         if copies:
             remarks.append(f"{copies} copy(ies) of an image counted once")
-        review = bool(low <= score < high or few or out or errors)
+        review = bool(low <= score < high or few or out or errors or unscored)
         return SpecimenSummary(
-            specimen, verdict, review, len(results), len(scored), n_all, len(scored) - n_all,
+            specimen, verdict, review, len(results) + unscored, len(scored), n_all, len(scored) - n_all,
             sum(r.score.review for r in scored), out, errors, float(p[best]), path_text(scored[best].path), score,
             "; ".join(remarks),
         )
@@ -104,10 +109,12 @@ class SpecimenRule:
 
 
 def summarise(results: Iterable[ImageResult], rule: SpecimenRule,
-              notes: dict[str, tuple[str, ...]] | None = None) -> list[SpecimenSummary]:
-    """One summary per specimen of ``results`` (grouped by their ``specimen``), sorted by id."""
-    groups: dict[str, list[ImageResult]] = {}
+              notes: dict[str, tuple[str, ...]] | None = None,
+              unscored: dict[str, int] | None = None) -> list[SpecimenSummary]:
+    """One summary per specimen of ``results`` (grouped by their ``specimen``) or of ``unscored`` (how many of a
+    specimen's images have no result yet), sorted by id."""
+    groups: dict[str, list[ImageResult]] = {name: [] for name in unscored or {}}
     for result in results:
         groups.setdefault(result.specimen, []).append(result)
-    notes = notes or {}
-    return [rule.judge(name, groups[name], notes.get(name, ())) for name in sorted(groups)]
+    notes, unscored = notes or {}, unscored or {}
+    return [rule.judge(name, groups[name], notes.get(name, ()), unscored.get(name, 0)) for name in sorted(groups)]
