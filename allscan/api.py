@@ -12,8 +12,10 @@
 The ``allscan predict`` command runs :meth:`Screener.run`, the same path as ``out=``.
 """
 
+import inspect
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ from allscan.run.batch import RunSummary, run_batch
 from allscan.run.committer import Committer, MemoryResults, Observer
 from allscan.run.engines import Engine, LocalEngine, make_engine
 from allscan.run.job import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, Job, Source
-from allscan.run.preflight import check_images_found, check_outputs
+from allscan.run.preflight import check_images_found, check_outputs, leaving_no_trace
 from allscan.run.specimens import Specimens
 from allscan.scoring.heatmaps import HeatmapOptions
 from allscan.scoring.pipeline import Pipeline, as_pipeline, settle
@@ -99,14 +101,16 @@ class Screener:
         if batch_size < 1 or workers < 1:
             raise ValueError(f"batch_size and workers must be at least 1, not {batch_size} and {workers}")
         items = _items(images)
-        _refuse_misfits(items, out, engine, recursive)
         if out is None:
+            _refuse_misfits(items, out, engine, recursive)
             sources = _sources(items, names, recursive)
-            return _frames(self._score_in_memory(sources, batch_size, workers) if sources else [], cells)
-        if isinstance(engine, str):
-            engine = make_engine(engine, workers)
-        summary = self.run(items, Path(out), recursive=recursive, batch_size=batch_size, workers=workers,
-                           rescore=rescore, engine=engine)
+            return _frames(self._score_in_memory(sources, items, batch_size, workers) if sources else [], cells)
+        with leaving_no_trace([Path(out)]):  # a refused call leaves no output folder behind, as the command
+            _refuse_misfits(items, out, engine, recursive)
+            if isinstance(engine, str):
+                engine = make_engine(engine, workers)
+            summary = self.run(items, Path(out), recursive=recursive, batch_size=batch_size, workers=workers,
+                               rescore=rescore, engine=engine)
         if summary.interrupted:
             raise KeyboardInterrupt
         with ResultStore(summary.store, self.pipeline.digest, writer=False) as store:
@@ -122,11 +126,16 @@ class Screener:
         return run_batch(images, out, self.pipeline, recursive, batch_size, workers, rescore, observer, command,
                          heatmaps, report, engine, specimens, pdf, cells_geojson)
 
-    def _score_in_memory(self, sources: list[Source], batch_size: int, workers: int) -> list:
-        """The same engine and committer as a run, into memory: rows in the order of ``sources``."""
+    def _score_in_memory(self, sources: list[Source], items: list[ImageInput], batch_size: int, workers: int) -> list:
+        """The same engine and committer as a run, into memory: rows in the order of ``sources``, a file's with the
+        specimen ``allscan predict`` gives it for the same ``items`` (its folder, by default; an array has none)."""
+        files = {source.name: source.data for source in sources if isinstance(source.data, Path)}
+        roots = [Path(item) for item in items if not isinstance(item, np.ndarray)]
+        specimens = Specimens(roots).with_images(list(files.values()))
         sink = MemoryResults()
         LocalEngine(workers).run(sources, Job.of(self.pipeline, batch_size), Committer(self.pipeline, sink, batch_size))
-        return list(sink.results([source.name for source in sources]))
+        return [replace(row, specimen=specimens(files[str(row.path)]).specimen) if str(row.path) in files else row
+                for row in sink.results([source.name for source in sources])]
 
 
 def load(models: Path | str | None = None, site: Path | str | None = None, stain_norm: bool | None = None,
@@ -150,33 +159,60 @@ def load(models: Path | str | None = None, site: Path | str | None = None, stain
         ManifestError: No models there, a model file that fails its checksum, or a site profile
             that is corrupt, was fitted on other models, or with another ``stain_norm``, ``rbc_diameter`` or
             ``runtime`` than given (a DomainError).
-        ValueError: An unknown ``runtime``, or an ``rbc_diameter`` that is not a number above 0.
+        ValueError: An unknown ``runtime``, an ``rbc_diameter`` that is not a number above 0, or a ``stain_norm``
+            or ``find_cells`` that is not True or False.
     """
     site, origin = _site(site)
-    given = [name for name, value in (("stain_norm", stain_norm), ("rbc_diameter", rbc_diameter)) if value is not None]
-    options = DomainOptions(stain_norm if stain_norm is not None else True, rbc_diameter, find_cells)
+    options, given = _domain_options(stain_norm, rbc_diameter, find_cells)
     return Screener(Pipeline.load(models if models is not None else default_models_dir(), site, options,
                                   site_origin=origin, runtime=runtime, given=given))
 
 
 def predict(images: ImageInput | Iterable[ImageInput], models: Path | str | None = None, out: Path | str | None = None,
-            site: Path | str | None = None, runtime: str = "auto", **options) -> Frames:
-    """Load the models (and a site profile) and score ``images``: :func:`load` then
-    :meth:`Screener.predict` (same options; ``cells=True`` returns ``(results, cells)``). A call with
-    nothing to score returns the empty frame(s) without loading the models, once ``runtime`` and the site
-    profile pass the checks :func:`load` makes."""
+            site: Path | str | None = None, runtime: str = "auto", stain_norm: bool | None = None,
+            rbc_diameter: float | None = None, find_cells: bool = True, **options) -> Frames:
+    """Load the models (and a site profile) and score ``images``: :func:`load` with its options, then
+    :meth:`Screener.predict` with the others (``cells=True`` returns ``(results, cells)``). A call with
+    nothing to score returns the empty frame(s) without loading the models, once its options and the site
+    profile pass the checks :func:`load` makes.
+
+    Raises:
+        TypeError: An option that neither takes (a misspelt name), or an input that is not a file, folder or array.
+        ValueError: As :func:`load` and :meth:`Screener.predict` raise it.
+    """
+    try:  # a misspelt option, before any work
+        inspect.signature(Screener.predict).bind(None, images, out, **options)
+    except TypeError as err:
+        raise TypeError(f"allscan.predict(): {err}") from None
     items = _items(images)
-    _refuse_misfits(items, out, options.get("engine", "local"), options.get("recursive", True))
-    if out is None and not _sources(items, options.get("names"), options.get("recursive", True)):
-        check_runtime(runtime)
-        folder, origin = _site(site)
-        if folder is not None:  # as load refuses it: a runtime the profile was not fitted under
-            profile = load_profile(Path(folder), origin)
-            models_dir = Path(models if models is not None else default_models_dir())
-            settle(profile, models_dir, DomainOptions(), (), {FIELDS: runtime, CELLS: runtime},
-                   profile_name(Path(folder), origin))
-        return _frames([], options.get("cells", False))
-    return load(models, site, runtime=runtime).predict(items, out, **options)
+    domain, given = _domain_options(stain_norm, rbc_diameter, find_cells)
+    with leaving_no_trace([Path(out)] if out is not None else []):  # a refused call leaves no output folder
+        _refuse_misfits(items, out, options.get("engine", "local"), options.get("recursive", True))
+        if out is None and not _sources(items, options.get("names"), options.get("recursive", True)):
+            check_runtime(runtime)
+            folder, origin = _site(site)
+            if folder is not None:  # as load refuses it: an option or runtime the profile was not fitted with
+                profile = load_profile(Path(folder), origin)
+                models_dir = Path(models if models is not None else default_models_dir())
+                settle(profile, models_dir, domain, given, {FIELDS: runtime, CELLS: runtime},
+                       profile_name(Path(folder), origin))
+            return _frames([], options.get("cells", False))
+        return load(models, site, stain_norm, rbc_diameter, runtime, find_cells).predict(items, out, **options)
+
+
+def _domain_options(stain_norm: bool | None, rbc_diameter: float | None,
+                    find_cells: bool) -> tuple[DomainOptions, list[str]]:
+    """The domain options asked for, and the names of those given (a site profile settles the others).
+
+    Raises:
+        ValueError: ``stain_norm`` or ``find_cells`` is not True or False (NumPy's included: a string ``"false"``
+            read from a settings file would count as true), or ``rbc_diameter`` is not a number above 0.
+    """
+    for name, value in (("stain_norm", stain_norm), ("find_cells", find_cells)):
+        if not isinstance(value, bool | np.bool_) and not (name == "stain_norm" and value is None):
+            raise ValueError(f"{name} must be True or False, not {value!r:.80}")
+    given = [name for name, value in (("stain_norm", stain_norm), ("rbc_diameter", rbc_diameter)) if value is not None]
+    return DomainOptions(bool(stain_norm) if stain_norm is not None else True, rbc_diameter, bool(find_cells)), given
 
 
 def _site(site: Path | str | None) -> tuple[Path | str | None, str]:

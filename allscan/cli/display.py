@@ -118,6 +118,7 @@ class WatchDisplay:
         self._labels: dict[Path, tuple[str, ...]] = {}
         self.lines = quiet or not console.is_terminal
         self._notice = ""
+        self._output_notice = ""
         self.live = None if self.lines else Live(self._render(), console=console, refresh_per_second=4)
 
     def __enter__(self) -> "WatchDisplay":
@@ -154,6 +155,11 @@ class WatchDisplay:
             self._notice = notice
             line = f"warning: {notice}" if notice else "the watched folder is back: watching it again"
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        problem = getattr(self.stats, "output_notice", "")
+        if problem != self._output_notice:
+            self._output_notice = problem
+            line = f"warning: {problem}" if problem else "the outputs are written again"
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def _render(self):
         from rich.console import Group
@@ -165,8 +171,8 @@ class WatchDisplay:
             table.add_row(escape(path_text(r.path.name)), r.verdict, f"{r.score.p_all:.3f}" if r.score else "-",
                           "yes" if r.score and r.score.review else "",
                           r.score.domain.domain if r.score and r.score.domain else "")
-        notice = getattr(self.stats, "notice", "")
-        lines = [Text(f"warning: {notice}", style="bold red")] if notice else []
+        notices = (getattr(self.stats, "notice", ""), getattr(self.stats, "output_notice", ""))
+        lines = [Text(f"warning: {notice}", style="bold red") for notice in notices if notice]
         return Group(*lines, self.summary_line(), table)
 
     def summary_line(self) -> Text:

@@ -104,6 +104,8 @@ class WatchStats:
     stored_paths: set[Path] = field(default_factory=set)
     notice: str = ""
     """What the user should know now (the watched folder is gone), or empty."""
+    output_notice: str = ""
+    """Why the outputs could not be rewritten at the last try (a workbook open in Excel on a share), or empty."""
 
     def stored(self, result: ImageResult) -> None:
         if result.path not in self.stored_paths:
@@ -156,6 +158,8 @@ class Watcher:
         # or lie in it (images landing there are scored): allscan's figures are told apart by their marker.
         self._excluded_dirs = [config.move_to] if config.move_to else []
         self._csv = None
+        self._in_csv: set[Path] = set()
+        self._replaced = False
         self._observer = None
         self._folder_gone = False
         self._store: ResultStore | None = None
@@ -214,7 +218,7 @@ class Watcher:
         folder = self.config.folder
         folder.mkdir(parents=True, exist_ok=True)
         observer = PollingObserver(timeout=0.5) if self.config.poll else InotifyObserver()
-        observer.schedule(_Handler(self.notify), str(folder), recursive=self.config.recursive)
+        observer.schedule(_Handler(self.notify), _watch_path(folder), recursive=self.config.recursive)
         observer.start()
         self._observer = observer
         try:
@@ -247,7 +251,7 @@ class Watcher:
     def _check_folder(self, store: ResultStore) -> None:
         """Say so when the watched folder goes; when it is back, watch it again and catch up on what it holds."""
         folder = self.config.folder
-        present = folder.is_dir()
+        present = _is_dir(folder)
         if present != self._folder_gone:
             return
         self._folder_gone = not present
@@ -255,8 +259,12 @@ class Watcher:
             self.stats.notice = f"the watched folder {folder} is gone (unmounted or deleted): waiting for it to return"
             return
         self._observer.unschedule_all()
-        self._observer.schedule(_Handler(self.notify), str(folder), recursive=self.config.recursive)
-        self._catch_up(store)
+        try:
+            self._observer.schedule(_Handler(self.notify), _watch_path(folder), recursive=self.config.recursive)
+            self._catch_up(store)
+        except OSError:  # gone again, or a share not answering yet: tried again at the next check
+            self._folder_gone = True
+            return
         self.stats.notice = ""
 
     def _check_output(self, store: ResultStore) -> None:
@@ -272,7 +280,7 @@ class Watcher:
             return
         opened = os.fstat(self._csv.fileno())
         if current is None or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
-            self._write_all(store)
+            self._rewrite(store)
 
     def _loop(self, committer: Committer, store: ResultStore) -> None:
         oldest_ready: float | None = None
@@ -293,6 +301,9 @@ class Watcher:
                 committer.flush()
                 oldest_ready = None
             self.stats.queued = len(self._pending) + len(committer.pending)
+            if self._replaced:
+                self._replaced = False
+                self._rewrite(store)
             self._maybe_rewrite(store)
             self._stop.wait(self.config.poll_interval)
         committer.flush()
@@ -310,13 +321,16 @@ class Watcher:
             except FileNotFoundError:
                 self._forget(path)
                 continue
+            except OSError:  # a share that stalls (EIO, ESTALE): wait until it answers, as for a file being written
+                state.size, state.stable_since = -1, now
+                continue
             if (st.st_size, st.st_mtime) != (state.size, state.mtime):
                 state.size, state.mtime, state.stable_since = st.st_size, st.st_mtime, now
                 continue
             if now - state.stable_since < self.config.settle:
                 continue
             item = prepare(path, self.pipeline.maker, frozenset(), self.config.heatmaps is not None)
-            if item.error and path.exists():
+            if item.error and _present(path):
                 if state.failed != (st.st_size, st.st_mtime):
                     state.attempts = 0  # it changed since it last failed to decode: still being written
                 if state.attempts < DECODE_RETRIES:
@@ -325,7 +339,7 @@ class Watcher:
                     state.not_before = now + self.config.settle
                     state.size = -1
                     continue
-            if item.error and not path.exists():
+            if item.error and not _present(path):
                 self._forget(path)
                 continue
             self._forget(path)
@@ -341,16 +355,20 @@ class Watcher:
             self._pending.pop(path, None)
 
     def stored(self, result: ImageResult) -> None:
-        """Called once a result is durable: append it, move the image, report it."""
+        """Called once a result is durable: append it (a file stored again under its name has the CSV written
+        again instead, without its old row), move the image, report it."""
         self.stats.stored(result)
         self._dirty = True
-        if self._csv is not None:
+        if self._csv is not None and result.path in self._in_csv:
+            self._replaced = True  # a file replaced under its name (a corrected field): its old row must go
+        elif self._csv is not None:
             try:
                 self._csv.write(csv_line(result))
                 self._csv.flush()
                 os.fsync(self._csv.fileno())
             except OSError as err:
                 raise OutputError(self.config.out, describe(err)) from err
+            self._in_csv.add(result.path)
         if self.config.move_to is not None:
             self._move(result)
 
@@ -390,6 +408,7 @@ class Watcher:
             self._csv.close()
             self._csv = None
         paths = [r.path for r in store.results()]
+        self._in_csv = set(paths)
         write_outputs(self.config.out, store, paths, self.pipeline, self._started, report=self.config.report,
                       specimens=self._specimens, pictures=self._pictures, keep_specimens=True)
         if self._csv is None and self.config.out.suffix.lower() == ".csv" and not self._stop.is_set():
@@ -406,7 +425,20 @@ class Watcher:
         if not self._dirty:
             return
         if time.monotonic() - self._last_rewrite >= self.config.xlsx_every:
+            self._rewrite(store)
+
+    def _rewrite(self, store: ResultStore) -> None:
+        """Rewrite the outputs while watching. One that cannot be written now (a workbook open in Excel on a share
+        cannot be replaced) is said and tried again at the next rewrite while scoring goes on: the store keeps every
+        row, and the stop writes them all (or ends with exit 3 if it still cannot)."""
+        try:
             self._write_all(store)
+        except OutputError as err:
+            self._last_rewrite, self._dirty = time.monotonic(), True
+            self.stats.output_notice = (f"{err}; scoring goes on, and the outputs are written again in "
+                                        f"{self.config.xlsx_every:g} s")
+            return
+        self.stats.output_notice = ""
 
 
 class _Relay:
@@ -431,15 +463,43 @@ def _resolved(path: Path | str) -> Path:
         return Path(path)
 
 
+def _watch_path(folder: Path) -> str:
+    """The folder as the observer is given it: with a trailing separator, so that a folder given as a link (to a
+    share, say) is watched through the link; inotify watched the link itself, and no event came."""
+    return os.path.join(folder, "")
+
+
+def _present(path: Path) -> bool:
+    """Whether ``path`` is there; on a share that cannot say now (EIO, ESTALE) it is, and is tried again."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _is_dir(folder: Path) -> bool:
+    """Whether ``folder`` is a folder now: a share that went stale or stopped answering (ESTALE, EIO) is not."""
+    try:
+        return folder.is_dir()
+    except OSError:
+        return False
+
+
 def _changed_since(path: Path, recorded: datetime | None) -> bool:
-    """Whether ``path`` has no row (``recorded`` None) or was modified after its row was recorded (replaced
-    while no watch ran)."""
+    """Whether ``path`` has no row (``recorded`` None) or was written after its row was recorded (replaced
+    while no watch ran). Its status-change time counts too: a copy that keeps the original's modification time
+    (``cp -p``, ``rsync -a``, a copy in Windows Explorer) is newer by that alone; an unchanged file this queues is
+    found already scored by its content."""
     if recorded is None:
         return True
     try:
-        return path.stat().st_mtime > recorded.timestamp() + 1  # rows are recorded to the second
+        st = path.stat()
     except OSError:
         return False
+    return max(st.st_mtime, st.st_ctime) > recorded.timestamp() + 1  # rows are recorded to the second
 
 
 def _in_hidden_folder(path: Path, root: Path) -> bool:
