@@ -273,3 +273,18 @@ def test_a_refused_call_with_out_leaves_no_output_folder(slides, screener, model
     with pytest.raises(ValueError, match="unknown engine"):
         screener.predict([slides], out=tmp_path / "day4" / "r.csv", engine="spark")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "slides"]
+
+
+@pytest.mark.parametrize("option, value", [("--settle", "-5"), ("--settle", "nan"), ("--max-delay", "inf"),
+                                           ("--xlsx-every", "-1")])
+def test_watch_refuses_a_duration_that_is_negative_or_not_a_number(tmp_path, option, value):
+    """`--settle -5` or `nan` was taken: every file was scored at its first sight, while still being copied in."""
+    from typer.testing import CliRunner
+
+    from allscan.cli import app
+
+    result = CliRunner().invoke(app, ["watch", str(tmp_path / "in"), "--out", str(tmp_path / "r.csv"), option, value,
+                                      "--models", str(tmp_path / "none")], prog_name="allscan")
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: Invalid value for '{option}': must be a number of seconds, 0 or more")
+    assert not (tmp_path / "in").exists()

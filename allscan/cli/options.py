@@ -4,6 +4,7 @@ Options are grouped into help panels (input, models, output, run, training, othe
 scaling out), as cellpose groups its parser. Help text is Rich markup: a literal ``[`` is written ``\\[``.
 """
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,15 @@ import typer
 
 INPUT, MODEL, OUTPUT, RUN, TRAIN, SCALE = "Input", "Models", "Output", "Run", "Training", "Scaling out (Ray)"
 DOMAIN = "Other labs' images"
+
+
+def _seconds(value: float) -> float:
+    """A duration: 0 or more, and a number (``nan`` passes a range check, and a negative or NaN settle time scored
+    files while they were still being written)."""
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"must be a number of seconds, 0 or more, not {value:g}")
+    return value
+
 
 Models = Annotated[
     Path | None,
@@ -80,13 +90,13 @@ WatchRecursive = Annotated[bool, typer.Option("--recursive/--no-recursive", help
 Poll = Annotated[bool, typer.Option("--poll", help="Poll instead of filesystem events (network shares).",
                                     rich_help_panel=INPUT)]
 Settle = Annotated[float, typer.Option(help="Seconds a file must stay unchanged before it is scored.",
-                                       rich_help_panel=INPUT)]
+                                       callback=_seconds, rich_help_panel=INPUT)]
 MaxDelay = Annotated[float, typer.Option("--max-delay", help="Longest an image waits for a batch to fill (s).",
-                                         rich_help_panel=RUN)]
+                                         callback=_seconds, rich_help_panel=RUN)]
 LargestBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Largest batch.", rich_help_panel=RUN)]
 XlsxEvery = Annotated[float, typer.Option("--xlsx-every", help="Seconds between rewrites of the .xlsx, the tables "
                                           "beside a CSV and the report.",
-                                          rich_help_panel=OUTPUT)]
+                                          callback=_seconds, rich_help_panel=OUTPUT)]
 MoveTo = Annotated[Path | None, typer.Option("--move-to", help="Move each image, once its row is stored, to "
                                              "DIR/ALL, DIR/normal, DIR/review or DIR/error.",
                                              rich_help_panel=OUTPUT, show_default=False)]
