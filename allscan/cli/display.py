@@ -365,20 +365,23 @@ def _figure(d: dict, key: str) -> str:
 
 
 def metrics_table(title: str, rows: dict, review_rows: tuple[str, ...] = ("ensemble",)) -> Table:
-    """Figures per model (or per run) with their 95% intervals, confusion counts and review counts."""
-    table = Table(title=f"{title}; 95% intervals: Wilson for proportions, bootstrap over images otherwise")
-    headers = {"n": "n", "accuracy": "acc", "precision": "prec", "recall": "recall", "specificity": "spec",
-               "f1": "F1", "balanced_accuracy": "bal acc", "roc_auc": "AUC", "brier": "Brier", "ece": "ECE"}
-    table.add_column("model")
-    for header in headers.values():
-        table.add_column(header, justify="right")
-    table.add_column("tn/fp/fn/tp", justify="right")
-    table.add_column("review", justify="right")
-    for name, m in rows.items():
-        d = m.to_dict()
-        (tn, fp), (fn, tp) = d["confusion_matrix"]
-        table.add_row(name, str(d["n"]), *(_figure(d, c) for c in list(headers)[1:]), f"{tn}/{fp}/{fn}/{tp}",
-                      str(d["review"]) if name in review_rows else "")
+    """Figures per model (or per run), a column each, with their 95% intervals, confusion counts and review
+    counts. A column per figure needed some 190 characters: narrower terminals cut every number short; five
+    columns of intervals fit 80 characters with the padding collapsed and no outer edge."""
+    table = Table(title=f"{title}; 95% intervals: Wilson for proportions, bootstrap over images otherwise",
+                  collapse_padding=True, show_edge=False, pad_edge=False)
+    headers = {"accuracy": "accuracy", "precision": "precision", "recall": "recall", "specificity": "specificity",
+               "f1": "F1", "balanced_accuracy": "bal accuracy", "roc_auc": "ROC AUC", "brier": "Brier", "ece": "ECE"}
+    table.add_column("")
+    for name in rows:
+        table.add_column(name, justify="right", overflow="fold")
+    figures = [m.to_dict() for m in rows.values()]
+    table.add_row("n", *(str(d["n"]) for d in figures))
+    for key, header in headers.items():
+        table.add_row(header, *(_figure(d, key) for d in figures))
+    table.add_row("tn / fp", *(" / ".join(map(str, d["confusion_matrix"][0])) for d in figures))
+    table.add_row("fn / tp", *(" / ".join(map(str, d["confusion_matrix"][1])) for d in figures))
+    table.add_row("review", *(str(d["review"]) if name in review_rows else "" for name, d in zip(rows, figures)))
     return table
 
 

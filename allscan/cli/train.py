@@ -2,6 +2,7 @@
 and ``fit-domain`` (the ``train`` extra)."""
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,16 +63,20 @@ def train(ctx: typer.Context, data_dir: o.TrainData, model: o.ModelName = "all",
         specs = [get_spec(n) for n in (MODEL_NAMES if model == "all" else (model,))]
     loading.require_splits(data_dir)
     found = _check_classes(data_dir, ("train", "val"))
-    if lr is not None and lr <= 0:
+    _check_ship_into(out)
+    _warn_split(data_dir, "train")
+    _warn_split(data_dir, "val", ("train",))
+    if lr is not None and not (math.isfinite(lr) and lr > 0):  # nan passes a "<= 0" check, then trains to nan
         raise usage_error(f"--lr must be above 0, got {lr:g}")
     if resume and restart:
         raise usage_error("give --resume or --restart, not both")
+    _check_weights(weights, model)
     box = loading.label_box(blank_box, ARIA_LABEL_BOX)
     runs = runs_dir or default_runs_dir()
     if not resume and not restart:
-        _refuse_replacing(runs, specs)
+        _refuse_replacing([runs / spec.name for spec in specs])
     from allscan.training.ship import ship
-    from allscan.training.train import RunSettingsError, train as train_model
+    from allscan.training.train import RunSettingsError, WeightsError, train as train_model
 
     settings = {"batch_size": batch_size, "seed": seed, "blank_box": box, "weights": weights}
     given = _given_settings(ctx, box)
@@ -84,7 +89,8 @@ def train(ctx: typer.Context, data_dir: o.TrainData, model: o.ModelName = "all",
         config = configs[spec.name]
         console.print(f"[bold]{spec.name}[/]: {config.input_size}px, {config.epochs} epochs, batch"
                       f" {config.batch_size}, lr {config.learning_rate:g}; checkpoints in {runs / spec.name}")
-        with TrainingProgress(spec.name, config.epochs) as progress, loading.refusing(DatasetError, RunSettingsError):
+        with (TrainingProgress(spec.name, config.epochs) as progress,
+              loading.refusing(DatasetError, RunSettingsError, WeightsError)):
             result = train_model(spec, data_dir, runs / spec.name, config, resume, progress.epoch, progress.started)
         print_shipped(ship(spec, result, config, data_dir, out), result, out)
 
@@ -99,12 +105,78 @@ def _check_classes(data_dir: Path, splits: tuple[str, ...]) -> int:
         return len(list_split(data_dir / "train")[0]) if "train" in splits else 0
 
 
-def _refuse_replacing(runs: Path, specs) -> None:
+SPLITS = ("train", "val", "test")
+
+
+def _warn_split(data_dir: Path, split: str, others: tuple[str, ...] = ()) -> None:
+    """Warn, before anything loads, of images of ``split`` left out (outside its class folders, or in formats
+    not read), and of those in both its class folders, or also in one of the ``others`` splits, by content (a
+    copy made while sorting a lab's images): each is counted as both classes, or is no held-out image, and
+    nothing else would say so."""
+    from allscan.training.dataset import DatasetError, found_folders, left_out, list_split, same_content
+
+    outside, unread = left_out(data_dir / split)
+    if outside:
+        warning_line(f"{_images(outside, f' of {data_dir / split}')} outside normal/ and ALL/ (e.g. {outside[0]};"
+                     f" {found_folders(data_dir / split)}): left out; the class folder names are case-sensitive")
+    if unread:
+        formats = ", ".join(f"{suffix} {n}" for suffix, n in unread.most_common())
+        warning_line(f"files in formats allscan does not read in {data_dir / split} ({formats}): left out")
+    paths, labels = list_split(data_dir / split)
+    both = same_content([p for p, y in zip(paths, labels) if y == 1], [p for p, y in zip(paths, labels) if y == 0])
+    if both:
+        warning_line(f"{_images(both)} in both normal/ and ALL/ of {data_dir / split} (the same content, e.g."
+                     f" {both[0][0]} and {both[0][1]}): each is counted as both classes")
+    for other in others:
+        try:
+            shared = same_content(paths, list_split(data_dir / other)[0]) if (data_dir / other).is_dir() else []
+        except DatasetError:  # a split without images shares none
+            continue
+        if shared:
+            warning_line(f"{_images(shared, f' of {data_dir / split}')} also in {data_dir / other} (the same content,"
+                         f" e.g. {shared[0][0]} and {shared[0][1]}): {split}/ is not held out from {other}/ for them")
+
+
+def _images(pairs: list, where: str = "") -> str:
+    """``1 image is``, ``3 images are``, with ``where`` after the noun."""
+    return f"1 image{where} is" if len(pairs) == 1 else f"{len(pairs)} images{where} are"
+
+
+def _check_weights(weights: Path | None, model: str) -> None:
+    """--weights names a file, for one architecture: found when a model is built, after the first of --model all
+    has trained, either would stop the run."""
+    if weights is None:
+        return
+    if model == "all":
+        raise usage_error("--weights starts one architecture's backbone: give --model NAME with it")
+    if not weights.is_file():
+        raise usage_error(f"--weights {weights}: {'a folder, not a file' if weights.is_dir() else 'no such file'}")
+
+
+def _check_ship_into(out: Path) -> None:
+    """--out is a folder (or none yet) whose manifest, if any, can be read, in a folder where the copy that
+    replaces it can be made, checked before anything trains: found when shipping, hours later, each would
+    leave the run unshipped."""
+    from allscan.models.manifest import ManifestError, load_or_empty
+    from allscan.run.preflight import PreflightError, check_writable_folder
+
+    if out.exists() and not out.is_dir():
+        raise usage_error(f"models folder {out} is a file, not a folder")
+    parent = out.resolve().parent
+    while not parent.exists():  # the folders on the way are made when shipping
+        parent = parent.parent
+    with loading.refusing(PreflightError):
+        check_writable_folder(parent, "parent folder of --out")
+    with loading.refusing(ManifestError):
+        load_or_empty(out)
+
+
+def _refuse_replacing(run_dirs: list[Path]) -> None:
     from allscan.training.train import holds_run
 
-    for spec in specs:
-        if holds_run(runs / spec.name):
-            raise usage_error(f"{runs / spec.name} holds a run: give --resume to continue it, --restart to start it"
+    for run_dir in run_dirs:
+        if holds_run(run_dir):
+            raise usage_error(f"{run_dir} holds a run: give --resume to continue it, --restart to start it"
                               " again (deleting its checkpoints), or another --runs-dir")
 
 
@@ -159,26 +231,49 @@ def _setting(value) -> str:
 
 
 @app.command("train-cells")
-def train_cells(data_dir: o.TrainData, out: o.ShipInto = Path("models"), runs_dir: o.RunsDir = None,
-                epochs: o.Epochs = None, refine_epochs: o.RefineEpochs = 3, batch_size: o.CellBatch = 32,
-                seed: o.Seed = 1, resume: o.Resume = False, blank_box: o.TrainBlankBox = None) -> None:
+def train_cells(ctx: typer.Context, data_dir: o.TrainData, out: o.ShipInto = Path("models"),
+                runs_dir: o.RunsDir = None, epochs: o.Epochs = None, refine_epochs: o.RefineEpochs = 3,
+                batch_size: o.CellBatch = 32, seed: o.Seed = 1, resume: o.Resume = False, restart: o.Restart = False,
+                blank_box: o.TrainBlankBox = None) -> None:
     """Train the cell classifier from the fields' labels (two rounds of multiple-instance learning per member)
-    and ship it into --out/cells with its calibration, threshold and review rule."""
+    and ship it into --out/cells with its calibration, threshold and review rule.
+
+    As with `train`, runs are continued (--resume, with their own settings) or started again (--restart),
+    never replaced unasked.
+    """
     loading.require_train_extra(shipping=True)
     from allscan.models.registry import CELL_MODEL_NAMES
     from allscan.paths import default_runs_dir
     from allscan.training.cell_ship import train_cell_classifier
     from allscan.training.dataset import ARIA_LABEL_BOX, DatasetError
-    from allscan.training.train import RunSettingsError, TrainConfig
+    from allscan.training.train import RunSettingsError, TrainConfig, resume_point
 
     loading.require_splits(data_dir)
     _check_classes(data_dir, ("train", "val"))
+    _check_ship_into(out)
+    _warn_split(data_dir, "train")
+    _warn_split(data_dir, "val", ("train",))
+    if resume and restart:
+        raise usage_error("give --resume or --restart, not both")
     box = loading.label_box(blank_box, ARIA_LABEL_BOX)
     runs = runs_dir or default_runs_dir()
+    stages = {name: (runs / "cells" / name / "weak", runs / "cells" / name / "mil") for name in CELL_MODEL_NAMES}
+    if not resume and not restart:
+        _refuse_replacing([folder for pair in stages.values() for folder in pair])
+    given = {name: box if name == "blank_box" else ctx.params[name]
+             for name in ("epochs", "batch_size", "seed", "blank_box") if loading.given(ctx, name)}
 
     def config(spec) -> TrainConfig:
+        """A fresh run's settings, or to resume, the run's own with the options given (checked against them)."""
+        point = resume_point(stages[spec.name][0]) if resume else None
+        if point is not None:
+            return replace(point[0], **given)
         return TrainConfig(epochs=epochs or spec.epochs, batch_size=batch_size, input_size=spec.input_size,
                            learning_rate=spec.learning_rate, seed=seed, blank_box=box)
+
+    refined = resume_point(stages[CELL_MODEL_NAMES[0]][1]) if resume else None
+    if refined is not None and not loading.given(ctx, "refine_epochs"):
+        refine_epochs = refined[0].epochs
 
     def report(name, stage, e) -> None:
         console.print(f"{name} {stage} epoch {e.epoch:>2}  loss {e.loss:.4f}  val_loss {e.val_loss:.4f}"
@@ -195,7 +290,7 @@ def ship_run(run_dir: o.RunDir, data_dir: o.RunData, out: o.ShipInto = Path("mod
     loading.require_train_extra(shipping=True)
     from allscan.models.registry import get_spec
     from allscan.training.dataset import DatasetError
-    from allscan.training.ship import ship
+    from allscan.training.ship import ShipError, ship
     from allscan.training.train import load_run
 
     with loading.refusing(FileNotFoundError):
@@ -204,7 +299,10 @@ def ship_run(run_dir: o.RunDir, data_dir: o.RunData, out: o.ShipInto = Path("mod
         spec = get_spec(result.name)
     loading.require_splits(data_dir)
     _check_classes(data_dir, ("train", "val"))
-    with loading.refusing(DatasetError):
+    _check_ship_into(out)
+    _warn_split(data_dir, "train")
+    _warn_split(data_dir, "val", ("train",))
+    with loading.refusing(DatasetError, ShipError):
         entry = ship(spec, result, config, data_dir, out)
     print_shipped(entry, result, out)
 
@@ -219,6 +317,7 @@ def tune(data_dir: o.ValData, models: o.Models = None, pool_train: o.PoolTrain =
         if not (data_dir / sub).is_dir():
             raise usage_error(f"{data_dir / sub} not found")
     _check_classes(data_dir, splits)
+    _warn_split(data_dir, "val", ("train",))
     loading.manifest(models)
     from allscan.fileio import replace_folder
     from allscan.models.ensemble import Ensemble
@@ -266,6 +365,7 @@ def evaluate(data_dir: o.SplitData, split: o.Split = "test", out: o.FiguresOut =
     _check_figure_outputs(out, plots, loading.manifest(models).models)
     if len(present) == 1:
         warning_line(_one_class(split_dir, present[0]))
+    _warn_split(data_dir, split, tuple(s for s in SPLITS if s != split))
     from allscan.fileio import atomic_write_text
     from allscan.training.evaluate import BOX_MODES, evaluate as evaluate_split, shortcut_check as check_shortcut
 
@@ -297,15 +397,16 @@ def evaluate(data_dir: o.SplitData, split: o.Split = "test", out: o.FiguresOut =
 
 
 def _check_figure_outputs(out: Path | None, plots: Path | None, models) -> None:
-    """--out can be written and --plots is a folder that can, where each figure to be replaced is one allscan
-    drew, before the models load."""
-    from allscan.run.preflight import (OWN_FIGURE, PreflightError, check_own_file, check_writable_file,
+    """--out can be written and --plots is a folder that can, where each file to be replaced is one allscan
+    wrote (a figures file, a figure), before the models load."""
+    from allscan.run.preflight import (OWN_FIGURE, OWN_FIGURES, PreflightError, check_own_file, check_writable_file,
                                        check_writable_folder)
     from allscan.training.plots import plot_files
 
     with loading.refusing(PreflightError):
         if out is not None:
             check_writable_file(out, "figures file")
+            check_own_file(out, "figures file", "--out", OWN_FIGURES)
         if plots is not None:
             check_writable_folder(plots, "plots folder")
             for path in plot_files(plots, [*models, "ensemble"]):

@@ -258,10 +258,20 @@ def empty_manifest() -> Manifest:
 
 
 def load_or_empty(models_dir: Path) -> Manifest:
-    """The manifest in ``models_dir``, or an empty one when there is none yet (for training)."""
-    if (Path(models_dir) / MANIFEST_NAME).is_file():
-        data = json.loads((Path(models_dir) / MANIFEST_NAME).read_text())
-        if data.get("models"):
+    """The manifest in ``models_dir``, or an empty one when there is none yet (for training).
+
+    Raises:
+        ManifestError: A manifest that cannot be read or parsed, or one listing models that is malformed.
+    """
+    path = Path(models_dir) / MANIFEST_NAME
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise ManifestError(f"cannot read {path}: {err.strerror or err}") from None
+        except ValueError as err:
+            raise ManifestError(f"malformed manifest {path}: {err}") from None
+        if not isinstance(data, dict) or data.get("models"):
             return load_manifest(models_dir)
     return empty_manifest()
 

@@ -7,6 +7,7 @@ lock taken) and opened: migrated in place, or, if corrupt, moved aside for a fre
 modules are imported here: no TensorFlow.
 """
 
+import json
 import os
 import re
 import shutil
@@ -214,6 +215,22 @@ def _pdf_info(handle) -> bytes:
     return body[:body.find(b"endobj")] if body.startswith(b"%d 0 obj" % number) else b""
 
 
+FIGURES_KEYS = {"models", "ensemble", "models_digest"}
+"""At the top level of every figures file ``allscan evaluate --out`` writes."""
+_FIGURES_MAX_BYTES = 1 << 20
+"""A figures file is a few KB (tens with the shortcut check): a larger file is not one, and is not parsed."""
+
+
+def _own_figures(path: Path) -> bool:
+    if path.stat().st_size > _FIGURES_MAX_BYTES:
+        return False
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError:
+        return False
+    return isinstance(data, dict) and FIGURES_KEYS <= data.keys()
+
+
 @dataclass(frozen=True)
 class OwnOutput:
     """How to recognise one kind of output allscan wrote.
@@ -233,6 +250,7 @@ OWN_WORKBOOK = OwnOutput(_own_workbook, "an allscan results file", "it has no Re
 OWN_REPORT = OwnOutput(_own_report, "an allscan HTML report", "it is not an HTML page titled allscan report")
 OWN_PDF = OwnOutput(_own_pdf, "an allscan PDF report", "it is not a PDF with allscan as its author")
 OWN_FIGURE = OwnOutput(is_own_figure, "an allscan figure", "it is not a PNG with allscan's Software text")
+OWN_FIGURES = OwnOutput(_own_figures, "allscan's figures", "it is not the JSON object allscan evaluate writes")
 
 
 def check_own_file(path: Path, what: str, option: str, own: OwnOutput) -> None:

@@ -4,6 +4,8 @@ The Aria dataset burns a scale-bar label into each field's bottom-right corner
 whose colour differs by class; :func:`blank_box` removes it when loading.
 """
 
+import hashlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from allscan.images import ImageError, decode_file, find_images, has_images, resize
+from allscan.images import ImageError, decode_file, find_images, has_images, resize, unread_images
 from allscan.paths import path_text
 
 T = TypeVar("T")
@@ -129,6 +131,51 @@ def list_split(root: Path) -> tuple[list[Path], np.ndarray]:
     if not paths:
         raise _no_images(root)
     return paths, np.asarray(labels, dtype=np.int32)
+
+
+def left_out(root: Path) -> tuple[list[Path], Counter]:
+    """What a split leaves out without a word: the images under ``root`` outside its class folders (``all/``
+    beside ``ALL/``, a folder ``Pro/`` left from sorting), and how many files of each image format it does not
+    read (``.heic`` phone photos) lie in them."""
+    classes = [Path(root) / name for name in CLASSES if (Path(root) / name).is_dir()]
+    inside = set(find_images(classes))
+    return [path for path in find_images([root]) if path not in inside], unread_images(classes)
+
+
+def same_content(first: Sequence[Path], second: Sequence[Path]) -> list[tuple[Path, Path]]:
+    """The files of ``first`` whose content (sha256) is that of a file of ``second``, each paired with one such
+    file. Only files of a size found in both are read; a file that cannot be read is left to the decoding to name.
+    """
+    by_size: dict[int, list[Path]] = {}
+    for path in second:
+        size = _size(path)
+        if size is not None:
+            by_size.setdefault(size, []).append(path)
+    digests: dict[Path, str | None] = {}
+
+    def digest(path: Path) -> str | None:
+        if path not in digests:
+            try:
+                digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                digests[path] = None
+        return digests[path]
+
+    pairs = []
+    for path in first:
+        candidates = by_size.get(_size(path), [])
+        known = digest(path) if candidates else None
+        twin = next((other for other in candidates if digest(other) == known), None) if known else None
+        if twin is not None:
+            pairs.append((path, twin))
+    return pairs
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _no_images(root: Path) -> DatasetError:

@@ -24,7 +24,7 @@ from allscan.training.evaluate import split_probabilities
 from allscan.models.manifest import ModelEntry, equal_weights, load_or_empty, save_manifest, sha256_file
 from allscan.training.metrics import compute_metrics
 from allscan.models.files import save_half_precision
-from allscan.models.registry import ModelSpec
+from allscan.models.registry import CELL_REGISTRY, ModelSpec
 from allscan.models.runtime import choose_runtime
 from allscan.training.train import TrainConfig, TrainResult
 from allscan.training.tune import Tuning, tune_ensemble
@@ -33,6 +33,30 @@ DATASET = (
     "Aria M, Ghaderzadeh M, Bashash D, Abolghasemi H, Asadi F, Hosseini A. Acute Lymphoblastic Leukemia (ALL)"
     " image dataset. Kaggle, 2021. doi:10.34740/KAGGLE/DSV/2175623"
 )
+
+
+class ShipError(ValueError):
+    """A run whose best epoch cannot be loaded, or is not the model it names (a cell classifier's run shipped as
+    a field model)."""
+
+
+def _best_epoch(spec: ModelSpec, result: TrainResult, config: TrainConfig):
+    """The run's best checkpoint, checked not to be the cell classifier's member of the same name: its runs
+    (``cells/vgg16/weak``, ``…/mil``) name it as the field model, and shipped as one it would replace that
+    field model without a word.
+
+    Raises:
+        ShipError: It cannot be loaded, or is the cell classifier's network (told by its parameter count).
+    """
+    try:
+        model = keras.models.load_model(result.best_path, compile=False)
+    except Exception:  # Keras reports a damaged file as one of several errors, some saying it is not found
+        raise ShipError(f"the run's best epoch {result.best_path} is damaged or incomplete") from None
+    cell = CELL_REGISTRY.get(spec.name)
+    if cell is not None and model.count_params() == cell.build(config.input_size).count_params():
+        raise ShipError(f"{result.best_path} is the cell classifier's {spec.name}, not the field model: a run of the"
+                        " cell classifier ships with allscan train-cells --resume")
+    return model
 
 
 def validation_figures(model, spec: ModelSpec, data_dir: Path, config: TrainConfig) -> dict:
@@ -57,7 +81,7 @@ def _ship_into(spec: ModelSpec, result: TrainResult, config: TrainConfig, data_d
     of models (:func:`allscan.training.fit_domain.refit_domain`), then :func:`refit`. Each step writes in
     place: :func:`ship` runs them on a copy."""
     models_dir = Path(models_dir)
-    model = keras.models.load_model(result.best_path, compile=False)
+    model = _best_epoch(spec, result, config)
     target = models_dir / f"{spec.name}.keras"
     save_half_precision(model, target)
     shipped = keras.models.load_model(target, compile=False, safe_mode=True)

@@ -87,18 +87,23 @@ def make_dataset(data: LabelledSet, spec: ModelSpec, batch_size: int, seed: int,
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _compile(model, config: TrainConfig, steps_per_epoch: int) -> None:
+def _schedule(config: TrainConfig, steps_per_epoch: int):
+    """Warm-up, then cosine decay to 1% of the learning rate at the end of ``config.epochs``."""
     total = max(1, config.epochs * steps_per_epoch)
     warmup = min(steps_per_epoch, total // 5)
-    schedule = keras.optimizers.schedules.CosineDecay(
+    return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=config.learning_rate / 10,
         decay_steps=total - warmup,
         warmup_target=config.learning_rate,
         warmup_steps=warmup,
         alpha=0.01,
     )
+
+
+def _compile(model, config: TrainConfig, steps_per_epoch: int) -> None:
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay),
+        optimizer=keras.optimizers.AdamW(learning_rate=_schedule(config, steps_per_epoch),
+                                         weight_decay=config.weight_decay),
         loss=keras.losses.BinaryCrossentropy(),
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
     )
@@ -172,9 +177,9 @@ class _EpochState(keras.callbacks.Callback):
         )
         if entry.val_loss < self.best_val_loss:
             self.best_val_loss = entry.val_loss
-            self.model.save(self.run_dir / "best.keras")
+            _save_model(self.model, self.run_dir / "best.keras")
             _write_json(self.run_dir / "best.json", asdict(entry))
-        self.model.save(self.run_dir / "last.keras")
+        _save_model(self.model, self.run_dir / "last.keras")
         _write_json(self.run_dir / "state.json", {"epochs_done": entry.epoch, "best_val_loss": self.best_val_loss})
         with open(self.run_dir / "history.jsonl", "a") as handle:
             handle.write(json.dumps(asdict(entry)) + "\n")
@@ -182,7 +187,12 @@ class _EpochState(keras.callbacks.Callback):
 
 
 class RunSettingsError(ValueError):
-    """A run resumed with other settings than it was started with; the message names them."""
+    """A run that cannot be resumed as asked: with other settings than it was started with (the message names
+    them), or from a checkpoint that cannot be loaded."""
+
+
+class WeightsError(ValueError):
+    """A --weights file that cannot be read or does not fit the model; the message names it."""
 
 
 def differing_settings(saved: TrainConfig, config: TrainConfig) -> list[str]:
@@ -205,7 +215,10 @@ _RUN_FILES = ("history.jsonl", "best.json", "state.json", "best.keras", "last.ke
 
 
 def _check_resumable(run_dir: Path, saved: TrainConfig, epochs_done: int, config: TrainConfig) -> None:
-    differing = differing_settings(saved, config)
+    # The weights a run started from do not matter to resuming it (from its last checkpoint); a --weights given
+    # that differs is refused by the command. A cell classifier's second round starts from its first round's
+    # best epoch, by a path that differs if the runs folder is spelt otherwise or was moved.
+    differing = [name for name in differing_settings(saved, config) if name != "weights"]
     if differing:
         raise RunSettingsError(f"{run_dir} was started with other {', '.join(differing)}; resume it with its own")
     if config.epochs < epochs_done:
@@ -215,6 +228,45 @@ def _check_resumable(run_dir: Path, saved: TrainConfig, epochs_done: int, config
 def holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run's checkpoints (that a fresh start would delete)."""
     return any((Path(run_dir) / name).is_file() for name in _RUN_FILES)
+
+
+def _save_model(model, path: Path) -> None:
+    """Save ``model`` to ``path`` whole or not at all: a run killed while saving (Ctrl-C twice, SIGKILL, a
+    session's end) keeps its previous checkpoint rather than half of a new one, which nothing can load."""
+    tmp = path.with_name(f".{path.stem}.tmp.keras")  # Keras wants the suffix
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _build(spec: ModelSpec, config: TrainConfig):
+    """A fresh model, its backbone from ``config.weights`` when given.
+
+    Raises:
+        WeightsError: They cannot be read, or are another architecture's or input size's.
+    """
+    if config.weights is None:
+        return spec.build(config.input_size)
+    try:
+        return spec.build(config.input_size, weights=config.weights)
+    except Exception as err:  # h5py, Keras and the file system each raise their own
+        raise WeightsError(f"cannot start {spec.name} from the weights file {config.weights}: {err}") from None
+
+
+def _load_checkpoint(run_dir: Path):
+    """The run's last checkpoint, to resume from.
+
+    Raises:
+        RunSettingsError: It cannot be loaded (damaged, say, by a kill while an older allscan saved it).
+    """
+    path = run_dir / "last.keras"
+    try:
+        return keras.models.load_model(path)
+    except Exception:  # Keras reports a damaged file as one of several errors, some saying it is not found
+        raise RunSettingsError(f"cannot resume {run_dir}: its last checkpoint {path} is damaged or incomplete; ship"
+                               " its best epoch so far with allscan ship, or --restart the run") from None
 
 
 def _write_json(path: Path, data) -> None:
@@ -274,11 +326,14 @@ def fit(
         _check_resumable(run_dir, *point, config)
         state = json.loads((run_dir / "state.json").read_text())
         epochs_done, best_val_loss = int(state["epochs_done"]), float(state["best_val_loss"])
-        model = keras.models.load_model(run_dir / "last.keras")
+        model = _load_checkpoint(run_dir)
+        # The checkpoint's schedule ends at the epochs first planned, and stays at its floor after them: a run
+        # extended by --epochs would train its added epochs at 1% of the learning rate.
+        model.optimizer.learning_rate = _schedule(config, steps)
     else:
         for stale in _RUN_FILES:
             (run_dir / stale).unlink(missing_ok=True)
-        model = spec.build(config.input_size, weights=config.weights)
+        model = _build(spec, config)
         _compile(model, config, steps)
     _write_json(run_dir / "config.json", {**asdict(config), "model": spec.name, "weights": str(config.weights)})
     on_start(epochs_done, config.epochs)
