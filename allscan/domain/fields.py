@@ -187,7 +187,7 @@ def prepare_fields(rgb: np.ndarray, reference: DomainReference, sizes, options: 
                          f" that read {diameter:.0f} px")
             diameter = crowded
     factor = reference.checks.rbc_diameter / diameter if reference.checks.rbc_diameter > 0 else 1.0
-    tolerance = reference.checks.tolerance(max(rgb.shape[:2]))
+    tolerance = reference.checks.tolerance(max(rgb.shape[:2]), smaller=factor > 1)
     scale = 1.0 if 1 / tolerance <= factor <= tolerance else factor
     smallest = FIELD_SIZE / min(rgb.shape[:2])
     if scale < smallest:

@@ -63,7 +63,7 @@ def assess(checks: DomainChecks, diameter: float | None, colour: np.ndarray, fea
         reasons.append("red cells could not be measured: scored whole, at an unknown scale")
     elif diameter is not None and checks.rbc_diameter > 0:
         ratio = diameter / checks.rbc_diameter
-        parts["scale"] = abs(math.log(ratio)) / math.log(checks.tolerance(long_side))
+        parts["scale"] = abs(math.log(ratio)) / math.log(checks.tolerance(long_side, smaller=ratio < 1))
         if parts["scale"] > 1:
             reasons.append(f"red cells {diameter:.0f} px across where the reference's are "
                            f"{checks.rbc_diameter:.0f} px (×{1 / ratio:.2f} rescale)")
