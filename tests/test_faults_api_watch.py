@@ -16,34 +16,11 @@ import pytest
 from openpyxl import load_workbook
 
 import allscan
-from allscan.run.watch import WatchConfig, Watcher
-from tests.utils import write_image
+from tests.utils import WatchThread, write_image
 
 
-class Running:
-    """A watcher on a thread for the duration of a ``with`` block; a failure that ends it is kept in ``failure``."""
-
-    def __init__(self, ensemble, folder, out, **kw):
-        config = WatchConfig(folder, out, settle=0.3, max_delay=0.2, poll_interval=0.05, **kw)
-        self.watcher = Watcher(config, ensemble)
-        self.failure = None
-        self.thread = threading.Thread(target=self._run)
-
-    def _run(self):
-        try:
-            self.watcher.run()
-        except BaseException as exc:
-            self.failure = exc
-
-    def __enter__(self):
-        self.thread.start()
-        time.sleep(0.5)  # let the observer start
-        return self
-
-    def __exit__(self, *exc):
-        self.watcher.stop()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
+class Running(WatchThread):
+    """A watcher on a thread for the duration of a ``with`` block, waited on by what it did."""
 
     def wait_until(self, done, what, timeout=30.0):
         deadline = time.monotonic() + timeout

@@ -3,42 +3,42 @@ before the work, and training checkpoints that a kill cannot leave half written.
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from allscan.cli import app
-from tests.utils import cli_process, read_only, tiny_model
+from tests.utils import cli_process, labelled_fields, read_only, tiny_model
 
 runner = CliRunner()
 
 
-def _fields(root, counts, seed=0):
-    """64-px fields, normal pale, ALL with a dark blob: ``counts`` maps a class folder name to its images."""
-    for k, (name, n) in enumerate(counts.items()):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            rng = np.random.default_rng(seed + 100 * k + i)
-            image = np.clip(rng.normal(220, 10, (64, 64, 3)), 0, 255).astype(np.uint8)
-            image[10:30, 10:30] = (70, 30, 120) if name == "ALL" else (230, 190, 200)
-            Image.fromarray(image).save(folder / f"{name}-{i}.png")
-    return root
-
-
 def _data(root):
     for split, seed in (("train", 0), ("val", 50), ("test", 90)):
-        _fields(root / split, {"normal": 4, "ALL": 4}, seed)
+        labelled_fields(root / split, {"normal": 4, "ALL": 4}, seed)
     return root
+
+
+def _stand_in_run(run: Path, best: bytes) -> Path:
+    """An AlexNet run folder of one epoch whose best epoch's file holds ``best``."""
+    from allscan.training.train import EpochLog, TrainConfig
+
+    run.mkdir(parents=True)
+    config = TrainConfig(epochs=2, batch_size=4, input_size=24, learning_rate=1e-3, blank_box=None)
+    (run / "config.json").write_text(json.dumps({**asdict(config), "model": "alexnet", "weights": "None"}))
+    (run / "history.jsonl").write_text(json.dumps(asdict(EpochLog(1, 0.6, 0.6, 0.5, 0.5, 1.0))) + "\n")
+    (run / "best.json").write_text(json.dumps({"epoch": 1, "val_loss": 0.6}))
+    (run / "best.keras").write_bytes(best)
+    return run
 
 
 # evaluate --out replaced any file given there, a lab's own document included
 
 
 def test_evaluate_refuses_to_replace_a_file_it_did_not_write_before_the_models_load(tmp_path, models_dir):
-    data = _fields(tmp_path / "data" / "test", {"normal": 2, "ALL": 2}).parent
+    data = labelled_fields(tmp_path / "data" / "test", {"normal": 2, "ALL": 2}).parent
     theirs = tmp_path / "patients.csv"
     theirs.write_text("patient,result\nA1,ALL\n")
     code, lines, _, tensorflow = cli_process("evaluate", data, "--models", models_dir, "--out", theirs)
@@ -102,16 +102,8 @@ def test_train_and_train_cells_refuse_a_bad_out_before_anything_trains(tmp_path)
 
 def test_ship_refuses_a_bad_out_before_the_run_loads(tmp_path):
     """The run's best epoch is a stand-in: the checks come first."""
-    from allscan.training.train import EpochLog, TrainConfig
-
     data = _data(tmp_path / "data")
-    run = tmp_path / "runs" / "alexnet"
-    run.mkdir(parents=True)
-    config = TrainConfig(epochs=2, batch_size=4, input_size=24, learning_rate=1e-3, blank_box=None)
-    (run / "config.json").write_text(json.dumps({**asdict(config), "model": "alexnet", "weights": "None"}))
-    (run / "history.jsonl").write_text(json.dumps(asdict(EpochLog(1, 0.6, 0.6, 0.5, 0.5, 1.0))) + "\n")
-    (run / "best.json").write_text(json.dumps({"epoch": 1, "val_loss": 0.6}))
-    (run / "best.keras").write_bytes(b"not loaded before the checks")
+    run = _stand_in_run(tmp_path / "runs" / "alexnet", b"not loaded before the checks")
     outs, locked = _bad_outs(tmp_path)
     with read_only(locked):
         for out, line in outs:
@@ -430,16 +422,8 @@ def test_resuming_does_not_compare_the_weights_a_run_started_from():
 
 
 def test_ship_names_a_damaged_best_epoch_in_one_line(tmp_path):
-    from allscan.training.train import EpochLog, TrainConfig
-
     data = _data(tmp_path / "data")
-    run = tmp_path / "runs" / "alexnet"
-    run.mkdir(parents=True)
-    config = TrainConfig(epochs=2, batch_size=4, input_size=24, learning_rate=1e-3, blank_box=None)
-    (run / "config.json").write_text(json.dumps({**asdict(config), "model": "alexnet", "weights": "None"}))
-    (run / "history.jsonl").write_text(json.dumps(asdict(EpochLog(1, 0.6, 0.6, 0.5, 0.5, 1.0))) + "\n")
-    (run / "best.json").write_text(json.dumps({"epoch": 1, "val_loss": 0.6}))
-    (run / "best.keras").write_bytes(b"PK\x03\x04 a third of a checkpoint")
+    run = _stand_in_run(tmp_path / "runs" / "alexnet", b"PK\x03\x04 a third of a checkpoint")
     result = runner.invoke(app, ["ship", str(run), str(data), "--out", str(tmp_path / "models")])
     assert result.exit_code == 2, result.output
     assert result.stderr.splitlines() == [f"error: the run's best epoch {run / 'best.keras'} is damaged or incomplete"]

@@ -11,22 +11,7 @@ from pypdf import PdfReader
 from allscan.results.pdf import PdfReport
 from allscan.results.types import NOT_SCORED
 from allscan.run.batch import run_batch
-from tests.utils import write_image
-
-
-class _CtrlCAfter:
-    """An observer that presses Ctrl-C once ``n`` results were reported."""
-
-    def __init__(self, n):
-        self.n, self.seen = n, 0
-
-    def start(self, total):
-        pass
-
-    def result(self, result, skipped):
-        self.seen += 1
-        if self.seen == self.n:
-            raise KeyboardInterrupt
+from tests.utils import CtrlCAfter, write_image
 
 
 def _slides(root):
@@ -56,7 +41,7 @@ def test_an_interrupted_run_says_so_in_its_files_and_reports_and_flags_the_speci
         tmp_path, ensemble):
     slides = _slides(tmp_path / "slides")
     out, report, pdf = tmp_path / "r.csv", tmp_path / "report.html", tmp_path / "report.pdf"
-    summary = run_batch([slides], out, ensemble, batch_size=1, workers=1, observer=_CtrlCAfter(3), report=report,
+    summary = run_batch([slides], out, ensemble, batch_size=1, workers=1, observer=CtrlCAfter(3), report=report,
                         pdf=PdfReport(pdf))
     assert summary.interrupted and summary.counts.done == 3
     counts = json.loads(out.with_name("r.csv.run.json").read_text())["counts"]
@@ -83,14 +68,13 @@ def test_an_interrupted_run_says_so_in_its_files_and_reports_and_flags_the_speci
 def test_an_interrupted_workbook_counts_what_it_did_not_score_in_its_summary_and_run_sheets(tmp_path, ensemble):
     slides = _slides(tmp_path / "slides")
     out = tmp_path / "r.xlsx"
-    run_batch([slides], out, ensemble, batch_size=1, workers=1, observer=_CtrlCAfter(2))
+    run_batch([slides], out, ensemble, batch_size=1, workers=1, observer=CtrlCAfter(2))
     book = load_workbook(out)
     summary = {row[0]: row[1] for row in book["Summary"].iter_rows(values_only=True) if row and row[0]}
     run = {row[0]: row[1] for row in book["Run"].iter_rows(values_only=True)}
     assert summary["total"] == 2 and summary[NOT_SCORED] == 6 and run[f"count {NOT_SCORED}"] == 6
     specimens = {row[0]: row for row in book["Specimens"].iter_rows(min_row=2, values_only=True)}
     assert {name: row[3] for name, row in specimens.items()} == {"P-1": 4, "P-2": 4}
-
 
 
 def _cells(n, blasts):

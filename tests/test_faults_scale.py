@@ -9,7 +9,6 @@ scale, and 12 of 16 such ALL mosaics came out normal.
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from allscan.domain.fields import DomainOptions, prepare_fields

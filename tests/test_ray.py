@@ -14,7 +14,7 @@ from allscan.run.engines import EngineError
 from allscan.scoring.heatmaps import HeatmapOptions
 from allscan.run.batch import run_batch
 from allscan.results.store import ResultStore, store_path_for
-from tests.utils import write_image
+from tests.utils import CtrlCAfter, write_image
 
 runner = CliRunner()
 
@@ -52,24 +52,11 @@ def test_ray_engine_gives_the_rows_of_the_local_engine(ray_runtime, slides, ense
     assert all(f.parent == tmp_path / "heat-ray" and f.is_file() for f in figures)
 
 
-class _CtrlCAfter:
-    def __init__(self, n):
-        self.n, self.seen = n, 0
-
-    def start(self, total):
-        pass
-
-    def result(self, result, skipped):
-        self.seen += 1
-        if self.seen == self.n:
-            raise KeyboardInterrupt
-
-
 def test_ray_engine_resumes_after_an_interrupted_run(ray_runtime, slides, models_dir, ensemble, tmp_path):
     from allscan.run.engines.ray import RayEngine
 
     out = tmp_path / "r.csv"
-    first = run_batch([slides], out, ensemble, batch_size=2, observer=_CtrlCAfter(3), engine=RayEngine())
+    first = run_batch([slides], out, ensemble, batch_size=2, observer=CtrlCAfter(3), engine=RayEngine())
     assert first.interrupted
     with ResultStore(store_path_for(out), as_pipeline(ensemble).digest) as store:
         stored = [r for r in store.results() if r.score is not None]

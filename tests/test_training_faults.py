@@ -5,35 +5,20 @@ import json
 import warnings
 from dataclasses import asdict
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from allscan.cli import app
 from allscan.training.dataset import DatasetError, load_images
 from allscan.training.metrics import compute_metrics
-from tests.utils import cli_process, write_dataset
+from tests.utils import cli_process, labelled_fields, write_dataset
 
 runner = CliRunner()
 
 
-def _fields(root, counts, seed=0):
-    """64-px fields, normal pale, ALL with a dark blob: ``counts`` maps a class folder name to its images."""
-    for k, (name, n) in enumerate(counts.items()):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            rng = np.random.default_rng(seed + 100 * k + i)
-            image = np.clip(rng.normal(220, 10, (64, 64, 3)), 0, 255).astype(np.uint8)
-            image[10:30, 10:30] = (70, 30, 120) if name.lower() == "all" else (230, 190, 200)
-            Image.fromarray(image).save(folder / f"{name}-{i}.png")
-    return root
-
-
 def _data(root, train=None, val=None):
-    _fields(root / "train", train or {"normal": 4, "ALL": 4})
-    _fields(root / "val", val or {"normal": 3, "ALL": 3}, seed=50)
+    labelled_fields(root / "train", train or {"normal": 4, "ALL": 4})
+    labelled_fields(root / "val", val or {"normal": 3, "ALL": 3}, seed=50)
     return root
 
 
@@ -72,14 +57,14 @@ def test_train_refuses_a_split_without_both_classes_before_tensorflow_loads(spli
 
 
 def test_tune_refuses_a_one_class_val_split_before_the_models_load(tmp_path, models_dir):
-    data = _fields(tmp_path / "data" / "val", {"ALL": 3}).parent
+    data = labelled_fields(tmp_path / "data" / "val", {"ALL": 3}).parent
     code, lines, _, tensorflow = cli_process("tune", data, "--models", models_dir)
     assert code == 2 and not tensorflow
     assert len(lines) == 1 and "none in normal/ (found ALL/)" in lines[0]
 
 
 def test_evaluate_names_the_folders_it_found_when_no_class_folder_holds_images(tmp_path, models_dir):
-    data = _fields(tmp_path / "data" / "test", {"Normal": 2, "all": 2}).parent
+    data = labelled_fields(tmp_path / "data" / "test", {"Normal": 2, "all": 2}).parent
     code, lines, _, tensorflow = cli_process("evaluate", data, "--models", models_dir)
     assert code == 2 and not tensorflow
     assert lines == [f"error: no images in {data / 'test'}/normal/ or {data / 'test'}/ALL/ (found Normal/, all/)"]
@@ -100,7 +85,7 @@ def test_a_corrupt_training_image_is_named_before_any_epoch(tmp_path):
 
 def test_evaluate_and_tune_name_a_corrupt_image(tmp_path, models_copy):
     data = _data(tmp_path / "data")
-    _fields(data / "test", {"normal": 2, "ALL": 2})
+    labelled_fields(data / "test", {"normal": 2, "ALL": 2})
     for command, split in (("evaluate", "test"), ("tune", "val"), ("fit-domain", "train")):
         broken = _truncate(data / split / "normal" / "normal-1.png")
         result = runner.invoke(app, [command, str(data), "--models", str(models_copy)])
@@ -109,7 +94,7 @@ def test_evaluate_and_tune_name_a_corrupt_image(tmp_path, models_copy):
 
 
 def test_every_unreadable_image_is_counted(tmp_path):
-    folder = _fields(tmp_path / "ALL", {"x": 6})
+    folder = labelled_fields(tmp_path / "ALL", {"x": 6})
     paths = sorted(folder.rglob("*.png"))
     for path in paths[:5]:
         _truncate(path)
@@ -240,11 +225,11 @@ def test_resume_keeps_the_runs_settings(tmp_path):
 
 
 def test_evaluate_checks_its_outputs_before_the_models_load(tmp_path, models_dir):
-    data = _fields(tmp_path / "data" / "test", {"normal": 2, "ALL": 2}).parent
+    data = labelled_fields(tmp_path / "data" / "test", {"normal": 2, "ALL": 2}).parent
     (tmp_path / "folder").mkdir()
     (tmp_path / "a file").write_text("x")
     theirs = tmp_path / "theirs"
-    _fields(theirs, {"x": 1})
+    labelled_fields(theirs, {"x": 1})
     (theirs / "x" / "x-0.png").rename(theirs / "roc.png")
     original = (theirs / "roc.png").read_bytes()
     for option, path, reason in (

@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 from pathlib import Path
@@ -16,8 +15,7 @@ from openpyxl import load_workbook
 
 from allscan.scoring.pipeline import as_pipeline
 from allscan.results.store import ResultStore, store_path_for
-from allscan.run.watch import WatchConfig, Watcher
-from tests.utils import jpeg_bytes, write_image
+from tests.utils import WatchThread, jpeg_bytes, write_image
 
 
 class Recorder:
@@ -31,24 +29,12 @@ class Recorder:
         self.results.append((result, skipped))
 
 
-class Running:
-    """A watcher running on a thread for the duration of a ``with`` block."""
+class Running(WatchThread):
+    """A watcher running on a thread for the duration of a ``with`` block, its results recorded."""
 
     def __init__(self, ensemble, folder, out, **kw):
-        config = WatchConfig(folder, out, settle=kw.pop("settle", 0.3), max_delay=0.2, poll_interval=0.05, **kw)
         self.recorder = Recorder()
-        self.watcher = Watcher(config, ensemble, self.recorder)
-        self.thread = threading.Thread(target=self.watcher.run)
-
-    def __enter__(self):
-        self.thread.start()
-        time.sleep(0.5)  # let the observer start
-        return self
-
-    def __exit__(self, *exc):
-        self.watcher.stop()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
+        super().__init__(ensemble, folder, out, self.recorder, **kw)
 
     def wait_for(self, n, timeout=30.0):
         deadline = time.monotonic() + timeout

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -234,3 +235,60 @@ def adapted_profile(root: Path, models: Path) -> Path:
                                       "--out", str(root / "site"), "--models", str(models)])
     assert result.exit_code == 0, result.output
     return root / "site"
+
+
+def labelled_fields(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    """64-px fields, normal pale, ALL with a dark blob: ``counts`` maps a class folder name to its images."""
+    for k, (name, n) in enumerate(counts.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            rng = np.random.default_rng(seed + 100 * k + i)
+            image = np.clip(rng.normal(220, 10, (64, 64, 3)), 0, 255).astype(np.uint8)
+            image[10:30, 10:30] = (70, 30, 120) if name.lower() == "all" else (230, 190, 200)
+            Image.fromarray(image).save(folder / f"{name}-{i}.png")
+    return root
+
+
+class CtrlCAfter:
+    """A run observer that presses Ctrl-C once ``n`` results were reported."""
+
+    def __init__(self, n):
+        self.n, self.seen = n, 0
+
+    def start(self, total):
+        pass
+
+    def result(self, result, skipped):
+        self.seen += 1
+        if self.seen == self.n:
+            raise KeyboardInterrupt
+
+
+class WatchThread:
+    """A watcher on a thread for the duration of a ``with`` block (settling 0.3 s unless ``settle`` is given); a
+    failure that ends it is kept in ``failure``."""
+
+    def __init__(self, ensemble, folder, out, observer=None, **kw):
+        from allscan.run.watch import WatchConfig, Watcher
+
+        config = WatchConfig(folder, out, settle=kw.pop("settle", 0.3), max_delay=0.2, poll_interval=0.05, **kw)
+        self.watcher = Watcher(config, ensemble, observer)
+        self.failure = None
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self):
+        try:
+            self.watcher.run()
+        except BaseException as exc:
+            self.failure = exc
+
+    def __enter__(self):
+        self.thread.start()
+        time.sleep(0.5)  # let the observer start
+        return self
+
+    def __exit__(self, *exc):
+        self.watcher.stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
