@@ -92,13 +92,15 @@ class FieldSet:
         return len(self.boxes)
 
 
-METHOD_REVISION = 3
+METHOD_REVISION = 4
 """The per-image method's revision (scale, fields, cells), part of the results digest: raised when a change
 moves some image's results with the same models, so that a results store's rows from an earlier revision are
 scored again rather than mixed with new ones. 2: crowded single fields measured at their red cells
 (:func:`crowded_field_diameter`), distances exact whatever the thread count. 3: an image scored whole for want
 of a red-cell estimate is mostly background when its cells cover too little of it, and out of domain when it
-is larger than one field (see :mod:`allscan.domain.guard`)."""
+is larger than one field (see :mod:`allscan.domain.guard`). 4: a single field whose red cells read smaller than
+the reference's gets the ×1.3 band (:meth:`~allscan.domain.reference.DomainChecks.tolerance`), and the guard
+judges the features of the fields that made an image's verdict too."""
 
 NO_REFERENCE_NOTE = "these models came without a domain reference: no rescale, no out-of-domain check"
 

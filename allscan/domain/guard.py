@@ -9,7 +9,9 @@ domain when any of these is beyond its limit:
 - scale: its red cells are further from the reference size than ×1.3 (for an image of a single
   field, whose estimate rests on few cells: the reference fields' own spread of estimates);
 - colour: its raw L*a*b* statistics are far (Mahalanobis) from the reference images';
-- features: the models' pooled features of its fields are far from the reference's;
+- features: the models' pooled features of its fields are far from the reference's, judged over all its fields
+  and over the fields whose probabilities made its verdict (an image larger than one field is judged on its
+  three most suspicious fields: a familiar majority of fields must not vouch for the ones that decided it);
 - background: none of its fields holds enough cells to score;
 - unmeasured scale: an image larger than one field whose red cells could not be measured, which was
   scored whole, at a scale nobody knows (a single field without an estimate is scored whole as the
@@ -45,7 +47,7 @@ class DomainAssessment:
 
 
 def assess(checks: DomainChecks, diameter: float | None, colour: np.ndarray, features: np.ndarray,
-           background_only: bool, long_side: int = 0) -> DomainAssessment:
+           background_only: bool, long_side: int = 0, deciding: np.ndarray | None = None) -> DomainAssessment:
     """Judge one image.
 
     Args:
@@ -55,6 +57,8 @@ def assess(checks: DomainChecks, diameter: float | None, colour: np.ndarray, fea
         features: Pooled features of its scored fields, ``(n_fields, d)``.
         background_only: Whether no field held enough cells.
         long_side: The image's longest side in pixels, which sets the scale tolerance.
+        deciding: Indices of the fields whose probabilities made the verdict (see
+            :func:`allscan.scoring.vote.top_fields`), judged on their own as well; None: all fields only.
     """
     parts: dict[str, float] = {}
     reasons = []
@@ -70,9 +74,18 @@ def assess(checks: DomainChecks, diameter: float | None, colour: np.ndarray, fea
     parts["colour"] = float(checks.colour.distance(colour)[0]) / checks.colour.threshold
     if parts["colour"] > 1:
         reasons.append(f"stain colour unlike the reference images ({parts['colour']:.1f}× the limit)")
-    parts["features"] = float(np.median(checks.features.distance(features))) / checks.features.threshold
+    distances = checks.features.distance(features)
+    parts["features"] = float(np.median(distances)) / checks.features.threshold
     if parts["features"] > 1:
         reasons.append(f"image content unlike the reference images to the models ({parts['features']:.1f}× the limit)")
+    if deciding is not None and len(deciding) < len(distances):
+        # The verdict is its most suspicious fields' alone: a white page margin around a smear made the fields
+        # that called benign images ALL, while the median field, all smear, was familiar.
+        decided = float(np.median(distances[deciding])) / checks.features.threshold
+        if decided > max(1.0, parts["features"]):
+            reasons.append(f"the fields that decided its verdict unlike the reference images to the models "
+                           f"({decided:.1f}× the limit)")
+        parts["features"] = max(parts["features"], decided)
     if background_only:
         parts["background"] = 2.0
         reasons.append("mostly background: no field holds enough cells")

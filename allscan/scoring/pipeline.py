@@ -18,12 +18,13 @@ from allscan.domain.fields import METHOD_REVISION, DomainOptions, FieldMaker, Fi
 from allscan.domain.guard import assess
 from allscan.domain.reference import DomainError, DomainReference
 from allscan.domain.site import CELLS, FIELDS, SiteProfile, load_profile, profile_name
+from allscan.models.calibration import weighted_mean
 from allscan.models.manifest import load_manifest
 from allscan.models.runtime import check_runtime, choose_runtime
 from allscan.results.types import DomainInfo, Score
 from allscan.scoring.cells import CELLS_DIR, CellClassifier
 from allscan.scoring.specimens import SpecimenRule
-from allscan.scoring.vote import aggregate, combine
+from allscan.scoring.vote import aggregate, combine, top_fields
 
 if TYPE_CHECKING:
     from allscan.models.ensemble import Ensemble
@@ -161,7 +162,7 @@ class Pipeline:
         scores = []
         for fs, (probs, feats) in zip(fieldsets, self.field_outputs(fieldsets, batch_size)):
             score = combine(aggregate(probs, config.weights), config)
-            scores.append(self._judge(score, fs, feats))
+            scores.append(self._judge(score, fs, feats, top_fields(weighted_mean(probs, config.weights))))
         return self._with_cells(scores, fieldsets)
 
     def _with_cells(self, scores: list[Score], fieldsets: list[FieldSet]) -> list[Score]:
@@ -181,13 +182,14 @@ class Pipeline:
             out.append(score)
         return out
 
-    def _judge(self, score: Score, fs: FieldSet, feats: dict[str, np.ndarray]) -> Score:
+    def _judge(self, score: Score, fs: FieldSet, feats: dict[str, np.ndarray], deciding: np.ndarray) -> Score:
+        """``score`` with the guard's answer on ``fs``, whose fields ``deciding`` made its verdict."""
         notes = list(fs.notes)
         if self.reference is None:
             return replace(score, domain=DomainInfo(fs.scale, fs.tiles, "", None, "; ".join(notes)))
         checks = self.site_fields.checks if self.site_fields is not None else self.reference.checks
         features = np.concatenate([feats[n] for n in self.reference.feature_models], axis=1)
-        verdict = assess(checks, fs.diameter, fs.colour, features, fs.background_only, fs.long_side)
+        verdict = assess(checks, fs.diameter, fs.colour, features, fs.background_only, fs.long_side, deciding)
         if verdict.reasons:
             notes = [f"out of domain: {'; '.join(verdict.reasons)}", *notes]
         info = DomainInfo(None if fs.scale is None else round(fs.scale, 4), fs.tiles, verdict.domain,
