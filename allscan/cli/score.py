@@ -101,12 +101,15 @@ def explain(ctx: typer.Context, image: o.Image, out: o.Figure = None, models: o.
             runtime: o.Runtime = "auto", site: o.Site = None, stain_norm: o.StainNorm = True,
             rbc_diameter: o.RbcDiameter = None, cells: o.ExplainCells = True) -> None:
     """Print each model's and the ensemble's probability for one image and write its Grad-CAM figure."""
+    from allscan.images import is_own_figure
     from allscan.run.preflight import OWN_FIGURE, PreflightError, check_own_file, check_writable_file, leaving_no_trace
 
     if image.is_dir():
         raise usage_error(f"{image} is a folder: explain takes one image (allscan predict scores a folder)")
     if not image.is_file():
         raise usage_error(f"no such file: {image}")
+    if is_own_figure(image):  # predict never scores allscan's figures either: one is no smear
+        raise usage_error(f"{image} is a figure allscan wrote, not a smear: explain the image it was drawn from")
     target = out or Path(f"{image.stem}-heatmap.png")  # the current folder: never the input's, which may be scored
     with leaving_no_trace([target]):
         with loading.refusing(PreflightError):

@@ -18,9 +18,10 @@ import os
 import pickle
 import re
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,10 @@ class RayEngine:
         _import_ray()
         if self.actors < 1 or self.actor_cpus <= 0:
             raise EngineError("--actors must be at least 1 and --actor-cpus above 0")
+        try:
+            _check_reachable(self.address)
+        except OSError as err:
+            raise EngineError(f"cannot reach Ray at {self.address}: {err.strerror or err}") from None
 
     def run(self, images: Sequence[Path], job: Job, committer: Committer) -> None:
         todo = list(images)
@@ -178,7 +183,7 @@ def _runtime(ray, address: str | None, num_cpus: int | None):
     os.environ.setdefault(USAGE_STATS, "0")  # a runtime started here reports nothing (a user's "1" stands)
     try:
         try:
-            with _working_folder(INSTALLED_ROOT), _sigint_blocked():
+            with _working_folder(INSTALLED_ROOT), _sigint_blocked(), _sigterm_handler_kept():
                 ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
                          include_dashboard=False if address is None else None, log_to_driver=False,
                          logging_level=logging.ERROR)
@@ -192,39 +197,81 @@ def _runtime(ray, address: str | None, num_cpus: int | None):
             ray.shutdown()
 
 
+REACH_TIMEOUT_S = 10.0
+"""How long a cluster's ``HOST:PORT`` may take to accept a connection: Ray retries one that accepts none for
+about 13 minutes (20 tries of 40 s), deaf to Ctrl-C while it starts."""
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fail at once, before the run's outputs are made, when a ``HOST:PORT`` or ``ray://HOST:PORT`` address
+    accepts no connection (``auto`` and a local runtime are Ray's to find).
+
+    Raises:
+        OSError: Nothing listens there, or the host cannot be reached or resolved.
+    """
+    host, colon, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        return
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S):
+        pass
+
+
 class _Interrupts:
-    """Ctrl-C while Ray runs: the first is recorded and acted on between batches, the second at once.
+    """Ctrl-C while Ray runs, and SIGTERM where the caller handles it in Python (the CLI ends the run as on
+    Ctrl-C): the first is recorded and acted on between batches, the second at once.
 
     A KeyboardInterrupt raised inside Ray's own code (while it starts, or waits on a task) can be
     caught there and lost: the run then went on to the end and exited 0.
     """
 
-    def __init__(self):
-        self.count = 0
+    def __init__(self, on_sigterm: Callable = signal.default_int_handler):
+        self.handlers = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: on_sigterm}
+        self.signum: int | None = None
 
     def __call__(self, signum, frame) -> None:
-        self.count += 1
-        if self.count > 1:
-            raise KeyboardInterrupt
+        if self.signum is not None:
+            self.handlers[signum](signum, frame)
+        self.signum = signum
 
     def check(self) -> None:
-        if self.count:
-            raise KeyboardInterrupt
+        if self.signum is not None:
+            signum, self.signum = self.signum, None
+            self.handlers[signum](signum, None)
 
 
 @contextmanager
 def _interrupts_between_batches():
-    """Handle SIGINT with an :class:`_Interrupts` while the block runs (on the main thread only, where
-    Python delivers signals)."""
-    interrupts = _Interrupts()
+    """Handle SIGINT, and SIGTERM where a Python handler takes it (not where it ends the process), with an
+    :class:`_Interrupts` while the block runs (on the main thread only, where Python delivers signals)."""
     if threading.current_thread() is not threading.main_thread():
-        yield interrupts
+        yield _Interrupts()
         return
-    previous = signal.signal(signal.SIGINT, interrupts)
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    interrupts = _Interrupts(on_sigterm) if callable(on_sigterm) else _Interrupts()
+    numbers = (signal.SIGINT, signal.SIGTERM) if callable(on_sigterm) else (signal.SIGINT,)
+    previous = {number: signal.signal(number, interrupts) for number in numbers}
     try:
         yield interrupts
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+@contextmanager
+def _sigterm_handler_kept():
+    """Keep this process's SIGTERM handler while Ray starts.
+
+    ``ray.init`` replaces it with one that kills the local runtime and exits at once: a SIGTERM then
+    ended the run with exit code 134, no message and no results file.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
