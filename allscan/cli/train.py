@@ -61,11 +61,7 @@ def train(ctx: typer.Context, data_dir: o.TrainData, model: o.ModelName = "all",
 
     with loading.refusing(KeyError, message=lambda exc: exc.args[0]):
         specs = [get_spec(n) for n in (MODEL_NAMES if model == "all" else (model,))]
-    loading.require_splits(data_dir)
-    found = _check_classes(data_dir, ("train", "val"))
-    _check_ship_into(out)
-    _warn_split(data_dir, "train")
-    _warn_split(data_dir, "val", ("train",))
+    found = _check_shipping(data_dir, out)
     if lr is not None and not (math.isfinite(lr) and lr > 0):  # nan passes a "<= 0" check, then trains to nan
         raise usage_error(f"--lr must be above 0, got {lr:g}")
     if resume and restart:
@@ -93,6 +89,18 @@ def train(ctx: typer.Context, data_dir: o.TrainData, model: o.ModelName = "all",
               loading.refusing(DatasetError, RunSettingsError, WeightsError)):
             result = train_model(spec, data_dir, runs / spec.name, config, resume, progress.epoch, progress.started)
         print_shipped(ship(spec, result, config, data_dir, out), result, out)
+
+
+def _check_shipping(data_dir: Path, out: Path) -> int:
+    """What the commands that train or ship into ``out`` check before anything loads: ``data_dir``'s train/ and
+    val/ splits and their class folders, ``out`` (:func:`_check_ship_into`), then warnings of what the splits leave
+    out or share; the training images found."""
+    loading.require_splits(data_dir)
+    found = _check_classes(data_dir, ("train", "val"))
+    _check_ship_into(out)
+    _warn_split(data_dir, "train")
+    _warn_split(data_dir, "val", ("train",))
+    return found
 
 
 def _check_classes(data_dir: Path, splits: tuple[str, ...]) -> int:
@@ -248,11 +256,7 @@ def train_cells(ctx: typer.Context, data_dir: o.TrainData, out: o.ShipInto = Pat
     from allscan.training.dataset import ARIA_LABEL_BOX, DatasetError
     from allscan.training.train import RunSettingsError, TrainConfig, resume_point
 
-    loading.require_splits(data_dir)
-    _check_classes(data_dir, ("train", "val"))
-    _check_ship_into(out)
-    _warn_split(data_dir, "train")
-    _warn_split(data_dir, "val", ("train",))
+    _check_shipping(data_dir, out)
     if resume and restart:
         raise usage_error("give --resume or --restart, not both")
     box = loading.label_box(blank_box, ARIA_LABEL_BOX)
@@ -297,11 +301,7 @@ def ship_run(run_dir: o.RunDir, data_dir: o.RunData, out: o.ShipInto = Path("mod
         result, config = load_run(run_dir)
     with loading.refusing(KeyError, message=lambda exc: exc.args[0]):
         spec = get_spec(result.name)
-    loading.require_splits(data_dir)
-    _check_classes(data_dir, ("train", "val"))
-    _check_ship_into(out)
-    _warn_split(data_dir, "train")
-    _warn_split(data_dir, "val", ("train",))
+    _check_shipping(data_dir, out)
     with loading.refusing(DatasetError, ShipError):
         entry = ship(spec, result, config, data_dir, out)
     print_shipped(entry, result, out)

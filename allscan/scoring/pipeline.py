@@ -18,7 +18,6 @@ from allscan.domain.fields import METHOD_REVISION, DomainOptions, FieldMaker, Fi
 from allscan.domain.guard import assess
 from allscan.domain.reference import DomainError, DomainReference
 from allscan.domain.site import CELLS, FIELDS, SiteProfile, load_profile, profile_name
-from allscan.models.calibration import weighted_mean
 from allscan.models.manifest import load_manifest
 from allscan.models.runtime import check_runtime, choose_runtime
 from allscan.results.types import DomainInfo, Score
@@ -162,7 +161,7 @@ class Pipeline:
         scores = []
         for fs, (probs, feats) in zip(fieldsets, self.field_outputs(fieldsets, batch_size)):
             score = combine(aggregate(probs, config.weights), config)
-            scores.append(self._judge(score, fs, feats, top_fields(weighted_mean(probs, config.weights))))
+            scores.append(self._judge(score, fs, feats, top_fields(probs, config.weights)))
         return self._with_cells(scores, fieldsets)
 
     def _with_cells(self, scores: list[Score], fieldsets: list[FieldSet]) -> list[Score]:

@@ -13,9 +13,10 @@ TOP_K = 3
 """An image's probabilities are the mean over its ``TOP_K`` fields with the highest ensemble p(ALL)."""
 
 
-def top_fields(ensemble_p: np.ndarray, k: int = TOP_K) -> np.ndarray:
-    """Indices of the ``k`` fields with the highest ensemble p(ALL), highest first."""
-    return np.argsort(-np.asarray(ensemble_p), kind="stable")[: max(1, k)]
+def top_fields(per_model: dict[str, np.ndarray], weights: dict[str, float], k: int = TOP_K) -> np.ndarray:
+    """Indices of the ``k`` fields with the highest weighted ensemble p(ALL), highest first: the fields whose
+    probabilities make the image's (:func:`aggregate`)."""
+    return np.argsort(-np.asarray(weighted_mean(per_model, weights)), kind="stable")[: max(1, k)]
 
 
 def aggregate(per_model: dict[str, np.ndarray], weights: dict[str, float], k: int = TOP_K) -> dict[str, float]:
@@ -26,7 +27,7 @@ def aggregate(per_model: dict[str, np.ndarray], weights: dict[str, float], k: in
     fields, so the most suspicious fields speak for the image; averaging a few of them
     keeps one odd field from deciding alone.
     """
-    chosen = top_fields(weighted_mean(per_model, weights), k)
+    chosen = top_fields(per_model, weights, k)
     return {n: float(np.mean(p[chosen])) for n, p in per_model.items()}
 
 

@@ -17,7 +17,6 @@ part into a profile folder keeps the other part already there, where it was fitt
 use (:func:`kept_parts`).
 """
 
-import hashlib
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from allscan.domain.site import (CELLS, FIELDS, OPTIONS, PART_WORDS, PARTS, PROF
                                  FieldPart, Head, SiteProfile, load_profile)
 from allscan.scoring.vote import aggregate
 from allscan.images import ImageError, decode_file, find_images
-from allscan.models.manifest import EnsembleConfig
+from allscan.models.manifest import EnsembleConfig, sha256_file
 from allscan.paths import path_text
 from allscan.training.operating_point import wilson_interval
 from allscan.training.tune import tune_review_band, tune_threshold
@@ -156,7 +155,7 @@ def _through_link_loop(path: Path, root: Path) -> bool:
 def _content_key(path: Path) -> str:
     """The file's sha256; its real path when it cannot be read here (decoding will say why)."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError:
         return str(path.resolve())
 

@@ -4,7 +4,6 @@ The Aria dataset burns a scale-bar label into each field's bottom-right corner
 whose colour differs by class; :func:`blank_box` removes it when loading.
 """
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,7 @@ from typing import TypeVar
 import numpy as np
 
 from allscan.images import ImageError, decode_file, find_images, has_images, resize, unread_images
+from allscan.models.manifest import sha256_file
 from allscan.paths import path_text
 
 T = TypeVar("T")
@@ -156,7 +156,7 @@ def same_content(first: Sequence[Path], second: Sequence[Path]) -> list[tuple[Pa
     def digest(path: Path) -> str | None:
         if path not in digests:
             try:
-                digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+                digests[path] = sha256_file(path)
             except OSError:
                 digests[path] = None
         return digests[path]
